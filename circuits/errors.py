@@ -1,0 +1,50 @@
+"""Typed errors. Every message names the bad value and what was expected."""
+
+from __future__ import annotations
+
+
+class CircuitsError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class UnknownNameError(CircuitsError, KeyError):
+    """A name (task, engine, head, hook) that is not registered; the message lists the valid ones."""
+
+    def __init__(self, kind: str, name: object, valid: list[str] | tuple[str, ...]):
+        self.kind, self.name, self.valid = kind, name, list(valid)
+        super().__init__(f"unknown {kind} {name!r}; expected one of: {', '.join(map(str, valid))}")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.args[0]
+
+
+class DuplicateNameError(CircuitsError, ValueError):
+    """Registering a name twice."""
+
+
+class InvalidBatchError(CircuitsError, ValueError):
+    """A PromptBatch that does not fit the model or is inconsistent with itself."""
+
+
+class InvalidOptionError(CircuitsError, ValueError):
+    """An engine or task option outside its allowed values."""
+
+
+class MetricError(CircuitsError, ValueError):
+    """A task metric that returned NaN/inf or the wrong shape."""
+
+
+class UndefinedScoreError(CircuitsError, ZeroDivisionError):
+    """The clean and corrupted metrics are equal, so a normalised patching score is undefined."""
+
+
+class IncompatibleModelError(CircuitsError, TypeError):
+    """A model that a task or engine cannot work with (e.g. token inputs for a continuous task)."""
+
+
+class HookNotFiredError(CircuitsError, RuntimeError):
+    """A hook was attached but the forward pass never reached it."""
+
+
+class MissingDependencyError(CircuitsError, ImportError):
+    """An optional package needed for this call is not installed."""

@@ -1,0 +1,67 @@
+"""Running a model: the one place engines go through, for token ids and float inputs alike.
+
+Float inputs ``[batch, pos, d_model]`` are the residual stream entering block 0: they skip the token
+and positional embeddings (continuous-input tasks such as ICL regression build their own "tokens").
+`run_from` runs ``model.blocks[k:]`` itself, because TransformerLens 4.3's ``start_at_layer`` still
+computes every layer; it unembeds only the read-out positions, which dominates the cost on large
+vocabularies.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from circuits.task import Inputs
+
+Residual = Float[Tensor, "batch pos d_model"]
+
+
+def embed(model: Any, inputs: Inputs) -> Residual:
+    """The residual stream entering block 0."""
+    if inputs.is_floating_point():
+        return inputs
+    return model(inputs, stop_at_layer=0)
+
+
+def _block_kwargs(model: Any, residual: Tensor) -> dict[str, Any]:
+    """Keyword arguments a block needs beyond the residual (rotary position embeddings for HF models)."""
+    rotary = getattr(model, "rotary_emb", None)
+    if rotary is None:
+        return {}
+    positions = torch.arange(residual.shape[1], device=residual.device)[None]
+    return {"position_embeddings": rotary(residual, positions), "position_ids": positions}
+
+
+def run_blocks(model: Any, residual: Residual, start: int, stop: Optional[int] = None) -> Residual:
+    """Run ``model.blocks[start:stop]`` on `residual` (hooks on those blocks fire as usual)."""
+    kwargs = _block_kwargs(model, residual)
+    for block in model.blocks[start:stop]:
+        out = block(residual, **kwargs)
+        residual = out[0] if isinstance(out, tuple) else out
+    return residual
+
+
+def unembed(model: Any, residual: Residual, position: Optional[Int[Tensor, " batch"]] = None) -> Tensor:
+    """Final norm and unembedding; at one position per prompt (``[batch, vocab]``) when `position` is given."""
+    if position is not None:
+        residual = residual[torch.arange(residual.shape[0], device=residual.device), position.to(residual.device)]
+    return model.unembed(model.ln_final(residual))
+
+
+def run_from(model: Any, residual: Residual, start: int, position: Optional[Tensor] = None) -> Tensor:
+    """Logits from the residual stream entering block `start` (``start == n_layers``: just unembed)."""
+    return unembed(model, run_blocks(model, residual, start), position)
+
+
+def logits(model: Any, inputs: Inputs, position: Optional[Int[Tensor, " batch"]] = None) -> Tensor:
+    """Logits of a full forward pass, for token ids or float inputs, optionally at read-out positions only."""
+    return run_from(model, embed(model, inputs), 0, position)
+
+
+def needed_length(position: Tensor, causal: bool, n_pos: int) -> int:
+    """How many leading positions a read-out needs: in a causal model, nothing after the last read-out."""
+    return int(position.max().item()) + 1 if causal else n_pos

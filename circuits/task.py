@@ -1,0 +1,107 @@
+"""The contract between tasks and engines: `PromptBatch` and the `Task` protocol.
+
+Engines import this module, never the `tasks` package: any object with the members of `Task`
+is a task (no `isinstance` checks against our classes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Optional, Protocol, Union, runtime_checkable
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from circuits.errors import InvalidBatchError
+
+Tokens = Int[Tensor, "batch pos"]
+Embeddings = Float[Tensor, "batch pos d_in"]
+Inputs = Union[Tokens, Embeddings]
+
+
+@dataclass(frozen=True, eq=False)
+class PromptBatch:
+    """Clean and corrupted prompts with what to read out of them.
+
+    clean, corrupted: token ids ``[batch, pos]``, or float inputs ``[batch, pos, d_model]`` for
+        continuous-input tasks (they enter the residual stream directly, see `circuits.forward`).
+    answer: the right answer per prompt (token ids, or float targets).
+    foil: an optional competing answer (e.g. what copying the corrupted prompt would give).
+    position: the read-out position of each prompt.
+    """
+
+    clean: Inputs
+    corrupted: Inputs
+    answer: Tensor
+    position: Int[Tensor, " batch"]
+    foil: Optional[Tensor] = None
+
+    @property
+    def is_continuous(self) -> bool:
+        return self.clean.is_floating_point()
+
+    @property
+    def size(self) -> int:
+        return int(self.clean.shape[0])
+
+    def to(self, device: Union[str, torch.device]) -> "PromptBatch":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return replace(self, clean=move(self.clean), corrupted=move(self.corrupted), answer=move(self.answer),
+                       position=move(self.position), foil=move(self.foil))
+
+    def swapped(self) -> "PromptBatch":
+        """The same batch with clean and corrupted exchanged (answer, foil and position unchanged)."""
+        return replace(self, clean=self.corrupted, corrupted=self.clean)
+
+    def validate(self, model: Any) -> None:
+        """Raise `InvalidBatchError` if this batch does not fit itself or `model`."""
+        if self.clean.shape != self.corrupted.shape:
+            raise InvalidBatchError(
+                f"clean and corrupted must have the same shape; got clean {tuple(self.clean.shape)} "
+                f"and corrupted {tuple(self.corrupted.shape)}")
+        if self.clean.is_floating_point() != self.corrupted.is_floating_point():
+            raise InvalidBatchError("clean and corrupted must both be token ids or both be float inputs; "
+                                    f"got dtypes {self.clean.dtype} and {self.corrupted.dtype}")
+        n, n_pos = self.clean.shape[0], self.clean.shape[1]
+        for name in ("answer", "position", "foil"):
+            value = getattr(self, name)
+            if value is not None and value.shape[0] != n:
+                raise InvalidBatchError(f"{name} has {value.shape[0]} rows; expected one per prompt ({n})")
+        if self.position.is_floating_point():
+            raise InvalidBatchError(f"position must hold integer indices; got dtype {self.position.dtype}")
+        if n and (self.position.min() < 0 or self.position.max() >= n_pos):
+            raise InvalidBatchError(f"read-out positions must lie in [0, {n_pos}); got "
+                                    f"{self.position.min().item()}..{self.position.max().item()}")
+        cfg = model.cfg
+        if n_pos > cfg.n_ctx:
+            raise InvalidBatchError(f"prompts have {n_pos} positions; the model's context is n_ctx={cfg.n_ctx}")
+        if self.is_continuous:
+            if self.clean.ndim != 3 or self.clean.shape[-1] != cfg.d_model:
+                raise InvalidBatchError(f"float inputs must be [batch, pos, d_model={cfg.d_model}]; "
+                                        f"got shape {tuple(self.clean.shape)}")
+            return
+        if self.clean.ndim != 2:
+            raise InvalidBatchError(f"token inputs must be [batch, pos]; got shape {tuple(self.clean.shape)}")
+        for name in ("clean", "corrupted"):
+            tokens = getattr(self, name)
+            if n and (tokens.min() < 0 or tokens.max() >= cfg.d_vocab):
+                bad = tokens[(tokens < 0) | (tokens >= cfg.d_vocab)][0].item()
+                raise InvalidBatchError(f"{name} holds token {bad}, outside the vocabulary [0, {cfg.d_vocab})")
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What an engine needs from a task.
+
+    `metric` gets the logits at each prompt's read-out position, ``[batch, d_vocab_out]``, and returns one
+    number per prompt; higher means more of the behaviour.
+    """
+
+    name: str
+
+    def batch(self, model: Any, n: int, seed: int) -> PromptBatch: ...
+
+    def metric(self, logits: Float[Tensor, "batch d_vocab_out"], batch: PromptBatch) -> Float[Tensor, " batch"]: ...
+
+    def default_model(self) -> Any: ...
