@@ -35,6 +35,11 @@ def resid_pre(model: Any, layer: int) -> str:
     return _checked(model, f"blocks.{layer}.hook_resid_pre")
 
 
+def attn_out(model: Any, layer: int) -> str:
+    """Block `layer`'s attention output added to the residual stream (all heads and the bias)."""
+    return _checked(model, f"blocks.{layer}.hook_attn_out")
+
+
 def attn_input(model: Any, layer: int, which: str) -> str:
     """The residual stream as the q, k or v input of block `layer`'s attention (before its LayerNorm)."""
     return _checked(model, f"blocks.{layer}.attn.hook_{which}_input")
