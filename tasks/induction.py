@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from circuits import models, training
+from circuits import metrics, models, training
 from circuits.errors import IncompatibleModelError, InvalidOptionError
 from circuits.task import PromptBatch
 
@@ -107,7 +107,7 @@ class Induction:
                            foil=p.y.gather(1, (k + 1)[:, None])[:, 0]).to(device)
 
     def metric(self, logits: Float[Tensor, "batch d_vocab"], batch: PromptBatch) -> Float[Tensor, " batch"]:
-        return (logits.gather(1, batch.answer[:, None]) - logits.gather(1, batch.foil[:, None]))[:, 0]
+        return metrics.logit_difference(logits, batch.answer, batch.foil)
 
     def check_model(self, model: Any) -> None:
         cfg = model.cfg
