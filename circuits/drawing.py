@@ -33,7 +33,9 @@ def draw_graph(graph: "HeadGraph", path: Optional[Union[str, Path]] = None, titl
     fig, (ax_heat, ax_graph) = plt.subplots(1, 2, figsize=(11, 4.5))
     matrix = graph.matrix().numpy()
     limit = max(abs(matrix[~(matrix != matrix)]).max(initial=0.0), 1e-9)
-    image = ax_heat.imshow(matrix, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+    image = ax_heat.imshow(matrix, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto", origin="lower")
+    ax_heat.set_xticks(range(graph.n_heads))
+    ax_heat.set_yticks(range(graph.n_layers))
     ax_heat.set_xlabel("head")
     ax_heat.set_ylabel("layer")
     ax_heat.set_title("head scores")
@@ -42,10 +44,11 @@ def draw_graph(graph: "HeadGraph", path: Optional[Union[str, Path]] = None, titl
     top = [name for name, _ in graph.top(k, by_magnitude=True)]
     shown = graph.nx.subgraph(top + ["embed", "logits"])
     positions = _layered_positions(graph, top)
-    widths = [1 + 4 * abs(s or 0) / limit for _, _, s in shown.edges(data="score")]
+    edge_scores = [s or 0.0 for _, _, s in shown.edges(data="score")]
     nx.draw_networkx(shown, positions, ax=ax_graph, node_color="#cfe2f3", node_size=900, font_size=8,
-                     width=widths, edge_color="#555555", arrows=True)
-    ax_graph.set_title(f"top {len(top)} heads")
+                     width=[1 + 4 * abs(s) / limit for s in edge_scores], arrows=True,
+                     edge_color=["#2166ac" if s >= 0 else "#b2182b" for s in edge_scores])
+    ax_graph.set_title(f"top {len(top)} heads (blue +, red −)")
     ax_graph.axis("off")
     fig.suptitle(title or graph.meta.get("task", ""))
     fig.tight_layout()

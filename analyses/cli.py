@@ -1,0 +1,68 @@
+"""The `circuits` console command: discover circuits, list tasks and engines."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import circuits
+import tasks
+from circuits.errors import CircuitsError
+
+
+def _table(graph: circuits.HeadGraph, k: int) -> str:
+    rows = [f"{'rank':>4}  {'head':<8}{'score':>9}", "-" * 23]
+    rows += [f"{i:>4}  {name:<8}{score:>9.4f}" for i, (name, score) in enumerate(graph.top(k), 1)]
+    return "\n".join(rows)
+
+
+def _discover(args: argparse.Namespace) -> int:
+    task = tasks.get(args.task)
+    print(f"loading the default model of task {args.task!r} (trained and cached on first use)...", flush=True)
+    model = task.default_model()
+    options = {"direction": args.direction} if args.direction else {}
+    graph = circuits.discover(model, task, engine=args.engine, n=args.n, seed=args.seed, **options)
+    meta = graph.meta
+    print(f"\n{args.engine} on {args.task}: metric clean {meta.get('metric_clean', float('nan')):.3f}, "
+          f"corrupted {meta.get('metric_corrupted', float('nan')):.3f} (n={args.n}, seed={args.seed})\n")
+    print(_table(graph, args.top))
+    out = Path(args.out)
+    json_path = graph.to_json(out / "graph.json")
+    png_path = out / "graph.png"
+    graph.draw(png_path, title=f"{args.engine} · {args.task}")
+    print(f"\nwrote {json_path} and {png_path}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="circuits", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    discover = commands.add_parser("discover", help="attribute a task's behaviour to attention heads")
+    discover.add_argument("--task", required=True, help=f"one of: {', '.join(tasks.names())}")
+    discover.add_argument("--engine", default="activation_patching",
+                          help=f"one of: {', '.join(circuits.engines.names())}")
+    discover.add_argument("--out", default="out", help="folder for graph.json and graph.png")
+    discover.add_argument("--n", type=int, default=32, help="number of prompts")
+    discover.add_argument("--seed", type=int, default=0)
+    discover.add_argument("--top", type=int, default=10, help="rows of the printed table")
+    discover.add_argument("--direction", choices=["denoising", "noising"], default=None)
+    discover.set_defaults(run=_discover)
+    commands.add_parser("tasks", help="list tasks").set_defaults(run=lambda a: print("\n".join(tasks.names())) or 0)
+    commands.add_parser("engines", help="list engines").set_defaults(
+        run=lambda a: print("\n".join(circuits.engines.names())) or 0)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except CircuitsError as error:
+        print(f"circuits: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
