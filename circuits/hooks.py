@@ -7,7 +7,8 @@ loudly here instead of silently never firing. `attached` adds hooks and checks t
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from circuits.errors import HookNotFiredError, UnknownNameError
 

@@ -8,7 +8,8 @@ need the bridge.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import Tensor

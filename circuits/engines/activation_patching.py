@@ -10,7 +10,7 @@ unembedded. Scores follow `circuits.patching.Baseline.score`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Optional
 
 import einops
 import torch
@@ -41,18 +41,23 @@ class ActivationPatching:
             model.eval()
             batch = task.batch(model, n=n, seed=seed)
             batch.validate(model)
-            patched, per_position, baseline = self.patched_metrics(model, task, batch)
-            scores = baseline.score(patched, self.direction)
-            extras = {}
-            if per_position is not None:
-                extras["position_scores"] = baseline.score(per_position, self.direction)
+            runs = _Runs.prepare(model, task, batch, self.direction)
+            baseline = runs.baseline()  # fails fast when the score is undefined
+            patched, per_position = self._patch_heads(runs)
+            extras = {} if per_position is None else {"position_scores": baseline.score(per_position, self.direction)}
             meta = graph_meta(self, task, model, n=n, seed=seed, options=asdict(self),
                               metric_clean=baseline.clean, metric_corrupted=baseline.corrupted)
-            return HeadGraph.from_scores(scores, meta=meta, **extras)
+            return HeadGraph.from_scores(baseline.score(patched, self.direction), meta=meta, **extras)
 
-    def patched_metrics(self, model: Any, task: Any, batch: PromptBatch):
-        """Patched metric means ``[n_layers, n_heads]`` (and ``[n_layers, n_heads, pos]`` when per position)."""
-        runs = _Runs.prepare(model, task, batch, self.direction)
+    def patched_metrics(self, model: Any, task: Any, batch: PromptBatch) -> tuple[Tensor, Optional[Tensor]]:
+        """Unnormalised patched metric means ``[n_layers, n_heads]`` (and ``[n_layers, n_heads, pos]``
+        when per position), for a batch you built yourself."""
+        with preserved(model), torch.no_grad():
+            model.eval()
+            return self._patch_heads(_Runs.prepare(model, task, batch, self.direction))
+
+    def _patch_heads(self, runs: "_Runs") -> tuple[Tensor, Optional[Tensor]]:
+        model = runs.model
         cfg = model.cfg
         n_pos = runs.batch.clean.shape[1]
         per_copy = patching.copies_per_pass(model, runs.batch, self.memory_mb)
@@ -72,7 +77,7 @@ class ActivationPatching:
                     values = runs.finish(layer, at_position)
                     for i, (h, p) in enumerate(picked):
                         positions[layer, h, p] = values[i]
-        return heads, positions, runs.baseline
+        return heads, positions
 
 
 @dataclass
@@ -85,7 +90,11 @@ class _Runs:
     base_resid: list[Tensor]  # residual entering each block, base run
     base_attn_out: list[Tensor]  # attention output of each block, base run
     z_change: list[Tensor]  # source z - base z per block, [batch, pos, head, d_head]
-    baseline: patching.Baseline
+    clean_metric: float
+    corrupted_metric: float
+
+    def baseline(self) -> patching.Baseline:
+        return patching.Baseline(clean=self.clean_metric, corrupted=self.corrupted_metric)
 
     @classmethod
     def prepare(cls, model: Any, task: Any, batch: PromptBatch, direction: str) -> "_Runs":
@@ -108,7 +117,7 @@ class _Runs:
                    base_resid=[base_cache[name] for name in resid_names],
                    base_attn_out=[base_cache[name] for name in attn_names],
                    z_change=[source_cache[name] - base_cache[name] for name in z_names],
-                   baseline=patching.Baseline(clean=clean, corrupted=corrupted))
+                   clean_metric=clean, corrupted_metric=corrupted)
 
     def head_deltas(self, layer: int) -> Float[Tensor, "head batch pos d_model"]:
         """Each head's change to the residual stream: (z_source - z_base) through its W_O."""

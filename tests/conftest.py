@@ -1,0 +1,23 @@
+import matplotlib
+import pytest
+
+import circuits
+import tasks
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture(scope="session")
+def induction():
+    return tasks.get("induction")
+
+
+@pytest.fixture(scope="session")
+def induction_model(induction):
+    """The default induction model (trained once, ~1 minute, then read from $CIRCUITS_CACHE)."""
+    return induction.default_model()
+
+
+@pytest.fixture
+def random_model():
+    return circuits.models.toy(n_layers=2, n_heads=4, d_model=32, d_vocab=64, n_ctx=64, seed=1)

@@ -1,0 +1,144 @@
+"""Activation patching: parity with TransformerLens, exact micro-model numbers, properties."""
+
+from dataclasses import replace
+
+import einops
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformer_lens import patching as tl_patching
+
+import circuits
+from circuits import forward
+from circuits.engines import ActivationPatching
+from circuits.errors import UndefinedScoreError
+from circuits.models import ToyConfig, toy
+
+
+def tl_patched(model, task, batch, per_position=False):
+    """TransformerLens's own all-head patching (denoising): patched metric means."""
+    model.eval()
+    _, clean_cache = model.run_with_cache(batch.clean)
+    rows = torch.arange(batch.size)
+
+    def metric(logits):
+        return task.metric(logits[rows, batch.position], batch).mean()
+
+    run = tl_patching.get_act_patch_attn_head_out_by_pos if per_position else tl_patching.get_act_patch_attn_head_out_all_pos
+    with torch.no_grad():
+        return run(model, batch.corrupted, clean_cache, metric)
+
+
+MODELS = {
+    "attn-only LN": ToyConfig(n_layers=3, n_heads=4, d_model=32, seed=3),
+    "MLP + LN": ToyConfig(n_layers=2, n_heads=4, d_model=32, attn_only=False, d_mlp=64, seed=4),
+    "rotary RMS": ToyConfig(n_layers=2, n_heads=4, d_model=32, positional="rotary", normalization="RMS", seed=5),
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_matches_transformer_lens_patching(name, induction):
+    model = toy(MODELS[name])
+    batch = induction.batch(model, n=6, seed=0)
+    ours, _ = ActivationPatching().patched_metrics(model, induction, batch)
+    theirs = tl_patched(model, induction, batch)
+    assert (ours - theirs).abs().max() <= 1e-4
+
+
+def test_normalised_scores_match_transformer_lens(induction, induction_model):
+    batch = induction.batch(induction_model, n=16, seed=0)
+    graph = circuits.discover(induction_model, induction, n=16, seed=0)
+    clean, corrupted = graph.meta["metric_clean"], graph.meta["metric_corrupted"]
+    theirs = (tl_patched(induction_model, induction, batch) - corrupted) / (clean - corrupted)
+    assert (graph.matrix() - theirs).abs().max() <= 1e-4
+
+
+def test_per_position_matches_transformer_lens(induction, random_model):
+    batch = induction.batch(random_model, n=4, seed=2)
+    _, ours = ActivationPatching(per_position=True).patched_metrics(random_model, induction, batch)
+    theirs = tl_patched(random_model, induction, batch, per_position=True)  # [layer, pos, head]
+    kept = int(batch.position.max()) + 1  # we drop positions after the last read-out (causal model)
+    assert ours.shape == (2, 4, kept)
+    assert (ours - theirs[:, :kept].transpose(1, 2)).abs().max() <= 1e-4
+    with torch.no_grad():  # patching after the read-out changes nothing
+        unpatched = induction.metric(forward.logits(random_model, batch.corrupted, batch.position), batch).mean()
+    assert torch.allclose(theirs[:, kept:], unpatched, atol=1e-5)
+
+
+def test_noising_is_denoising_with_roles_swapped(induction, random_model):
+    batch = induction.batch(random_model, n=6, seed=1)
+    noising, _ = ActivationPatching(direction="noising").patched_metrics(random_model, induction, batch)
+    swapped = tl_patched(random_model, induction, batch.swapped())  # clean run, corrupted values patched in
+    assert (noising - swapped).abs().max() <= 1e-4
+
+
+def test_exact_direct_effects_on_linear_micro_model(induction):
+    """One attention layer, no LayerNorm: logits are linear in head outputs, so each head's denoising
+    score is its own direct effect (z_clean - z_corrupted) W_O W_U, normalised by hand."""
+    model = toy(ToyConfig(n_layers=1, n_heads=3, d_model=24, normalization=None, seed=7))
+    batch = induction.batch(model, n=5, seed=3)
+    rows = torch.arange(batch.size)
+    with torch.no_grad():
+        _, clean = model.run_with_cache(batch.clean)
+        _, corrupted = model.run_with_cache(batch.corrupted)
+        z_change = (clean["blocks.0.attn.hook_z"] - corrupted["blocks.0.attn.hook_z"])[rows, batch.position]
+        logit_change = einops.einsum(z_change, model.W_O[0], model.W_U, "b h d, h d m, m v -> h b v")
+        direct = (logit_change.gather(2, batch.answer[None, :, None].expand(3, -1, 1))
+                  - logit_change.gather(2, batch.foil[None, :, None].expand(3, -1, 1)))[..., 0].mean(1)
+        m_clean = induction.metric(forward.logits(model, batch.clean, batch.position), batch).mean()
+        m_corrupted = induction.metric(forward.logits(model, batch.corrupted, batch.position), batch).mean()
+    expected = direct / (m_clean - m_corrupted)
+    graph = circuits.discover(model, induction, n=5, seed=3)
+    assert torch.allclose(graph.matrix()[0], expected, atol=1e-5)
+    assert graph.nx.edges["L0H1", "logits"]["score"] == pytest.approx(float(expected[1]), abs=1e-5)
+
+
+def test_chunking_does_not_change_results(induction, random_model):
+    one_per_pass = circuits.discover(random_model, induction, n=4, seed=0, memory_mb=1e-6).matrix()
+    all_at_once = circuits.discover(random_model, induction, n=4, seed=0, memory_mb=1e4).matrix()
+    assert torch.allclose(one_per_pass, all_at_once, atol=1e-5)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000), direction=st.sampled_from(["denoising", "noising"]))
+def test_identical_prompts_change_nothing(seed, direction, induction):
+    """clean == corrupted: every patch leaves the metric where it was (all effects 0, so all scores
+    would be 0), and the normalised score, 0/0, is refused with a typed error."""
+    model = toy(n_layers=2, n_heads=2, d_model=16, seed=seed % 7)
+    batch = induction.batch(model, n=3, seed=seed)
+    same = replace(batch, corrupted=batch.clean)
+    patched, per_position = ActivationPatching(direction=direction, per_position=True).patched_metrics(
+        model, induction, same)
+    with torch.no_grad():
+        unpatched = induction.metric(forward.logits(model, same.clean, same.position), same).mean()
+    assert torch.allclose(patched, unpatched.expand_as(patched), atol=1e-5)
+    assert torch.allclose(per_position, unpatched.expand_as(per_position), atol=1e-5)
+    with pytest.raises(UndefinedScoreError, match="no gap"):
+        circuits.discover(model, AlwaysSame(induction), n=3, seed=seed)
+
+
+class AlwaysSame:
+    """The induction task with corrupted prompts equal to the clean ones."""
+
+    def __init__(self, task):
+        self.task, self.name = task, "same"
+
+    def batch(self, model, n, seed):
+        batch = self.task.batch(model, n, seed)
+        return replace(batch, corrupted=batch.clean)
+
+    def metric(self, logits, batch):
+        return self.task.metric(logits, batch)
+
+    def default_model(self):
+        return self.task.default_model()
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 5))
+def test_same_seed_same_graph(seed, n, induction):
+    model = toy(n_layers=2, n_heads=2, d_model=16, seed=3)
+    first = circuits.discover(model, induction, n=n, seed=seed)
+    second = circuits.discover(model, induction, n=n, seed=seed)
+    assert first == second
