@@ -31,10 +31,11 @@ class PromptBatch:
     position: the read-out position of each prompt.
     """
 
-    clean: Inputs
-    corrupted: Inputs
+    # Plain `Tensor` fields: `validate` checks shapes with typed errors that name the bad values.
+    clean: Tensor
+    corrupted: Tensor
     answer: Tensor
-    position: Int[Tensor, " batch"]
+    position: Tensor
     foil: Optional[Tensor] = None
 
     @property

@@ -27,7 +27,7 @@ from circuits.task import PromptBatch
 
 @dataclass(frozen=True)
 class ActivationPatching:
-    direction: patching.Direction = "denoising"
+    direction: str = "denoising"  # or "noising"; checked in __post_init__ (typed error)
     per_position: bool = False  # also score each head at each position (node attribute "position_scores")
     memory_mb: float = 256.0  # budget for one stacked forward pass
 

