@@ -15,7 +15,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from collections.abc import Callable
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 import torch
 from transformer_lens.config import TransformerBridgeConfig
@@ -43,8 +43,8 @@ class ToyConfig:
     n_ctx: int = 64
     attn_only: bool = True
     d_mlp: Optional[int] = None
-    normalization: Optional[Literal["LN", "RMS"]] = "LN"
-    positional: Literal["standard", "rotary", "none"] = "standard"
+    normalization: Optional[str] = "LN"  # "LN", "RMS" or None
+    positional: str = "standard"  # "standard", "rotary" or "none"; checked in __post_init__
     bias: bool = True
     seed: int = 0
     name: str = "toy"
