@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+import einops
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from circuits import forward, hooks
-from circuits.errors import InvalidOptionError, MetricError, UndefinedScoreError
+from circuits.errors import IncompatibleModelError, InvalidOptionError, MetricError, UndefinedScoreError
 from circuits.task import PromptBatch
 
 Direction = Literal["denoising", "noising"]
@@ -87,3 +89,66 @@ def copies_per_pass(model: Any, batch: PromptBatch, memory_mb: float) -> int:
     d_mlp = 0 if cfg.attn_only else (cfg.d_mlp or 4 * cfg.d_model)
     floats = batch.size * n_pos * (6 * cfg.d_model + 3 * cfg.n_heads * n_pos + 2 * d_mlp)
     return max(1, int(memory_mb * 2**20 // (4 * floats)))
+
+
+@dataclass
+class PatchRuns:
+    """Cached base and source runs, and how to finish a patched run from the patched layer."""
+
+    model: Any
+    task: Any
+    batch: PromptBatch  # trimmed to the positions the read-out needs
+    base_resid: list[Tensor]  # residual entering each block, base run
+    base_attn_out: list[Tensor]  # attention output of each block, base run
+    z_change: list[Tensor]  # source z - base z per block, [batch, pos, head, d_head]
+    clean_metric: float
+    corrupted_metric: float
+
+    def baseline(self) -> Baseline:
+        return Baseline(clean=self.clean_metric, corrupted=self.corrupted_metric)
+
+    @classmethod
+    def prepare(cls, model: Any, task: Any, batch: PromptBatch, direction: str) -> "PatchRuns":
+        if getattr(model.cfg, "parallel_attn_mlp", False):
+            raise IncompatibleModelError("activation patching restarts at the patched layer, which assumes "
+                                         "sequential attention then MLP; this model runs them in parallel")
+        batch = trimmed(batch, causal=model.cfg.attention_dir == "causal")
+        base, source = (batch.corrupted, batch.clean) if direction == "denoising" else (batch.clean, batch.corrupted)
+        layers = range(model.cfg.n_layers)
+        z_names = [hooks.z(model, layer) for layer in layers]
+        resid_names = [hooks.resid_pre(model, layer) for layer in layers]
+        attn_names = [hooks.attn_out(model, layer) for layer in layers]
+        base_logits, base_cache = run_with_cache(model, base, z_names + resid_names + attn_names,
+                                            batch.position)
+        source_logits, source_cache = run_with_cache(model, source, z_names, batch.position)
+        base_metric = metric_mean(task, base_logits, batch).item()
+        source_metric = metric_mean(task, source_logits, batch).item()
+        clean, corrupted = (source_metric, base_metric) if direction == "denoising" else (base_metric, source_metric)
+        return cls(model, task, batch,
+                   base_resid=[base_cache[name] for name in resid_names],
+                   base_attn_out=[base_cache[name] for name in attn_names],
+                   z_change=[source_cache[name] - base_cache[name] for name in z_names],
+                   clean_metric=clean, corrupted_metric=corrupted)
+
+    def head_deltas(self, layer: int) -> Float[Tensor, "head batch pos d_model"]:
+        """Each head's change to the residual stream: (z_source - z_base) through its W_O."""
+        w_o = self.model.W_O[layer].to(self.z_change[layer].device)
+        return einops.einsum(self.z_change[layer], w_o, "batch pos head d_head, head d_head d_model -> head batch pos d_model")
+
+    def finish(self, layer: int, deltas: Float[Tensor, "copies batch pos d_model"]) -> Tensor:
+        """Metric means of the base run with each copy's delta added after block `layer`'s attention."""
+        copies = deltas.shape[0]
+        mid = self.base_resid[layer] + self.base_attn_out[layer]
+        residual = einops.rearrange(mid[None] + deltas.to(mid.device), "copies batch pos d -> (copies batch) pos d")
+        residual = finish_block(self.model, layer, residual)
+        position = self.batch.position.repeat(copies)
+        logits = forward.run_from(self.model, residual, layer + 1, position)
+        return copies_metric(self.task, logits, self.batch, copies)
+
+
+def finish_block(model: Any, layer: int, resid_mid: Tensor) -> Tensor:
+    """The rest of block `layer` after its attention: its MLP, if the model has one."""
+    if model.cfg.attn_only:
+        return resid_mid
+    block = model.blocks[layer]
+    return resid_mid + block.mlp(block.ln2(resid_mid))
