@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from circuits.registry import Registry
+from tasks.icl_regression import ICLRegression
 from tasks.induction import Induction
 
 _TASKS: Registry[Any] = Registry("task")
 _TASKS.register("induction", Induction)
+_TASKS.register("icl_regression", ICLRegression)
 
 
 def get(name: str, **options: Any) -> Any:

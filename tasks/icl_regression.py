@@ -1,0 +1,184 @@
+"""In-context linear regression with one layer of multi-head softmax attention (He et al. 2025).
+
+Data: x_l, x_q ~ N(0, I_d), β ~ N(0, I_d/d), y = βᵀx + ε with Var ε = σ² (default d = 5, L = 40, σ² = 0.1).
+Tokens are continuous: z_l = [x_l; y_l], the query z_q = [x_q; 0]; a prompt is ``[batch, L + 1, d + 1]``
+with the query last. These float inputs are the residual stream entering block 0 (`circuits.forward`):
+they skip the (unused) token and positional embeddings, so engines and hooks run unchanged.
+
+Model (`model_config`): one attention-only layer of H heads, d_model = d_head = d + 1, no LayerNorm, no
+positional embedding, every bias frozen at zero. Two changes to the stock native module, both re-applied
+whenever a model is built or loaded (`prepare`):
+
+- read-out: ``d_vocab_out = 1`` and the unembedding fixed and frozen at e_{d+1}, so the logit is the y
+  coordinate of the query's residual stream, 0 + attention output: the prediction ŷ_q;
+- the query attends to the L context tokens only: the causal mask also masks the diagonal (token 0 keeps
+  itself so that no row is empty). Context positions also get outputs; only the query's is read.
+
+Clean prompt: a regression context; corrupted: the same xs (and query) with ys from an independent β
+(``corruption="resample"``) or the ys permuted among the context tokens (``"shuffle"``). Metric: minus the
+squared error of the prediction against the clean target y_q (noise included, as in the paper's MSE).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from circuits import metrics, models, training
+from circuits.errors import IncompatibleModelError, InvalidOptionError
+from circuits.task import PromptBatch
+
+DATA_VERSION = 1
+
+
+def model_config(heads: int = 2, d: int = 5, L: int = 40, seed: int = 0) -> models.ToyConfig:
+    """The paper's model: one layer of `heads` softmax heads of dimension d + 1, no LN/MLP/bias/positions."""
+    if heads < 1:
+        raise InvalidOptionError(f"heads must be >= 1; got {heads}")
+    return models.ToyConfig(n_layers=1, n_heads=heads, d_model=d + 1, d_head=d + 1, d_vocab=1, d_vocab_out=1,
+                            n_ctx=L + 1, attn_only=True, normalization=None, positional="none", bias=False,
+                            seed=seed, name=f"icl_regression_h{heads}")
+
+
+def prepare(model: Any) -> Any:
+    """Fix the read-out at e_{d+1} (frozen) and stop the query attending to itself; a native module or a bridge."""
+    for module in model.modules():
+        if type(module).__name__ == "NativeAttention":
+            n = module.causal_mask.shape[0]
+            mask = torch.ones(n, n, dtype=torch.bool, device=module.causal_mask.device).triu(0)
+            mask[0, 0] = False
+            module.causal_mask = mask
+        if type(module).__name__ == "NativeModel":
+            with torch.no_grad():
+                module.head.weight.zero_()
+                module.head.weight[0, -1] = 1.0
+            module.head.weight.requires_grad_(False)
+    return model
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Regression problems: contexts x ``[n, L, d]``, y ``[n, L]``, queries x_q ``[n, d]``, y_q ``[n]``, β ``[n, d]``."""
+
+    x: Tensor
+    y: Tensor
+    x_q: Tensor
+    y_q: Tensor
+    beta: Tensor
+
+
+def tokens(x: Tensor, y: Tensor, x_q: Tensor) -> Float[Tensor, "n pos d_model"]:
+    """Prompts ``[n, L + 1, d + 1]``: z_l = [x_l; y_l], then the query [x_q; 0]."""
+    context = torch.cat([x, y[..., None]], dim=-1)
+    query = torch.cat([x_q, torch.zeros_like(x_q[:, :1])], dim=-1)
+    return torch.cat([context, query[:, None]], dim=1)
+
+
+@dataclass(frozen=True)
+class ICLRegression:
+    name: str = "icl_regression"
+    d: int = 5
+    L: int = 40
+    noise: float = 0.1  # σ², the noise variance
+    corruption: str = "resample"
+    heads: int = 2  # of the default model
+    train_steps: int = 12000
+    train_batch: int = 256
+    lr: float = 3e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.d < 1 or self.L < 1:
+            raise InvalidOptionError(f"d and L must be >= 1; got d={self.d}, L={self.L}")
+        if self.noise < 0:
+            raise InvalidOptionError(f"noise is a variance and must be >= 0; got {self.noise}")
+        if self.corruption not in ("resample", "shuffle"):
+            raise InvalidOptionError(f"corruption={self.corruption!r}; expected 'resample' or 'shuffle'")
+
+    # --- data ---------------------------------------------------------------------------------------
+    def sample(self, n: int, generator: torch.Generator) -> Sample:
+        d, L = self.d, self.L
+        x = torch.randn(n, L, d, generator=generator)
+        x_q = torch.randn(n, d, generator=generator)
+        beta = torch.randn(n, d, generator=generator) / d ** 0.5
+        noise = torch.randn(n, L + 1, generator=generator) * self.noise ** 0.5
+        y = torch.einsum("nld,nd->nl", x, beta) + noise[:, :L]
+        y_q = (x_q * beta).sum(-1) + noise[:, L]
+        return Sample(x, y, x_q, y_q, beta)
+
+    def training_sample(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        s = self.sample(self.train_batch, generator)
+        return tokens(s.x, s.y, s.x_q), s.y_q
+
+    @staticmethod
+    def loss(outputs: Tensor, targets: Tensor) -> Tensor:
+        """Mean squared error of the prediction read at the query (last position)."""
+        return ((outputs[:, -1, 0] - targets) ** 2).mean()
+
+    def batch(self, model: Any, n: int, seed: int) -> PromptBatch:
+        self.check_model(model)
+        generator = torch.Generator().manual_seed(seed)
+        s = self.sample(n, generator)
+        if self.corruption == "resample":
+            beta = torch.randn(n, self.d, generator=generator) / self.d ** 0.5
+            noise = torch.randn(n, self.L, generator=generator) * self.noise ** 0.5
+            y_corrupted = torch.einsum("nld,nd->nl", s.x, beta) + noise
+        else:
+            order = torch.rand(n, self.L, generator=generator).argsort(1)
+            y_corrupted = s.y.gather(1, order)
+        device = next(model.parameters()).device
+        return PromptBatch(clean=tokens(s.x, s.y, s.x_q), corrupted=tokens(s.x, y_corrupted, s.x_q),
+                           answer=s.y_q, position=torch.full((n,), self.L, dtype=torch.long)).to(device)
+
+    def metric(self, logits: Float[Tensor, "batch d_vocab_out"], batch: PromptBatch) -> Float[Tensor, " batch"]:
+        return metrics.negative_squared_error(logits[:, 0], batch.answer)
+
+    def check_model(self, model: Any) -> None:
+        """A model for this task reads out one number (d_vocab_out = 1) from d_model = d + 1, n_ctx >= L + 1."""
+        cfg = model.cfg
+        if cfg.d_vocab_out != 1:
+            raise IncompatibleModelError(
+                f"icl_regression needs a continuous-input model with a scalar read-out (d_vocab_out=1, e.g. "
+                f"tasks.icl_regression.model_config); got a token model with d_vocab_out={cfg.d_vocab_out}")
+        if cfg.d_model != self.d + 1:
+            raise InvalidOptionError(f"d={self.d} needs d_model = d + 1 = {self.d + 1}; the model has "
+                                     f"d_model={cfg.d_model}")
+        if cfg.n_ctx < self.L + 1:
+            raise InvalidOptionError(f"L={self.L} context tokens plus the query need n_ctx >= {self.L + 1}; "
+                                     f"the model has n_ctx={cfg.n_ctx}")
+
+    # --- models -------------------------------------------------------------------------------------
+    def validation_mse(self, model: Any, n: int = 8192, seed: int = 12345) -> float:
+        """Mean squared error on `n` fresh problems (noise included)."""
+        s = self.sample(n, torch.Generator().manual_seed(seed))
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            out = training.outputs(model, tokens(s.x, s.y, s.x_q).to(device))
+        return self.loss(out, s.y_q.to(device)).item()
+
+    def train(self, module: Any, progress: bool = True, steps: int | None = None) -> list[dict[str, float]]:
+        prepare(module)
+        return training.train(module, self.training_sample, self.loss, steps=steps or self.train_steps,
+                              lr=self.lr, weight_decay=0.0, grad_clip=None, seed=self.seed,
+                              evaluate=lambda m: {"mse": self.validation_mse(m, n=2048)}, eval_every=1000,
+                              progress=progress, description=f"training icl_regression ({module.cfg.n_heads} heads)")
+
+    def training_spec(self, steps: int) -> dict[str, Any]:
+        return dict(task=self.name, d=self.d, L=self.L, noise=self.noise, steps=steps, batch=self.train_batch,
+                    lr=self.lr, seed=self.seed, data=DATA_VERSION)
+
+    def model(self, heads: int, steps: int | None = None, progress: bool = True) -> Any:
+        """The trained H-head model (bridge), trained on first use and cached under $CIRCUITS_CACHE."""
+        steps = steps or self.train_steps
+        config = model_config(heads, self.d, self.L, self.seed)
+        bridge = models.cached(config, lambda m: self.train(m, progress=progress, steps=steps),
+                               **self.training_spec(steps))
+        return prepare(bridge)
+
+    def default_model(self) -> Any:
+        """The 2-head model (``heads`` heads), trained on first use and cached."""
+        return self.model(self.heads)
