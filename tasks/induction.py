@@ -98,13 +98,16 @@ class Induction:
 
     def batch(self, model: Any, n: int, seed: int) -> PromptBatch:
         self.check_model(model)
+        return self.sample_batch(n, seed).to(next(model.parameters()).device)
+
+    def sample_batch(self, n: int, seed: int) -> PromptBatch:
+        """`n` prompts on the CPU, for any model (`batch` checks the model and moves them to its device)."""
         generator = torch.Generator().manual_seed(seed)
         p = self.sample(n, generator)
         k = (torch.rand(n, generator=generator) * (p.length - 1)).long()  # read out at x_k, k in [0, n-2]
-        device = next(model.parameters()).device
         return PromptBatch(clean=p.clean, corrupted=p.corrupted, position=p.second + k,
                            answer=p.x.gather(1, (k + 1)[:, None])[:, 0],
-                           foil=p.y.gather(1, (k + 1)[:, None])[:, 0]).to(device)
+                           foil=p.y.gather(1, (k + 1)[:, None])[:, 0])
 
     def metric(self, logits: Float[Tensor, "batch d_vocab"], batch: PromptBatch) -> Float[Tensor, " batch"]:
         return metrics.logit_difference(logits, batch.answer, batch.foil)

@@ -19,7 +19,7 @@ from circuits import patching
 from circuits.graph import HeadGraph
 from circuits.meta import graph_meta
 from circuits.patching import PatchRuns as _Runs
-from circuits.state import preserved
+from circuits.state import evaluation_mode, preserved
 from circuits.task import PromptBatch
 
 
@@ -36,7 +36,7 @@ class ActivationPatching:
 
     def run(self, model: Any, task: Any, n: int = 32, seed: int = 0) -> HeadGraph:
         with preserved(model), torch.no_grad():
-            model.eval()
+            evaluation_mode(model)
             batch = task.batch(model, n=n, seed=seed)
             batch.validate(model)
             runs = _Runs.prepare(model, task, batch, self.direction)
@@ -51,7 +51,7 @@ class ActivationPatching:
         """Unnormalised patched metric means ``[n_layers, n_heads]`` (and ``[n_layers, n_heads, pos]``
         when per position), for a batch you built yourself."""
         with preserved(model), torch.no_grad():
-            model.eval()
+            evaluation_mode(model)
             return self._patch_heads(_Runs.prepare(model, task, batch, self.direction))
 
     def _patch_heads(self, runs: "_Runs") -> tuple[Tensor, Optional[Tensor]]:
