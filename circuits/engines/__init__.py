@@ -8,10 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 from circuits.engines.activation_patching import ActivationPatching
+from circuits.engines.path_patching import PathPatching
 from circuits.registry import Registry
 
 _ENGINES: Registry[Any] = Registry("engine")
 _ENGINES.register("activation_patching", ActivationPatching)
+_ENGINES.register("path_patching", PathPatching)
 
 
 def get(name: str, **options: Any) -> Any:
@@ -27,4 +29,4 @@ def register(name: str, factory: Any) -> Any:
     return _ENGINES.register(name, factory)
 
 
-__all__ = ["ActivationPatching", "get", "names", "register"]
+__all__ = ["ActivationPatching", "PathPatching", "get", "names", "register"]

@@ -1,0 +1,282 @@
+"""Path patching (Wang et al. 2022; Goldowsky-Dill et al. 2023): sender head -> receiver q/k/v input or logits.
+
+Exact algorithm, batched (see docs/path_patching.md). Denoising (default): the base run is corrupted and
+the sender gets its clean output; noising swaps the roles.
+
+Step 3 (every head frozen at its base output except the sender, MLPs recomputed unless `freeze_mlps`)
+needs no attention at all: with every head frozen, the residual entering layer L is the base residual
+plus the sender's change through W_O, carried through the recomputed MLPs. It is kept as one stacked
+tensor ``[sender, batch, pos, d_model]`` advanced layer by layer, and serves every receiver of every sender.
+
+Step 4 (only the receiver's q/k/v input replaced by its step-3 value): the receiver's q/k/v are computed
+from the step-3 residual by running block L on it and capturing ``hook_q``/``hook_k``/``hook_v``
+(the per-head projections; q/k/v depend on the residual position by position, so this *is* replacing the
+input; TL4's ``hook_q_input`` points are gated behind ``use_split_qkv_input`` and are not used). Heads do
+not interact within a layer, so one run of block L with *every* head's q (or k, v) replaced gives each
+receiver's patched output at once; only receiver h's change ``(z_h' - z_h) @ W_O[L, h]`` is then added to
+the base residual and the model finished from layer L, many (sender, receiver) copies per stacked pass.
+
+Grouped-query attention: a receiver is a query head. Its k/v input is replaced only as *that query head*
+sees it (its copy of the shared KV head); the other query heads of its group keep their base k/v, so
+each edge measures one query head. (Replacing hook_k for the whole group in the shared block run is
+harmless: only head h's output change is kept.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+import einops
+import torch
+from torch import Tensor
+
+from circuits import forward, hooks, patching
+from circuits.errors import HookNotFiredError, InvalidOptionError, UnknownNameError
+from circuits.graph import LOGITS, HeadGraph, head_name, parse_head
+from circuits.meta import graph_meta
+from circuits.state import preserved
+from circuits.task import PromptBatch
+
+INPUTS = ("q", "k", "v")
+Head = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class PathPatching:
+    direction: str = "denoising"  # or "noising"
+    receivers: Optional[tuple[str, ...]] = None  # head names and/or "logits"; None: every head and "logits"
+    senders: Optional[tuple[str, ...]] = None  # head names; None: every head
+    inputs: tuple[str, ...] = INPUTS  # receiver inputs patched together (edge score); each also alone
+    per_input: bool = True  # also score each input alone (edge attributes "score_q", "score_k", "score_v")
+    positions: Optional[tuple[int, ...]] = None  # sender patched only at these positions; None: all
+    freeze_mlps: bool = False  # step 3: MLPs frozen at their base values instead of recomputed
+    memory_mb: float = 256.0  # budget for one stacked forward pass
+
+    name = "path_patching"
+
+    def __post_init__(self) -> None:
+        for field in ("receivers", "senders", "inputs", "positions"):
+            value = getattr(self, field)
+            if isinstance(value, str):
+                value = (value,)
+            if value is not None:
+                object.__setattr__(self, field, tuple(value))
+        patching.check_direction(self.direction)
+        bad = [i for i in self.inputs if i not in INPUTS]
+        if bad or not self.inputs or len(set(self.inputs)) != len(self.inputs):
+            raise InvalidOptionError(f"inputs={self.inputs!r} (bad: {bad!r}); expected a non-empty selection "
+                                     f"without repeats from {INPUTS}")
+        if self.positions is not None and any(not isinstance(p, int) or p < 0 for p in self.positions):
+            raise InvalidOptionError(f"positions={self.positions!r}; expected non-negative integer positions")
+        if not self.memory_mb > 0:
+            raise InvalidOptionError(f"memory_mb={self.memory_mb!r}; expected a positive number")
+
+    # --- public ---------------------------------------------------------------------------------------
+    def run(self, model: Any, task: Any, n: int = 32, seed: int = 0) -> HeadGraph:
+        with preserved(model), torch.no_grad():
+            model.eval()
+            senders, receivers, to_logits = self.plan(model)
+            batch = task.batch(model, n=n, seed=seed)
+            batch.validate(model)
+            runs = patching.PatchRuns.prepare(model, task, batch, self.direction)
+            baseline = runs.baseline()  # fails fast when the score is undefined
+            edges = self._edges(runs, senders, receivers, to_logits, batch.clean.shape[1])
+            meta = graph_meta(self, task, model, n=n, seed=seed, options=asdict(self),
+                              metric_clean=baseline.clean, metric_corrupted=baseline.corrupted)
+            return self._graph(model, edges, baseline, meta)
+
+    def patched_metrics(self, model: Any, task: Any, batch: PromptBatch) -> dict[tuple[str, str], dict[str, float]]:
+        """Unnormalised patched metric means per edge ``(sender, receiver) -> {combo: metric}`` (combo
+        ``"q"``, ``"k"``, ``"v"`` or ``"q+k+v"``; ``""`` for the logits), for a batch you built yourself."""
+        with preserved(model), torch.no_grad():
+            model.eval()
+            senders, receivers, to_logits = self.plan(model)
+            batch.validate(model)
+            runs = patching.PatchRuns.prepare(model, task, batch, self.direction)
+            return self._edges(runs, senders, receivers, to_logits, batch.clean.shape[1])
+
+    def plan(self, model: Any) -> tuple[list[Head], list[Head], bool]:
+        """Senders, receiver heads (sorted) and whether the logits are a receiver; typed errors on bad names."""
+        cfg = model.cfg
+        every = [(layer, head) for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
+        senders = every if self.senders is None else sorted({_head(model, s) for s in self.senders})
+        if self.receivers is None:
+            first = min(layer for layer, _ in senders)
+            return senders, [r for r in every if r[0] > first], True
+        to_logits = LOGITS in self.receivers
+        receivers = sorted({_head(model, r) for r in self.receivers if r != LOGITS})
+        first = min(layer for layer, _ in senders)
+        for layer, head in receivers:
+            if layer <= first:
+                raise InvalidOptionError(
+                    f"receiver {head_name(layer, head)!r} is not later than any of its senders "
+                    f"({', '.join(head_name(*s) for s in senders[:8])}{'...' if len(senders) > 8 else ''}); "
+                    f"expected a receiver in a layer after a sender's, or {LOGITS!r}")
+        return senders, receivers, to_logits
+
+    # --- the computation ------------------------------------------------------------------------------
+    def _combos(self) -> list[tuple[str, ...]]:
+        single = [(i,) for i in self.inputs] if self.per_input and len(self.inputs) > 1 else []
+        return single + [tuple(self.inputs)]
+
+    def _edges(self, runs: patching.PatchRuns, senders: list[Head], receivers: list[Head], to_logits: bool,
+               n_pos: int) -> dict[tuple[str, str], dict[str, float]]:
+        model, cfg = runs.model, runs.model.cfg
+        batch = runs.batch
+        mask = self._position_mask(n_pos, batch.clean.shape[1], runs.base_resid[0])
+        per_copy = patching.copies_per_pass(model, batch, self.memory_mb)
+        edges: dict[tuple[str, str], dict[str, float]] = {}
+        state = runs.base_resid[0].new_zeros((0,) + runs.base_resid[0].shape)  # step-3 residuals [sender, ...]
+        done: list[Head] = []  # the senders in `state`, in order
+        for layer in range(cfg.n_layers):
+            here = [h for (l, h) in receivers if l == layer]
+            if here and done:
+                for combo, metrics in self._receive(runs, layer, state, here, per_copy).items():
+                    for i, sender in enumerate(done):
+                        for j, head in enumerate(here):
+                            key = (head_name(*sender), head_name(layer, head))
+                            edges.setdefault(key, {})["+".join(combo)] = float(metrics[i, j])
+            new = [h for (l, h) in senders if l == layer]
+            state = self._advance(runs, layer, state, new, mask, per_copy)
+            done += [(layer, h) for h in new]
+        if to_logits and done:
+            position = batch.position
+            for chunk in patching.chunks(len(done), per_copy):
+                flat = einops.rearrange(state[chunk.start:chunk.stop], "c b p d -> (c b) p d")
+                logits = forward.unembed(model, flat, position.repeat(len(chunk)))
+                values = patching.copies_metric(runs.task, logits, batch, len(chunk))
+                for i, value in zip(chunk, values):
+                    edges[(head_name(*done[i]), LOGITS)] = {"": float(value)}
+        return edges
+
+    def _position_mask(self, n_pos: int, kept: int, like: Tensor) -> Optional[Tensor]:
+        if self.positions is None:
+            return None
+        bad = [p for p in self.positions if p >= n_pos]
+        if bad:
+            raise InvalidOptionError(f"positions {bad!r} lie outside the prompts; expected positions in [0, {n_pos})")
+        mask = like.new_zeros(kept)
+        mask[[p for p in self.positions if p < kept]] = 1.0  # after the last read-out nothing can matter
+        return mask[None, :, None]
+
+    def _advance(self, runs: patching.PatchRuns, layer: int, state: Tensor, new: list[int],
+                 mask: Optional[Tensor], per_copy: int) -> Tensor:
+        """Step-3 residuals entering `layer` -> entering `layer + 1`, adding `layer`'s senders as new copies.
+        Every head is frozen at its base output, so attention adds its base output; the senders add
+        their change through W_O; MLPs are recomputed (or frozen with `freeze_mlps`)."""
+        model = runs.model
+        base_mid = runs.base_resid[layer] + runs.base_attn_out[layer]
+        mid = state + runs.base_attn_out[layer].to(state.device)
+        if new:
+            deltas = runs.head_deltas(layer)[new]
+            if mask is not None:
+                deltas = deltas * mask
+            mid = torch.cat([mid, base_mid[None] + deltas.to(base_mid.device)])
+        if model.cfg.attn_only or not len(mid):
+            return mid
+        if self.freeze_mlps:
+            return mid + (patching.finish_block(model, layer, base_mid) - base_mid)
+        out = torch.empty_like(mid)
+        for chunk in patching.chunks(len(mid), per_copy):
+            flat = einops.rearrange(mid[chunk.start:chunk.stop], "c b p d -> (c b) p d")
+            out[chunk.start:chunk.stop] = patching.finish_block(model, layer, flat).view(len(chunk), *mid.shape[1:])
+        return out
+
+    def _receive(self, runs: patching.PatchRuns, layer: int, state: Tensor, heads: list[int],
+                 per_copy: int) -> dict[tuple[str, ...], Tensor]:
+        """Step 4 for receivers `heads` of `layer` and every sender in `state`: metric means
+        ``[sender, receiver]`` per input combination."""
+        model = runs.model
+        names = {"q": hooks.q(model, layer), "k": hooks.k(model, layer), "v": hooks.v(model, layer)}
+        z_name = hooks.z(model, layer)
+        base = runs.base_resid[layer]
+        base_z = _block_acts(model, base, layer, [z_name])[z_name][:, :, heads]
+        w_o = model.W_O[layer][heads].to(base_z.device)
+        combos = self._combos()
+        out = {combo: torch.zeros(len(state), len(heads)) for combo in combos}
+        senders_per_pass = max(1, per_copy // len(heads))
+        for chunk in patching.chunks(len(state), senders_per_pass):
+            flat = einops.rearrange(state[chunk.start:chunk.stop], "c b p d -> (c b) p d")
+            step3 = _block_acts(model, flat, layer, [names[i] for i in self.inputs])
+            base_copies = base.repeat(len(chunk), 1, 1)
+            for combo in combos:
+                z = _block_acts(model, base_copies, layer, [z_name], {names[i]: step3[names[i]] for i in combo})[z_name]
+                z = einops.rearrange(z[:, :, heads], "(c b) p r e -> c b p r e", c=len(chunk))
+                deltas = einops.einsum(z - base_z[None], w_o, "c b p r e, r e d -> c r b p d")
+                metrics = runs.finish(layer, einops.rearrange(deltas, "c r b p d -> (c r) b p d"))
+                out[combo][chunk.start:chunk.stop] = metrics.view(len(chunk), len(heads)).cpu()
+        return out
+
+    # --- the result -----------------------------------------------------------------------------------
+    def _graph(self, model: Any, edges: dict[tuple[str, str], dict[str, float]], baseline: patching.Baseline,
+               meta: dict[str, Any]) -> HeadGraph:
+        cfg = model.cfg
+        graph = HeadGraph(n_layers=cfg.n_layers, n_heads=cfg.n_heads, meta=meta)
+        score = lambda metric: float(baseline.score(torch.tensor(metric), self.direction))  # noqa: E731
+        for layer in range(cfg.n_layers):
+            for head in range(cfg.n_heads):
+                direct = edges.get((head_name(layer, head), LOGITS))
+                graph.add_head(layer, head, score(direct[""]) if direct else 0.0)
+        joint = "+".join(self.inputs)
+        for (sender, receiver), metrics in edges.items():
+            if receiver == LOGITS:
+                graph.nx.add_edge(sender, receiver, score=score(metrics[""]))
+                continue
+            extras = {f"score_{combo}": score(m) for combo, m in metrics.items() if combo != joint}
+            graph.nx.add_edge(sender, receiver, score=score(metrics[joint]), inputs=joint, **extras)
+        return graph
+
+
+def top_receivers(graph: HeadGraph, k: int, include_logits: bool = True) -> tuple[str, ...]:
+    """The `k` heads of a previous graph with the largest |score|, as `receivers` for the next round of
+    path patching (the usual discovery from the logits backwards)."""
+    if k < 1:
+        raise InvalidOptionError(f"k={k!r}; expected a positive number of receivers")
+    names = tuple(name for name, _ in graph.top(k, by_magnitude=True))
+    return names + ((LOGITS,) if include_logits else ())
+
+
+def _head(model: Any, name: str) -> Head:
+    """A head name checked against the model: `UnknownNameError` naming it and the valid range."""
+    cfg = model.cfg
+    valid = [f"L0H0 .. L{cfg.n_layers - 1}H{cfg.n_heads - 1}", repr(LOGITS) + " (receivers only)"]
+    try:
+        layer, head = parse_head(name)
+    except UnknownNameError:
+        raise UnknownNameError("head", name, valid) from None
+    if layer >= cfg.n_layers or head >= cfg.n_heads:
+        raise UnknownNameError("head", name, valid)
+    return layer, head
+
+
+class _Captured(Exception):
+    """Raised by the last capture hook: the rest of the block is not needed."""
+
+
+def _block_acts(model: Any, residual: Tensor, layer: int, capture: list[str],
+                replace: Optional[dict[str, Tensor]] = None) -> dict[str, Tensor]:
+    """Run block `layer` on `residual`, replacing the activations in `replace` and returning those in
+    `capture`; the run stops as soon as everything is captured (no attention for q/k/v, no MLP)."""
+    cache: dict[str, Tensor] = {}
+
+    def replacing(name: str):
+        return lambda tensor, hook: replace[name].to(tensor.device, tensor.dtype)
+
+    def storing(name: str):
+        def hook(tensor: Tensor, hook: Any) -> None:
+            cache[name] = tensor.detach()
+            if len(cache) == len(capture):
+                raise _Captured
+
+        return hook
+
+    fwd = [(name, replacing(name)) for name in (replace or {})] + [(name, storing(name)) for name in capture]
+    try:
+        with hooks.attached(model, fwd):
+            forward.run_blocks(model, residual, layer, layer + 1)
+    except _Captured:
+        pass
+    if len(cache) != len(capture):
+        raise HookNotFiredError(f"block {layer} never reached {sorted(set(capture) - set(cache))}")
+    return cache

@@ -1,0 +1,217 @@
+"""Path patching: exactness against a literal per-pair loop and against activation patching, additivity
+of direct effects in a linear model, the induction circuit's K-composition edge, typed errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from transformer_lens.model_bridge.sources.native import NativeModel, initialize_native_model
+
+import circuits
+from benchmarks.path_patching import RandomTokens, pair_loop, path_metric
+from circuits import hooks, models, patching
+from circuits.engines import ActivationPatching, PathPatching
+from circuits.engines.path_patching import top_receivers
+from circuits.errors import InvalidOptionError, MetricError, UnknownNameError
+from circuits.graph import LOGITS, head_name
+
+SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def toy(n_layers=2, n_heads=4, d_model=16, attn_only=True, normalization="LN", positional="standard",
+        n_kv_heads=None, seed=0):
+    """A random toy model; with `n_kv_heads`, grouped-query attention (as in SmolLM2)."""
+    config = models.ToyConfig(n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_vocab=32, n_ctx=16,
+                              attn_only=attn_only, normalization=normalization, positional=positional, seed=seed)
+    if n_kv_heads is None:
+        return models.toy(config)
+    cfg = config.bridge_config()
+    cfg.n_key_value_heads = n_kv_heads
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = NativeModel(cfg)
+        initialize_native_model(module, cfg)
+    return models.wrap(module, config)
+
+
+TASK = RandomTokens(seq_len=8)
+
+
+def batch_for(model, n=3, seed=0):
+    return TASK.batch(model, n=n, seed=seed)
+
+
+def assert_same_edges(ours, reference, tol=1e-4):
+    assert ours.keys() == reference.keys()
+    for edge in ours:
+        assert ours[edge].keys() == reference[edge].keys()
+        for combo in ours[edge]:
+            assert ours[edge][combo] == pytest.approx(reference[edge][combo], abs=tol), (edge, combo)
+
+
+# --- exactness ------------------------------------------------------------------------------------------
+@SETTINGS
+@given(seed=st.integers(0, 10_000), n_layers=st.integers(2, 3), attn_only=st.booleans(),
+       normalization=st.sampled_from(["LN", "RMS", None]), direction=st.sampled_from(["denoising", "noising"]),
+       freeze_mlps=st.booleans(), inputs=st.sampled_from([("q", "k", "v"), ("k",), ("v", "q")]))
+def test_engine_equals_the_literal_per_pair_loop(seed, n_layers, attn_only, normalization, direction, freeze_mlps,
+                                                 inputs):
+    model = toy(n_layers=n_layers, n_heads=2, attn_only=attn_only, normalization=normalization, seed=seed)
+    engine = PathPatching(direction=direction, freeze_mlps=freeze_mlps, inputs=inputs)
+    batch = batch_for(model, seed=seed)
+    assert_same_edges(engine.patched_metrics(model, TASK, batch), pair_loop(model, TASK, batch, engine))
+
+
+@pytest.mark.parametrize("n_kv_heads", [1, 2])
+def test_grouped_query_attention_patches_one_query_head(n_kv_heads):
+    """GQA (rotary, RMSNorm, MLPs, like SmolLM2): the reference resets the other query heads of the group,
+    so a receiver's k/v edge is that query head's alone; the engine agrees exactly."""
+    model = toy(n_heads=4, n_kv_heads=n_kv_heads, attn_only=False, normalization="RMS", positional="rotary", seed=3)
+    assert model.W_K.shape[1] == n_kv_heads
+    engine = PathPatching()
+    batch = batch_for(model)
+    ours = engine.patched_metrics(model, TASK, batch)
+    assert_same_edges(ours, pair_loop(model, TASK, batch, engine))
+    # the query heads of one group get different k edges from the same sender: not one shared value
+    k_edges = [ours[("L0H0", head_name(1, h))]["k"] for h in range(4)]
+    assert len({round(v, 6) for v in k_edges}) > 1
+
+
+def test_sender_positions_restrict_the_patch():
+    model = toy(n_layers=2, attn_only=False, seed=5)
+    batch = batch_for(model)
+    engine = PathPatching(positions=(1, 4))
+    assert_same_edges(engine.patched_metrics(model, TASK, batch), pair_loop(model, TASK, batch, engine))
+    everywhere = PathPatching().patched_metrics(model, TASK, batch)
+    assert engine.patched_metrics(model, TASK, batch) != everywhere
+
+
+@pytest.mark.parametrize("attn_only,direction", [(True, "denoising"), (False, "denoising"), (False, "noising")])
+def test_last_layer_senders_to_logits_equal_activation_patching(attn_only, direction):
+    model = toy(n_layers=3, attn_only=attn_only, seed=7)
+    last = model.cfg.n_layers - 1
+    senders = tuple(head_name(last, h) for h in range(model.cfg.n_heads))
+    graph = PathPatching(direction=direction, senders=senders, receivers=(LOGITS,)).run(model, TASK, n=4, seed=1)
+    activation = ActivationPatching(direction=direction).run(model, TASK, n=4, seed=1)
+    for name in senders:
+        assert graph.nx.edges[name, LOGITS]["score"] == pytest.approx(activation.scores()[name], abs=1e-4)
+        assert graph.scores()[name] == pytest.approx(activation.scores()[name], abs=1e-4)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10_000), n_layers=st.integers(1, 3), n_heads=st.integers(1, 4),
+       direction=st.sampled_from(["denoising", "noising"]))
+def test_direct_effects_add_up_without_layernorm(seed, n_layers, n_heads, direction):
+    """Attention-only, no LayerNorm: with patterns frozen the logits are linear in the head outputs, so the
+    per-sender direct effects add up to the direct effect of patching every sender at once."""
+    model = toy(n_layers=n_layers, n_heads=n_heads, normalization=None, seed=seed)
+    batch = batch_for(model, seed=seed)
+    engine = PathPatching(direction=direction, receivers=(LOGITS,))
+    edges = engine.patched_metrics(model, TASK, batch)
+    runs = patching.PatchRuns.prepare(model, TASK, batch, direction)
+    base = runs.corrupted_metric if direction == "denoising" else runs.clean_metric
+    every = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+    together = path_metric(model, TASK, batch, every, LOGITS, direction=direction)
+    assert sum(e[""] - base for e in edges.values()) == pytest.approx(together - base, abs=1e-4)
+    baseline = runs.baseline()
+    scores = PathPatching(direction=direction, receivers=(LOGITS,)).run(model, _Fixed(batch), n=3).scores()
+    assert sum(scores.values()) == pytest.approx(float(baseline.score(torch.tensor(together), direction)), abs=1e-4)
+
+
+class _Fixed:
+    """A task that always returns the same batch (so `run` and the reference see the same prompts)."""
+
+    name = "fixed"
+
+    def __init__(self, batch, fail_after=None):
+        self._batch, self.calls, self.fail_after = batch, 0, fail_after
+
+    def batch(self, model, n, seed):
+        return self._batch
+
+    def metric(self, logits, batch):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise MetricError("deliberate failure")
+        return TASK.metric(logits, batch)
+
+    def default_model(self):
+        raise NotImplementedError
+
+
+# --- the induction circuit ------------------------------------------------------------------------------
+def test_induction_key_input_comes_from_the_previous_token_head(induction, induction_model):
+    """The strongest edge into the top induction head's key input comes from the layer-0 previous-token head."""
+    model = induction_model
+    graph = PathPatching(senders=tuple(head_name(0, h) for h in range(model.cfg.n_heads))).run(
+        model, induction, n=24, seed=0)
+    top = max((h for h in graph.heads() if graph.nx.nodes[h]["layer"] == 1), key=lambda h: graph.scores()[h])
+    into_key = {u: data["score_k"] for u, _, data in graph.nx.in_edges(top, data=True)}
+    strongest = max(into_key, key=lambda u: abs(into_key[u]))
+    batch = induction.batch(model, n=24, seed=0)
+    _, cache = patching.run_with_cache(model, batch.clean, [hooks.pattern(model, 0)], batch.position)
+    previous = cache[hooks.pattern(model, 0)].diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(0, 2))
+    assert strongest == head_name(0, int(previous.argmax())) == "L0H3"
+    # Negative when denoising: the key now says "my previous token is x_k" at a position whose (corrupted)
+    # value is the foil y_{k+1}, so the head copies the foil. What matters is the size.
+    assert abs(into_key[strongest]) > 0.2 and previous.max() > 0.5
+    assert abs(into_key[strongest]) > 2 * max(abs(v) for u, v in into_key.items() if u != strongest)
+
+
+# --- the result -----------------------------------------------------------------------------------------
+def test_graph_edges_nodes_meta_and_registry(random_model):
+    task = RandomTokens(seq_len=8)
+    graph = circuits.discover(random_model, task, engine="path_patching", n=3, seed=0)
+    assert graph.meta["engine"] == "path_patching" and graph.meta["options"]["inputs"] == ("q", "k", "v")
+    assert len(graph.heads()) == 8
+    data = graph.nx.edges["L0H1", "L1H2"]
+    assert data["inputs"] == "q+k+v" and {"score_q", "score_k", "score_v"} <= set(data)
+    assert graph.nx.nodes["L1H2"]["score"] == graph.nx.edges["L1H2", LOGITS]["score"]
+    assert not any(graph.nx.has_edge(head_name(1, a), head_name(1, b)) for a in range(4) for b in range(4))
+    assert not any(graph.nx.has_edge(head_name(1, a), head_name(0, b)) for a in range(4) for b in range(4))
+    assert graph.nx.number_of_edges() == 4 * 4 + 8
+
+
+def test_iterative_discovery_from_the_logits(random_model):
+    task = RandomTokens(seq_len=8)
+    first = PathPatching(receivers=(LOGITS,)).run(random_model, task, n=3)
+    receivers = top_receivers(first, 2, include_logits=False)
+    layer1 = [r for r in receivers if r.startswith("L1")] or ["L1H0"]
+    second = PathPatching(receivers=tuple(layer1), per_input=False).run(random_model, task, n=3)
+    assert {v for _, v in second.nx.edges()} == set(layer1)
+    assert all("score_q" not in d for _, _, d in second.nx.edges(data=True))
+
+
+def test_model_left_as_found_even_when_raising(random_model):
+    batch = batch_for(random_model)
+    random_model.train()
+    with pytest.raises(MetricError):
+        PathPatching().run(random_model, _Fixed(batch, fail_after=4), n=3)
+    assert random_model.training
+    assert all(not point.fwd_hooks for point in random_model.hook_dict.values())
+    random_model.eval()
+
+
+# --- bad input ------------------------------------------------------------------------------------------
+def test_bad_input_gets_typed_errors_naming_the_value(random_model):
+    task = RandomTokens(seq_len=8)
+    with pytest.raises(InvalidOptionError, match="'L0H1'"):
+        PathPatching(senders=("L1H0",), receivers=("L0H1",)).run(random_model, task, n=2)
+    with pytest.raises(InvalidOptionError, match="'L1H1'"):  # same layer is not later
+        PathPatching(senders=("L1H0",), receivers=("L1H1",)).run(random_model, task, n=2)
+    with pytest.raises(UnknownNameError, match="'L9H9'.*L0H0 .. L1H3"):
+        PathPatching(receivers=("L9H9",)).run(random_model, task, n=2)
+    with pytest.raises(UnknownNameError, match="'L0H7'"):
+        PathPatching(senders=("L0H7",)).run(random_model, task, n=2)
+    with pytest.raises(UnknownNameError, match="'head0'"):
+        PathPatching(senders=("head0",)).run(random_model, task, n=2)
+    with pytest.raises(InvalidOptionError, match="'key'.*'q', 'k', 'v'"):
+        PathPatching(inputs=("q", "key"))
+    with pytest.raises(InvalidOptionError, match="'sideways'"):
+        PathPatching(direction="sideways")
+    with pytest.raises(InvalidOptionError, match=r"\[99\]"):
+        PathPatching(positions=(0, 99)).run(random_model, task, n=2)
+    with pytest.raises(UnknownNameError):
+        circuits.engines.get("path_pathcing")
