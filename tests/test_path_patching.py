@@ -215,3 +215,13 @@ def test_bad_input_gets_typed_errors_naming_the_value(random_model):
         PathPatching(positions=(0, 99)).run(random_model, task, n=2)
     with pytest.raises(UnknownNameError):
         circuits.engines.get("path_pathcing")
+
+
+def test_induction_paths_analysis_quick(tmp_path, induction_model):
+    from analyses import induction_paths
+
+    graph = induction_paths.main(["--quick", "--out", str(tmp_path)])
+    png = tmp_path / "induction_paths.png"
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "induction_paths.json").exists()
+    assert graph.nx.number_of_edges() == 16 + 8
