@@ -66,7 +66,8 @@ def draw(graph: HeadGraph, path: Path, threshold: float) -> None:
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=dict(
             arrowstyle="-|>", color=COLOURS[which], lw=1 + 5 * min(abs(d["score"]), 1.0),
             linestyle="-" if d["score"] >= 0 else "--", shrinkA=14, shrinkB=14))
-        ax.text(x0 + 0.3 * (x1 - x0), y0 + 0.3 * (y1 - y0), f"{which or 'direct'} {d['score']:+.2f}", fontsize=7,
+        t = 0.3 if v == LOGITS else 0.7  # labels where edges fan out, not where they meet
+        ax.text(x0 + t * (x1 - x0), y0 + t * (y1 - y0), f"{which or 'direct'} {d['score']:+.2f}", fontsize=7,
                 color=COLOURS[which], ha="center", bbox=dict(facecolor="white", edgecolor="none", pad=0.5))
     for name, (x, y) in place.items():
         ax.scatter([x], [y], s=700, color="#cfe2f3", zorder=3, edgecolors="#555555")
@@ -80,7 +81,7 @@ def draw(graph: HeadGraph, path: Path, threshold: float) -> None:
     limit = max(np.nanmax(np.abs(p)) for p in panels)
     for ax, which, panel in zip(axes[1:4], "qkv", panels):
         image = ax.imshow(panel, cmap="RdBu", vmin=-limit, vmax=limit)
-        ax.set_title(f"{which.upper()}-composition: L0 sender -> L1 receiver {which}")
+        ax.set_title(f"{which.upper()}-composition (L0 -> L1 {which})")
         ax.set_xlabel("layer-1 receiver head")
         ax.set_ylabel("layer-0 sender head")
         ax.set_xticks(range(graph.n_heads))
