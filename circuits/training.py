@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
@@ -48,7 +48,7 @@ def train(
     grad_clip: Optional[float] = 1.0,
     progress: bool = True,
     description: str = "training",
-) -> list[dict[str, float]]:
+) -> list[dict[str, Union[int, float]]]:
     """Train `model` in place for `steps` AdamW steps on ``sample(generator) -> (inputs, targets)``.
 
     Returns the history: one dict per evaluation (``step``, ``loss`` and what `evaluate` returned).
@@ -64,7 +64,7 @@ def train(
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
     was_training = model.training
-    history: list[dict[str, float]] = []
+    history: list[dict[str, Union[int, float]]] = []
     bar = tqdm(range(1, steps + 1), desc=description, disable=not progress, leave=False)
     attached = hook_names.attached(model, list(hooks)) if hooks else contextlib.nullcontext()
     device = next(model.parameters()).device

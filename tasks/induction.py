@@ -131,7 +131,7 @@ class Induction:
     def training_sample_for(self, n: int, seed: int) -> tuple[Tensor, Tensor]:
         return Induction(**{**self.__dict__, "train_batch": n}).training_sample(torch.Generator().manual_seed(seed))
 
-    def train(self, module: Any, progress: bool = True) -> list[dict[str, float]]:
+    def train(self, module: Any, progress: bool = True) -> list[dict[str, Any]]:
         loss = lambda logits, targets: F.cross_entropy(logits.flatten(0, 1), targets.flatten())  # noqa: E731
         return training.train(module, self.training_sample, loss, steps=self.train_steps, lr=self.lr,
                               evaluate=lambda m: {"accuracy": self.copying_accuracy(m, n=256)},
