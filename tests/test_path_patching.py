@@ -17,13 +17,13 @@ from circuits.engines.path_patching import top_receivers
 from circuits.errors import InvalidOptionError, MetricError, UnknownNameError
 from circuits.graph import LOGITS, head_name
 
-SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def toy(n_layers=2, n_heads=4, d_model=16, attn_only=True, normalization="LN", positional="standard",
         n_kv_heads=None, seed=0):
     """A random toy model; with `n_kv_heads`, grouped-query attention (as in SmolLM2)."""
-    config = models.ToyConfig(n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_vocab=32, n_ctx=16,
+    config = models.ToyConfig(n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_head=4, d_vocab=32, n_ctx=16,
                               attn_only=attn_only, normalization=normalization, positional=positional, seed=seed)
     if n_kv_heads is None:
         return models.toy(config)
@@ -70,7 +70,7 @@ def test_grouped_query_attention_patches_one_query_head(n_kv_heads):
     so a receiver's k/v edge is that query head's alone; the engine agrees exactly."""
     model = toy(n_heads=4, n_kv_heads=n_kv_heads, attn_only=False, normalization="RMS", positional="rotary", seed=3)
     assert model.W_K.shape[1] == n_kv_heads
-    engine = PathPatching()
+    engine = PathPatching(senders=("L0H0", "L0H3"))
     batch = batch_for(model)
     ours = engine.patched_metrics(model, TASK, batch)
     assert_same_edges(ours, pair_loop(model, TASK, batch, engine))
@@ -82,9 +82,9 @@ def test_grouped_query_attention_patches_one_query_head(n_kv_heads):
 def test_sender_positions_restrict_the_patch():
     model = toy(n_layers=2, attn_only=False, seed=5)
     batch = batch_for(model)
-    engine = PathPatching(positions=(1, 4))
+    engine = PathPatching(positions=(1, 4), senders=("L0H1", "L0H2", "L1H0"))
     assert_same_edges(engine.patched_metrics(model, TASK, batch), pair_loop(model, TASK, batch, engine))
-    everywhere = PathPatching().patched_metrics(model, TASK, batch)
+    everywhere = PathPatching(senders=("L0H1", "L0H2", "L1H0")).patched_metrics(model, TASK, batch)
     assert engine.patched_metrics(model, TASK, batch) != everywhere
 
 
