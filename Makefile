@@ -16,7 +16,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/circuits discover --task induction --engine activation_patching --out out/demo
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q tests --nbmake notebooks
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow"
