@@ -35,14 +35,15 @@ from tasks import icl_regression_estimators as estimators  # noqa: E402
 
 PAPER = {"mse_1": 0.40, "mse_2": 0.24, "omega": 0.13, "mu": 3.45, "omega_mu": 0.45}
 HEADS = (1, 2, 4)
+QUICK_SCHEDULE = ((3e-3, 300),)
 
 
-def train_models(task: ICLRegression, steps: int) -> tuple[dict[int, Any], dict[int, float]]:
+def train_models(task: ICLRegression, progress: bool = False) -> tuple[dict[int, Any], dict[int, float]]:
     """The 1/2/4-head models and the seconds each took (≈ 0 when read from the cache)."""
     trained, seconds = {}, {}
     for heads in HEADS:
         start = time.perf_counter()
-        trained[heads] = task.model(heads, steps=steps, progress=False)
+        trained[heads] = task.model(heads, progress=progress)
         seconds[heads] = time.perf_counter() - start
     return trained, seconds
 
@@ -70,7 +71,7 @@ def plot_kq(patterns: dict[int, estimators.HeadPatterns], path: Path) -> None:
         ax.set_xticks([]), ax.set_yticks([])
     axes[0][0].set_ylabel("query coordinate (last: y)")
     fig.suptitle("W_KQ = W_Q W_Kᵀ / √d_head (x-block ≈ ω_h I)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -186,14 +187,14 @@ def table(summary: dict[str, Any]) -> str:
 def run(quick: bool = False, out: Path = Path("out/icl_regression")) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     task = ICLRegression()
-    steps = 300 if quick else task.train_steps
-    trained, seconds = train_models(task if not quick else ICLRegression(train_batch=128), steps)
+    trainer = ICLRegression(schedule=QUICK_SCHEDULE, train_batch=128) if quick else task
+    trained, seconds = train_models(trainer, progress=not quick)
     n_val = 4096 if quick else 32768
     mse = {str(h): task.validation_mse(m, n=n_val) for h, m in trained.items()}
     estimator_mse = estimator_losses(task, n_val, 12345)
     pats = {h: estimators.patterns(m) for h, m in trained.items()}
     patch = patching(trained[2], task, n=64 if quick else 512)
-    summary = {"quick": quick, "steps": steps, "mse": mse, "estimators": estimator_mse,
+    summary = {"quick": quick, "schedule": trainer.schedule, "mse": mse, "estimators": estimator_mse,
                "patterns": {str(h): pattern_rows(p) for h, p in pats.items()}, "patching": patch,
                "training_seconds": {str(h): s for h, s in seconds.items()}}
     plot_kq({h: pats[h] for h in (2, 4)}, out / "kq.png")

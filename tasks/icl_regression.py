@@ -33,6 +33,7 @@ from circuits.errors import IncompatibleModelError, InvalidOptionError
 from circuits.task import PromptBatch
 
 DATA_VERSION = 1
+Schedule = tuple[tuple[float, int], ...]
 
 
 def model_config(heads: int = 2, d: int = 5, L: int = 40, seed: int = 0) -> models.ToyConfig:
@@ -58,6 +59,35 @@ def prepare(model: Any) -> Any:
                 module.head.weight[0, -1] = 1.0
             module.head.weight.requires_grad_(False)
     return model
+
+
+class QueryReadout(torch.nn.Module):
+    """Training view of a prepared one-layer native module: the prediction at the query position only.
+
+    Computes exactly what the module computes at the last position (same parameters, biases and read-out;
+    the query attends to the L context tokens), without the L attention rows that are never read: about
+    20x faster to train. ``forward(inputs_embeds=z)`` returns ``[n, 1, 1]``.
+    """
+
+    def __init__(self, module: Any):
+        super().__init__()
+        if module.cfg.n_layers != 1 or not module.cfg.attn_only:
+            raise InvalidOptionError("QueryReadout needs a one-layer attention-only module")
+        self.module = module
+
+    def forward(self, input_ids: Any = None, inputs_embeds: Tensor | None = None) -> Tensor:
+        m, z = self.module, inputs_embeds
+        if m.pos is not None:
+            z = z + m.pos.weight[: z.shape[1]]
+        attn, n, heads = m.layers[0].attn, z.shape[0], m.cfg.n_heads
+        hidden = m.layers[0].ln1(z)
+        query, context = hidden[:, -1], hidden[:, :-1]
+        q = attn.q(query).view(n, heads, -1)
+        k = attn.k(context).view(n, context.shape[1], heads, -1)
+        v = attn.v(context).view(n, context.shape[1], heads, -1)
+        pattern = torch.softmax(torch.einsum("nhe,nlhe->nhl", q, k) / attn.scale, dim=-1)
+        out = attn.o(torch.einsum("nhl,nlhe->nhe", pattern, v).reshape(n, -1))
+        return m.head(m.ln_out(z[:, -1] + out))[:, None]
 
 
 @dataclass(frozen=True)
@@ -86,9 +116,9 @@ class ICLRegression:
     noise: float = 0.1  # σ², the noise variance
     corruption: str = "resample"
     heads: int = 2  # of the default model
-    train_steps: int = 12000
+    # Adam (no weight decay) in phases of (learning rate, steps): the last, small rate settles the weights
+    schedule: tuple[tuple[float, int], ...] = ((3e-3, 4000), (1e-3, 3000), (3e-4, 3000))
     train_batch: int = 256
-    lr: float = 3e-3
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -160,23 +190,30 @@ class ICLRegression:
             out = training.outputs(model, tokens(s.x, s.y, s.x_q).to(device))
         return self.loss(out, s.y_q.to(device)).item()
 
-    def train(self, module: Any, progress: bool = True, steps: int | None = None) -> list[dict[str, float]]:
+    def train(self, module: Any, progress: bool = True, schedule: Schedule | None = None) -> list[dict[str, float]]:
+        """Train a native module in place (through `QueryReadout`); returns the evaluation history."""
         prepare(module)
-        return training.train(module, self.training_sample, self.loss, steps=steps or self.train_steps,
-                              lr=self.lr, weight_decay=0.0, grad_clip=None, seed=self.seed,
-                              evaluate=lambda m: {"mse": self.validation_mse(m, n=2048)}, eval_every=1000,
-                              progress=progress, description=f"training icl_regression ({module.cfg.n_heads} heads)")
+        history: list[dict[str, float]] = []
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # a tiny model: more threads only add synchronisation (10x slower on a busy CPU)
+        try:
+            for phase, (lr, steps) in enumerate(schedule or self.schedule):
+                history += training.train(
+                    QueryReadout(module), self.training_sample, self.loss, steps=steps, lr=lr, weight_decay=0.0,
+                    grad_clip=None, seed=self.seed + phase, eval_every=1000, progress=progress,
+                    evaluate=lambda m: {"mse": self.validation_mse(m, n=2048)},
+                    description=f"training icl_regression ({module.cfg.n_heads} heads, lr {lr:g})")
+        finally:
+            torch.set_num_threads(threads)
+        return history
 
-    def training_spec(self, steps: int) -> dict[str, Any]:
-        return dict(task=self.name, d=self.d, L=self.L, noise=self.noise, steps=steps, batch=self.train_batch,
-                    lr=self.lr, seed=self.seed, data=DATA_VERSION)
-
-    def model(self, heads: int, steps: int | None = None, progress: bool = True) -> Any:
+    def model(self, heads: int, schedule: Schedule | None = None, progress: bool = True) -> Any:
         """The trained H-head model (bridge), trained on first use and cached under $CIRCUITS_CACHE."""
-        steps = steps or self.train_steps
+        schedule = tuple(schedule or self.schedule)
         config = model_config(heads, self.d, self.L, self.seed)
-        bridge = models.cached(config, lambda m: self.train(m, progress=progress, steps=steps),
-                               **self.training_spec(steps))
+        spec = dict(task=self.name, d=self.d, L=self.L, noise=self.noise, schedule=schedule,
+                    batch=self.train_batch, seed=self.seed, data=DATA_VERSION)
+        bridge = models.cached(config, lambda m: self.train(m, progress=progress, schedule=schedule), **spec)
         return prepare(bridge)
 
     def default_model(self) -> Any:

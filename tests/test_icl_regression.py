@@ -12,7 +12,7 @@ import circuits
 import tasks
 from circuits.errors import IncompatibleModelError, InvalidOptionError
 from tasks import icl_regression_estimators as E
-from tasks.icl_regression import ICLRegression, model_config, prepare, tokens
+from tasks.icl_regression import ICLRegression, QueryReadout, model_config, prepare, tokens
 
 
 def hand_built(omega: list[float], mu: list[float], d: int = 5, L: int = 40, x_diag=None, off=0.0, ov_x=0.0):
@@ -133,6 +133,16 @@ def test_hand_built_model_computes_the_softmax_estimator(task):
     out = circuits.forward.logits(model, tokens(s.x, s.y, s.x_q), torch.full((32,), 40))[:, 0]
     # the query attends to the 40 context tokens only, and the read-out is the y coordinate
     assert torch.allclose(out, E.softmax_heads(s.x, s.y, s.x_q, omega, mu), atol=1e-5)
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+def test_query_readout_matches_the_full_forward(task, heads):
+    module = prepare(circuits.models.native(model_config(heads, seed=heads)))
+    s = task.sample(8, torch.Generator().manual_seed(1))
+    z = tokens(s.x, s.y, s.x_q)
+    fast = QueryReadout(module)(inputs_embeds=z)
+    assert fast.shape == (8, 1, 1)
+    assert torch.allclose(fast, module(inputs_embeds=z)[:, -1:], atol=1e-5)
 
 
 def test_ideal_patterns_measure_exactly():
