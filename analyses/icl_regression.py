@@ -65,7 +65,7 @@ def plot_kq(patterns: dict[int, estimators.HeadPatterns], path: Path) -> None:
     for ax, (h, i) in zip(axes[0], rows):
         kq = patterns[h].kq[i]
         bound = kq[:-1].abs().max().item() or 1.0  # the query's y row is untrained: left out of the colour scale
-        ax.imshow(kq, cmap="RdBu_r", vmin=-bound, vmax=bound)
+        ax.imshow(kq.numpy(), cmap="RdBu_r", vmin=-bound, vmax=bound)
         ax.axhline(kq.shape[0] - 1.5, color="k", lw=0.5)
         ax.set_title(f"{h} heads: H{i}\nω={patterns[h].omega[i]:.3f}", fontsize=8)
         ax.set_xticks([]), ax.set_yticks([])
@@ -81,7 +81,7 @@ def plot_ov(patterns: dict[int, estimators.HeadPatterns], path: Path) -> None:
     for ax, (h, p) in zip(axes[0], patterns.items()):
         width = 0.8 / len(p.ov)
         for i, u in enumerate(p.ov):
-            ax.bar(torch.arange(len(u)) + i * width, u, width=width, label=f"H{i} μ={u[-1]:.2f}")
+            ax.bar((torch.arange(len(u)) + i * width).numpy(), u.numpy(), width=width, label=f"H{i} μ={u[-1]:.2f}")
         ax.set_xticks(range(p.d + 1), [f"x{j}" for j in range(p.d)] + ["y"])
         ax.set_title(f"{h} head{'s' if h > 1 else ''}", fontsize=9)
         ax.legend(fontsize=6)
@@ -94,11 +94,11 @@ def plot_ov(patterns: dict[int, estimators.HeadPatterns], path: Path) -> None:
 def plot_omega_mu(patterns: dict[int, estimators.HeadPatterns], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(4, 3.5))
     for h, p in patterns.items():
-        ax.scatter(p.omega, p.mu, label=f"{h} heads", s=30)
+        ax.scatter(p.omega.numpy(), p.mu.numpy(), label=f"{h} heads", s=30)
     span = max(abs(p.omega).max().item() for p in patterns.values()) * 1.3
     omega = torch.linspace(0.02, span, 100)
     for sign in (1, -1):
-        ax.plot(sign * omega, sign * PAPER["omega_mu"] / omega, "k:", lw=0.8)
+        ax.plot((sign * omega).numpy(), (sign * PAPER["omega_mu"] / omega).numpy(), "k:", lw=0.8)
     ax.scatter([PAPER["omega"], -PAPER["omega"]], [PAPER["mu"], -PAPER["mu"]], marker="x", c="k", label="paper")
     ax.set_ylim(-2 * PAPER["mu"] - 1, 2 * PAPER["mu"] + 1)
     ax.axhline(0, color="grey", lw=0.5), ax.axvline(0, color="grey", lw=0.5)
@@ -141,7 +141,7 @@ def plot_patching(results: dict[str, list[float]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(4, 3))
     width = 0.8 / max(len(results), 1)
     for i, (engine, scores) in enumerate(results.items()):
-        ax.bar(torch.arange(len(scores)) + i * width, scores, width=width, label=engine)
+        ax.bar((torch.arange(len(scores)) + i * width).numpy(), scores, width=width, label=engine)
     heads = len(next(iter(results.values()))) if results else 0
     ax.set_xticks([i + 0.4 - width / 2 for i in range(heads)], [f"L0H{i}" for i in range(heads)])
     ax.set_ylabel("normalised patching score")

@@ -190,10 +190,10 @@ class ICLRegression:
             out = training.outputs(model, tokens(s.x, s.y, s.x_q).to(device))
         return self.loss(out, s.y_q.to(device)).item()
 
-    def train(self, module: Any, progress: bool = True, schedule: Schedule | None = None) -> list[dict[str, float]]:
+    def train(self, module: Any, progress: bool = True, schedule: Schedule | None = None) -> list[dict[str, Any]]:
         """Train a native module in place (through `QueryReadout`); returns the evaluation history."""
         prepare(module)
-        history: list[dict[str, float]] = []
+        history: list[dict[str, Any]] = []
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # a tiny model: more threads only add synchronisation (10x slower on a busy CPU)
         try:
