@@ -53,11 +53,13 @@ def prepare(model: Any) -> Any:
             mask = torch.ones(n, n, dtype=torch.bool, device=module.causal_mask.device).triu(0)
             mask[0, 0] = False
             module.causal_mask = mask
-        if type(module).__name__ == "NativeModel":
-            with torch.no_grad():
-                module.head.weight.zero_()
-                module.head.weight[0, -1] = 1.0
-            module.head.weight.requires_grad_(False)
+    head = getattr(model.unembed, "original_component", None) if hasattr(model, "unembed") else model.head
+    if head is None or head.weight.shape[0] != 1:
+        raise IncompatibleModelError("icl_regression models read out one number (d_vocab_out=1, see model_config)")
+    with torch.no_grad():
+        head.weight.zero_()
+        head.weight[0, -1] = 1.0
+    head.weight.requires_grad_(False)
     return model
 
 

@@ -145,6 +145,13 @@ def test_query_readout_matches_the_full_forward(task, heads):
     assert torch.allclose(fast, module(inputs_embeds=z)[:, -1:], atol=1e-5)
 
 
+def test_prepare_fixes_the_readout_of_a_bridge_too():
+    bridge = prepare(circuits.models.toy(model_config(2, d=3, L=7)))
+    assert torch.equal(bridge.W_U[:, 0], torch.tensor([0.0, 0.0, 0.0, 1.0]))
+    with pytest.raises(IncompatibleModelError):
+        prepare(circuits.models.toy(n_layers=1, n_heads=2, d_model=6, d_vocab=16, n_ctx=64))
+
+
 def test_ideal_patterns_measure_exactly():
     p = E.patterns(hand_built([0.13, -0.13], [3.45, -3.45]))
     assert torch.allclose(p.omega, torch.tensor([0.13, -0.13]))
