@@ -183,7 +183,8 @@ def measure(label: str, model: Any, task: Any, n: int, engine: PathPatching, rep
     t_floor = floor_time(model, task, batch, engine)
     diff = max_difference(ours, loop)
     values = sum(len(v) for v in ours.values())
-    print(f"{label}: {len(ours)} edges ({values} patched values, {edge_count} senders)\n"
+    device = next(model.parameters()).device
+    print(f"{label} on {device}: {len(ours)} edges ({values} patched values, {edge_count} senders)\n"
           f"  per-pair loop {t_loop:8.2f} s   engine {t_engine:7.3f} s   ratio {t_loop / t_engine:6.1f}x   "
           f"max |diff| {diff:.2e}\n"
           f"  unskippable downstream work {t_floor:7.3f} s: engine = {t_engine / t_floor:.2f}x that limit, "
@@ -199,7 +200,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, float]]:
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
     torch.set_num_threads(args.threads)
-    print(f"torch threads: {torch.get_num_threads()}, device: cpu")
+    print(f"torch CPU threads: {torch.get_num_threads()}")
     results = {}
     cases = args.cases.split(",")
     if "a" in cases:
