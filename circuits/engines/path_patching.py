@@ -192,7 +192,7 @@ class PathPatching:
         z_name = hooks.z(model, layer)
         base = runs.base_resid[layer]
         base_z = _block_acts(model, base, layer, [z_name])[z_name][:, :, heads]
-        w_o = model.W_O[layer][heads].to(base_z.device)
+        w_o = patching.output_weights(model, layer)[heads].to(base_z.device)
         combos = self._combos()
         out = {combo: torch.zeros(len(state), len(heads)) for combo in combos}
         senders_per_pass = max(1, per_copy // len(heads))
