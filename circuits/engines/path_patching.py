@@ -35,7 +35,7 @@ from circuits import forward, hooks, patching
 from circuits.errors import HookNotFiredError, InvalidOptionError, UnknownNameError
 from circuits.graph import LOGITS, HeadGraph, head_name, parse_head
 from circuits.meta import graph_meta
-from circuits.state import preserved
+from circuits.state import evaluation_mode, preserved
 from circuits.task import PromptBatch
 
 INPUTS = ("q", "k", "v")
@@ -75,7 +75,7 @@ class PathPatching:
     # --- public ---------------------------------------------------------------------------------------
     def run(self, model: Any, task: Any, n: int = 32, seed: int = 0) -> HeadGraph:
         with preserved(model), torch.no_grad():
-            model.eval()
+            evaluation_mode(model)
             senders, receivers, to_logits = self.plan(model)
             batch = task.batch(model, n=n, seed=seed)
             batch.validate(model)
@@ -90,7 +90,7 @@ class PathPatching:
         """Unnormalised patched metric means per edge ``(sender, receiver) -> {combo: metric}`` (combo
         ``"q"``, ``"k"``, ``"v"`` or ``"q+k+v"``; ``""`` for the logits), for a batch you built yourself."""
         with preserved(model), torch.no_grad():
-            model.eval()
+            evaluation_mode(model)
             senders, receivers, to_logits = self.plan(model)
             batch.validate(model)
             runs = patching.PatchRuns.prepare(model, task, batch, self.direction)
