@@ -31,19 +31,20 @@ def trimmed(batch: PromptBatch, causal: bool) -> PromptBatch:
 
 def metric_mean(task: Any, logits: Tensor, batch: PromptBatch) -> Tensor:
     """The batch mean of the task's metric, checked for shape and NaN."""
-    values = task.metric(logits, batch)
-    if values.shape != (batch.size,):
-        raise MetricError(f"{task.name}.metric returned shape {tuple(values.shape)}; expected ({batch.size},)")
-    mean = values.float().mean()
-    if not torch.isfinite(mean):
-        raise MetricError(f"{task.name}.metric returned a non-finite value ({mean.item()}) on this batch")
-    return mean
+    return copies_metric(task, logits, batch, 1)[0]
 
 
 def copies_metric(task: Any, logits: Tensor, batch: PromptBatch, copies: int) -> Tensor:
-    """Metric means of `copies` stacked copies of `batch`: logits ``[copies * batch, vocab]`` -> ``[copies]``."""
-    per_copy = logits.reshape(copies, batch.size, *logits.shape[1:])
-    return torch.stack([metric_mean(task, per_copy[i], batch) for i in range(copies)])
+    """Metric means of `copies` stacked copies of `batch`: logits ``[copies * batch, vocab]`` -> ``[copies]``.
+    One call of the task's metric on the repeated batch, checked for shape and NaN."""
+    stacked = batch if copies == 1 else batch.repeated(copies)
+    values = task.metric(logits, stacked)
+    if values.shape != (stacked.size,):
+        raise MetricError(f"{task.name}.metric returned shape {tuple(values.shape)}; expected ({stacked.size},)")
+    means = values.float().reshape(copies, batch.size).mean(1)
+    if not torch.isfinite(means).all():
+        raise MetricError(f"{task.name}.metric returned a non-finite value ({means.tolist()}) on this batch")
+    return means
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ def preserved(model: Any) -> Iterator[Any]:
         yield model
     finally:
         for module, training in modes:
-            module.training = training
+            if module.training != training:  # nn.Module.__setattr__ is slow; most modes did not change
+                module.training = training
         for parameter, requires_grad in grads:
             parameter.requires_grad_(requires_grad)
         for point in hook_points:

@@ -51,6 +51,12 @@ class PromptBatch:
         return replace(self, clean=move(self.clean), corrupted=move(self.corrupted), answer=move(self.answer),
                        position=move(self.position), foil=move(self.foil))
 
+    def repeated(self, copies: int) -> "PromptBatch":
+        """`copies` copies of this batch stacked along the batch axis (for stacked patched runs)."""
+        tile = lambda t: None if t is None else t.repeat(copies, *([1] * (t.ndim - 1)))  # noqa: E731
+        return replace(self, clean=tile(self.clean), corrupted=tile(self.corrupted), answer=tile(self.answer),
+                       position=tile(self.position), foil=tile(self.foil))
+
     def swapped(self) -> "PromptBatch":
         """The same batch with clean and corrupted exchanged (answer, foil and position unchanged)."""
         return replace(self, clean=self.corrupted, corrupted=self.clean)
