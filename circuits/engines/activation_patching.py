@@ -18,7 +18,7 @@ from torch import Tensor
 from circuits import patching
 from circuits.graph import HeadGraph
 from circuits.meta import graph_meta
-from circuits.patching import PatchRuns as _Runs
+from circuits.patching import PatchRuns
 from circuits.state import evaluation_mode, preserved
 from circuits.task import PromptBatch
 
@@ -39,7 +39,7 @@ class ActivationPatching:
             evaluation_mode(model)
             batch = task.batch(model, n=n, seed=seed)
             batch.validate(model)
-            runs = _Runs.prepare(model, task, batch, self.direction)
+            runs = PatchRuns.prepare(model, task, batch, self.direction)
             baseline = runs.baseline()  # fails fast when the score is undefined
             patched, per_position = self._patch_heads(runs)
             extras = {} if per_position is None else {"position_scores": baseline.score(per_position, self.direction)}
@@ -52,9 +52,9 @@ class ActivationPatching:
         when per position), for a batch you built yourself."""
         with preserved(model), torch.no_grad():
             evaluation_mode(model)
-            return self._patch_heads(_Runs.prepare(model, task, batch, self.direction))
+            return self._patch_heads(PatchRuns.prepare(model, task, batch, self.direction))
 
-    def _patch_heads(self, runs: "_Runs") -> tuple[Tensor, Optional[Tensor]]:
+    def _patch_heads(self, runs: PatchRuns) -> tuple[Tensor, Optional[Tensor]]:
         model = runs.model
         cfg = model.cfg
         n_pos = runs.batch.clean.shape[1]
