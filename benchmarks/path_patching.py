@@ -22,7 +22,7 @@ import torch
 
 from circuits import forward, hooks, models, patching
 from circuits.engines.path_patching import PathPatching
-from circuits.graph import LOGITS, head_name, parse_head
+from circuits.graph import LOGITS, head_name
 from circuits.task import PromptBatch
 
 Head = tuple[int, int]

@@ -61,7 +61,3 @@ def logits(model: Any, inputs: Inputs, position: Optional[Int[Tensor, " batch"]]
     """Logits of a full forward pass, for token ids or float inputs, optionally at read-out positions only."""
     return run_from(model, embed(model, inputs), 0, position)
 
-
-def needed_length(position: Tensor, causal: bool, n_pos: int) -> int:
-    """How many leading positions a read-out needs: in a causal model, nothing after the last read-out."""
-    return int(position.max().item()) + 1 if causal else n_pos

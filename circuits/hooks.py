@@ -49,11 +49,6 @@ def mlp_out(model: Any, layer: int) -> str:
     return _checked(model, f"blocks.{layer}.hook_mlp_out")
 
 
-def attn_input(model: Any, layer: int, which: str) -> str:
-    """The residual stream as the q, k or v input of block `layer`'s attention (before its LayerNorm)."""
-    return _checked(model, f"blocks.{layer}.attn.hook_{which}_input")
-
-
 def q(model: Any, layer: int) -> str:
     return _checked(model, f"blocks.{layer}.attn.hook_q")
 

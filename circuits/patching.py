@@ -25,7 +25,7 @@ def check_direction(direction: str) -> None:
 
 def trimmed(batch: PromptBatch, causal: bool) -> PromptBatch:
     """In a causal model nothing after the last read-out position can change the result: drop it."""
-    keep = forward.needed_length(batch.position, causal, batch.clean.shape[1])
+    keep = int(batch.position.max().item()) + 1 if causal else batch.clean.shape[1]
     return replace(batch, clean=batch.clean[:, :keep], corrupted=batch.corrupted[:, :keep])
 
 

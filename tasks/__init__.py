@@ -13,17 +13,9 @@ _TASKS.register("induction", Induction)
 _TASKS.register("icl_regression", ICLRegression)
 
 
-def get(name: str, **options: Any) -> Any:
-    return _TASKS.get(name, **options)
+# The registry's own methods are the public functions (``register`` refuses a name already taken).
+get = _TASKS.get
+names = _TASKS.names
+register = _TASKS.register
 
-
-def names() -> list[str]:
-    return _TASKS.names()
-
-
-def register(name: str, factory: Any) -> Any:
-    """Add a task under `name` (refuses a name already taken)."""
-    return _TASKS.register(name, factory)
-
-
-__all__ = ["Induction", "get", "names", "register"]
+__all__ = ["ICLRegression", "Induction", "get", "names", "register"]

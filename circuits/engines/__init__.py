@@ -16,17 +16,9 @@ _ENGINES.register("activation_patching", ActivationPatching)
 _ENGINES.register("path_patching", PathPatching)
 
 
-def get(name: str, **options: Any) -> Any:
-    return _ENGINES.get(name, **options)
-
-
-def names() -> list[str]:
-    return _ENGINES.names()
-
-
-def register(name: str, factory: Any) -> Any:
-    """Add an engine under `name` (refuses a name already taken)."""
-    return _ENGINES.register(name, factory)
-
+# The registry's own methods are the public functions (``register`` refuses a name already taken).
+get = _ENGINES.get
+names = _ENGINES.names
+register = _ENGINES.register
 
 __all__ = ["ActivationPatching", "PathPatching", "get", "names", "register"]
