@@ -10,7 +10,7 @@ from typing import Optional
 
 import circuits
 import tasks
-from circuits.errors import CircuitsError
+from circuits.errors import CircuitsError, InvalidOptionError
 
 
 def _table(graph: circuits.HeadGraph, k: int) -> str:
@@ -20,16 +20,19 @@ def _table(graph: circuits.HeadGraph, k: int) -> str:
 
 
 def _discover(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():  # say so before the run, not after it
+        raise InvalidOptionError(f"--out {str(out)!r} is a file; expected a folder (made if missing)")
+    engine = circuits.engines.get(args.engine, **({"direction": args.direction} if args.direction else {}))
     task = tasks.get(args.task)
     print(f"loading the default model of task {args.task!r} (trained and cached on first use)...", flush=True)
     model = task.default_model()
-    options = {"direction": args.direction} if args.direction else {}
-    graph = circuits.discover(model, task, engine=args.engine, n=args.n, seed=args.seed, **options)
+    graph = circuits.discover(model, task, engine=engine, n=args.n, seed=args.seed)
     meta = graph.meta
     print(f"\n{args.engine} on {args.task}: metric clean {meta.get('metric_clean', float('nan')):.3f}, "
-          f"corrupted {meta.get('metric_corrupted', float('nan')):.3f} (n={args.n}, seed={args.seed})\n")
+          f"corrupted {meta.get('metric_corrupted', float('nan')):.3f} (n={args.n}, seed={args.seed})")
+    print(f"score: {meta['score']}\n")
     print(_table(graph, args.top))
-    out = Path(args.out)
     json_path = graph.to_json(out / "graph.json")
     png_path = out / "graph.png"
     graph.draw(png_path, title=f"{args.engine} · {args.task}")

@@ -16,12 +16,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from transformer_lens import patching as tl_patching
-
-from circuits import models
+from circuits import PromptBatch, models
 from circuits.engines import ActivationPatching
-from circuits.task import PromptBatch
 from tasks.induction import Induction
+from tests.references import tl_patched
 
 
 @dataclass(frozen=True)
@@ -46,14 +44,7 @@ def ours(model: Any, task: Any, batch: PromptBatch) -> torch.Tensor:
 
 
 def transformer_lens(model: Any, task: Any, batch: PromptBatch) -> torch.Tensor:
-    rows = torch.arange(batch.size)
-
-    def metric(logits: torch.Tensor) -> torch.Tensor:
-        return task.metric(logits[rows, batch.position], batch).mean()
-
-    with torch.no_grad():
-        _, clean_cache = model.run_with_cache(batch.clean)
-        return tl_patching.get_act_patch_attn_head_out_all_pos(model, batch.corrupted, clean_cache, metric)
+    return tl_patched(model, task, batch)
 
 
 def timed(fn: Any, repeats: int, *args: Any) -> tuple[float, torch.Tensor]:

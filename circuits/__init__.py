@@ -4,11 +4,15 @@
     task = tasks.get("induction")
     model = task.default_model()
     graph = circuits.discover(model, task, engine="activation_patching", n=32, seed=0)
+
+The public API is what this module exports; modules whose names start with an underscore are internal.
 """
 
-from circuits import engines, errors, models
-from circuits.discovery import discover
-from circuits.graph import HeadGraph
-from circuits.task import PromptBatch, Task
+from circuits import engines, errors, forward, hooks, metrics, models, training
+from circuits._discovery import discover
+from circuits._task import PromptBatch, Task
+from circuits.engines.base import Engine
+from circuits.graph import EMBED, LOGITS, Head, HeadGraph
 
-__all__ = ["HeadGraph", "PromptBatch", "Task", "discover", "engines", "errors", "models"]
+__all__ = ["EMBED", "LOGITS", "Engine", "Head", "HeadGraph", "PromptBatch", "Task", "discover", "engines", "errors",
+           "forward", "hooks", "metrics", "models", "training"]

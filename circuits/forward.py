@@ -15,13 +15,22 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from circuits.task import Inputs
+from circuits._task import Inputs
 
 Residual = Float[Tensor, "batch pos d_model"]
 
 
+def input_device(model: Any) -> torch.device:
+    """Where inputs go: ``model.cfg.device``. A model spread over devices (accelerate's ``device_map``,
+    TransformerBridge's ``n_devices``) takes its inputs there, wherever its first parameter happens to
+    live; a module without a configured device falls back to its first parameter's."""
+    device = getattr(getattr(model, "cfg", None), "device", None)
+    return torch.device(device) if device is not None else next(model.parameters()).device
+
+
 def embed(model: Any, inputs: Inputs) -> Residual:
-    """The residual stream entering block 0."""
+    """The residual stream entering block 0 (inputs are moved to `input_device` first)."""
+    inputs = inputs.to(input_device(model))
     if inputs.is_floating_point():
         return inputs
     return model(inputs, stop_at_layer=0)

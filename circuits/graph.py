@@ -1,14 +1,19 @@
 """HeadGraph: a thin wrapper over a networkx.DiGraph of attention heads.
 
-Head nodes are ``"L{layer}H{head}"`` with attributes ``layer``, ``head``, ``score``; the special nodes
-``"embed"`` and ``"logits"`` stand for the input and the output; edges carry ``score``. ``meta`` (engine
-and options, task, model, seed, version) lives in ``graph.nx.graph`` so it travels with the JSON.
+Head nodes are named ``"L{layer}H{head}"`` (a `Head` spells and parses them) with attributes ``kind``,
+``layer``, ``head`` and, where the engine measured one, ``score``; a head the engine did not measure has
+no ``score`` (NaN in `matrix`). The special nodes ``"embed"`` and ``"logits"`` stand for the input and
+the output; edges carry ``score``. ``meta`` (engine and options, task, model, seed, version, and in
+``meta["score"]`` what node and edge scores mean) lives in ``graph.nx.graph`` so it travels with the JSON.
+Engines build graphs through `add_head` and `add_edge`, never through networkx directly.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -21,18 +26,63 @@ from circuits.errors import InvalidOptionError, UnknownNameError
 
 EMBED, LOGITS = "embed", "logits"
 _HEAD = re.compile(r"^L(\d+)H(\d+)$")
+_TUPLE = "__tuple__"  # JSON has no tuples: they are written as {"__tuple__": [...]} and read back as tuples
+
+
+@dataclass(frozen=True, order=True)
+class Head:
+    """One attention head, ordered by layer then head; ``str(Head(1, 3)) == "L1H3"``."""
+
+    layer: int
+    head: int
+
+    @property
+    def name(self) -> str:
+        return f"L{self.layer}H{self.head}"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def parse(cls, name: Union[str, "Head"]) -> "Head":
+        """``"L1H3"`` -> ``Head(1, 3)`` (a `Head` passes through); anything else raises `UnknownNameError`."""
+        if isinstance(name, Head):
+            return name
+        match = _HEAD.match(name) if isinstance(name, str) else None
+        if match is None:
+            raise UnknownNameError("head", name, ["L{layer}H{head}, e.g. 'L1H3'"])
+        return cls(int(match.group(1)), int(match.group(2)))
+
+    @classmethod
+    def in_model(cls, model: Any, name: Union[str, "Head"], also: tuple[str, ...] = ()) -> "Head":
+        """A head name checked against the model: `UnknownNameError` naming it, the valid range and `also`."""
+        cfg = model.cfg
+        valid = [f"L0H0 .. L{cfg.n_layers - 1}H{cfg.n_heads - 1}", *also]
+        try:
+            head = cls.parse(name)
+        except UnknownNameError:
+            raise UnknownNameError("head", name, valid) from None
+        if head.layer >= cfg.n_layers or head.head >= cfg.n_heads:
+            raise UnknownNameError("head", name, valid)
+        return head
+
+
+def all_heads(model: Any) -> list[Head]:
+    """Every head of `model`, layer by layer."""
+    return [Head(layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
 
 
 def head_name(layer: int, head: int) -> str:
-    return f"L{layer}H{head}"
+    return Head(layer, head).name
 
 
 def parse_head(name: str) -> tuple[int, int]:
     """``"L1H3"`` -> ``(1, 3)``; anything else raises `UnknownNameError`."""
-    match = _HEAD.match(name) if isinstance(name, str) else None
-    if match is None:
-        raise UnknownNameError("head", name, ["L{layer}H{head}, e.g. 'L1H3'"])
-    return int(match.group(1)), int(match.group(2))
+    head = Head.parse(name)
+    return head.layer, head.head
+
+
+Node = Union[Head, str]
 
 
 class HeadGraph:
@@ -45,7 +95,8 @@ class HeadGraph:
             self.nx.graph["n_heads"] = n_heads
         self.nx.graph.setdefault("meta", {}).update(meta or {})
         for special in (EMBED, LOGITS):
-            self.nx.add_node(special, kind=special)
+            if special not in self.nx:
+                self.nx.add_node(special, kind=special)
 
     # --- building -----------------------------------------------------------------------------------
     @classmethod
@@ -58,14 +109,33 @@ class HeadGraph:
         for layer in range(n_layers):
             for head in range(n_heads):
                 extras = {k: v[layer, head].tolist() for k, v in node_attributes.items()}
-                graph.add_head(layer, head, float(scores[layer, head]), **extras)
-                graph.nx.add_edge(head_name(layer, head), LOGITS, score=float(scores[layer, head]))
+                score = float(scores[layer, head])
+                graph.add_head(Head(layer, head), score, **extras)
+                graph.add_edge(Head(layer, head), LOGITS, score)
         return graph
 
-    def add_head(self, layer: int, head: int, score: float, **attributes: Any) -> str:
-        name = head_name(layer, head)
-        self.nx.add_node(name, kind="head", layer=layer, head=head, score=score, **attributes)
-        return name
+    def add_head(self, head: Node, score: Optional[float] = None, **attributes: Any) -> str:
+        """Add (or update) a head node; `score` None leaves the head unmeasured."""
+        head = Head.parse(head)
+        values = dict(kind="head", layer=head.layer, head=head.head, **attributes)
+        if score is not None:
+            values["score"] = float(score)
+        self.nx.add_node(head.name, **values)
+        return head.name
+
+    def add_edge(self, sender: Node, receiver: Node, score: float, **attributes: Any) -> tuple[str, str]:
+        """An edge scored `score`; head endpoints are added as (unmeasured) head nodes if missing."""
+        names = []
+        for node in (sender, receiver):
+            if node in (EMBED, LOGITS):
+                names.append(node)
+                continue
+            name = Head.parse(node).name
+            if name not in self.nx:
+                self.add_head(name)
+            names.append(name)
+        self.nx.add_edge(names[0], names[1], score=float(score), **attributes)
+        return names[0], names[1]
 
     # --- reading ------------------------------------------------------------------------------------
     @property
@@ -84,66 +154,103 @@ class HeadGraph:
         return [n for n, data in self.nx.nodes(data=True) if data.get("kind") == "head"]
 
     def scores(self) -> dict[str, float]:
-        """Head name -> score."""
-        return {n: self.nx.nodes[n]["score"] for n in self.heads()}
+        """Head name -> score, for the heads the engine measured (no NaN)."""
+        out = {}
+        for name in self.heads():
+            score = self.nx.nodes[name].get("score")
+            if score is not None and not math.isnan(score):
+                out[name] = score
+        return out
 
     def matrix(self) -> Float[Tensor, "n_layers n_heads"]:
-        """Scores as a ``[n_layers, n_heads]`` tensor (NaN where a head has no node)."""
+        """Scores as a ``[n_layers, n_heads]`` tensor (NaN where a head was not measured)."""
         out = torch.full((self.n_layers, self.n_heads), float("nan"))
         for name, score in self.scores().items():
             out[parse_head(name)] = score
         return out
 
     def top(self, k: int, by_magnitude: bool = False) -> list[tuple[str, float]]:
-        """The `k` highest-scoring heads, best first (by absolute score with `by_magnitude`)."""
+        """The `k` highest-scoring measured heads, best first (by absolute score with `by_magnitude`)."""
         key = (lambda item: abs(item[1])) if by_magnitude else (lambda item: item[1])
         return sorted(self.scores().items(), key=key, reverse=True)[:k]
 
     def prune(self, threshold: float) -> "HeadGraph":
-        """A copy keeping heads with ``|score| >= threshold`` and edges with ``|score| >= threshold``."""
+        """A copy keeping edges with ``|score| >= threshold`` and the heads that either score that much
+        themselves or touch a kept edge."""
         if threshold < 0:
             raise InvalidOptionError(f"threshold must be >= 0; got {threshold}")
+        edges = [(u, v) for u, v, s in self.nx.edges(data="score") if s is not None and abs(s) >= threshold]
+        touched = {n for edge in edges for n in edge}
+        scores = self.scores()
         keep = [n for n in self.nx.nodes if self.nx.nodes[n].get("kind") != "head"
-                or abs(self.nx.nodes[n]["score"]) >= threshold]
+                or abs(scores.get(n, 0.0)) >= threshold or n in touched]
         sub = self.nx.subgraph(keep).copy()
-        sub.remove_edges_from([(u, v) for u, v, s in sub.edges(data="score") if s is not None and abs(s) < threshold])
+        sub.remove_edges_from([edge for edge in list(sub.edges) if edge not in set(edges)])
         return HeadGraph(sub)
 
     # --- persistence --------------------------------------------------------------------------------
     def to_json(self, path: Union[str, Path]) -> Path:
-        """Write networkx node-link JSON (readable by plain ``networkx.node_link_graph``)."""
+        """Write networkx node-link JSON (readable by plain ``networkx.node_link_graph``); tuples are kept
+        as ``{"__tuple__": [...]}`` so that `from_json` returns an equal graph."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(nx.node_link_data(self.nx, edges="edges"), indent=1, default=_jsonable))
+        data = _encode(nx.node_link_data(self.nx, edges="edges"))
+        path.write_text(json.dumps(data, indent=1, default=_jsonable))
         return path
 
     @classmethod
     def from_json(cls, path: Union[str, Path]) -> "HeadGraph":
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(), object_hook=_decode)
         return cls(nx.node_link_graph(data, directed=True, edges="edges"))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, HeadGraph):
             return NotImplemented
-        return (self.nx.graph == other.nx.graph and dict(self.nx.nodes(data=True)) == dict(other.nx.nodes(data=True))
-                and {(u, v): d for u, v, d in self.nx.edges(data=True)}
-                == {(u, v): d for u, v, d in other.nx.edges(data=True)})
+        mine = (self.nx.graph, dict(self.nx.nodes(data=True)), {(u, v): d for u, v, d in self.nx.edges(data=True)})
+        theirs = (other.nx.graph, dict(other.nx.nodes(data=True)),
+                  {(u, v): d for u, v, d in other.nx.edges(data=True)})
+        return _same(mine, theirs)
 
     def __repr__(self) -> str:
         top = ", ".join(f"{n}={s:.3f}" for n, s in self.top(3))
         return f"HeadGraph({len(self.heads())} heads, {self.nx.number_of_edges()} edges; top: {top})"
 
     def draw(self, path: Optional[Union[str, Path]] = None, title: Optional[str] = None, k: int = 8) -> Any:
-        """A heatmap of head scores beside the graph of the top-`k` heads; saved to `path` if given."""
-        from circuits.drawing import draw_graph
+        """A heatmap of head scores beside the graph of the top-`k` heads, with what the scores mean
+        (``meta["score"]``) underneath; saved to `path` if given."""
+        from circuits._drawing import draw_graph
 
         return draw_graph(self, path=path, title=title, k=k)
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return {_TUPLE: [_encode(v) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    return value
+
+
+def _decode(value: dict[str, Any]) -> Any:
+    return tuple(value[_TUPLE]) if set(value) == {_TUPLE} else value
 
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Tensor):
         return value.tolist()
-    if isinstance(value, (set, tuple)):
-        return list(value)
+    if isinstance(value, set):
+        return sorted(value)
     return str(value)
 
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality that treats NaN as equal to NaN, through dicts, lists and tuples."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b

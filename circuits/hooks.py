@@ -1,64 +1,45 @@
-"""The one module that spells TransformerLens hook names.
+"""Hook sites, from one table, and the one way the library attaches hooks.
 
-Every name is checked against ``model.hook_dict`` before use, so a model that lacks a hook point fails
-loudly here instead of silently never firing. `attached` adds hooks and checks that each one fired.
+`site(model, layer, kind)` spells a TransformerLens hook name and checks it against the model, so a model
+that lacks a hook point fails loudly here instead of silently never firing. `attached` adds forward hooks
+for the duration of a ``with`` block and checks that each one fired.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+from circuits import _compat
 from circuits.errors import HookNotFiredError, UnknownNameError
 
 HookFn = Callable[..., Any]
 
+SITES: dict[str, str] = {
+    "resid_pre": "blocks.{layer}.hook_resid_pre",  # residual stream entering the block
+    "attn_out": "blocks.{layer}.hook_attn_out",  # attention output added to the residual (all heads + bias)
+    "mlp_out": "blocks.{layer}.hook_mlp_out",  # MLP output added to the residual
+    "z": "blocks.{layer}.attn.hook_z",  # per-head output before W_O, [batch, pos, head, d_head]
+    "pattern": "blocks.{layer}.attn.hook_pattern",  # [batch, head, query_pos, key_pos]
+    "q": "blocks.{layer}.attn.hook_q",  # per-head projections, [batch, pos, head, d_head]
+    "k": "blocks.{layer}.attn.hook_k",  # (per KV head with grouped-query attention)
+    "v": "blocks.{layer}.attn.hook_v",
+}
 
-def _checked(model: Any, name: str) -> str:
-    # The bridge's registry is a plain dict; `hook_dict` (which adds aliases) is rebuilt on every access,
-    # which costs ~0.3 ms, so it is consulted only for names the registry lacks.
-    registry = getattr(model, "_hook_registry", None)
-    if (registry is not None and name in registry) or name in model.hook_dict:
+
+def site(model: Any, layer: int, kind: str) -> str:
+    """The hook name of `kind` (a key of `SITES`) in block `layer`, checked against `model`."""
+    if kind not in SITES:
+        raise UnknownNameError("hook site kind", kind, list(SITES))
+    return checked(model, SITES[kind].format(layer=layer))
+
+
+def checked(model: Any, name: str) -> str:
+    """`name` if `model` has that hook point; `UnknownNameError` listing some valid names otherwise."""
+    if _compat.has_hook(model, name):
         return name
-    raise UnknownNameError("hook point", name, sorted(model.hook_dict)[:40] + ["..."])
-
-
-def z(model: Any, layer: int) -> str:
-    """Per-head attention output before W_O, ``[batch, pos, head, d_head]``."""
-    return _checked(model, f"blocks.{layer}.attn.hook_z")
-
-
-def pattern(model: Any, layer: int) -> str:
-    """Attention pattern ``[batch, head, query_pos, key_pos]``."""
-    return _checked(model, f"blocks.{layer}.attn.hook_pattern")
-
-
-def resid_pre(model: Any, layer: int) -> str:
-    """Residual stream entering block `layer`."""
-    return _checked(model, f"blocks.{layer}.hook_resid_pre")
-
-
-def attn_out(model: Any, layer: int) -> str:
-    """Block `layer`'s attention output added to the residual stream (all heads and the bias)."""
-    return _checked(model, f"blocks.{layer}.hook_attn_out")
-
-
-def mlp_out(model: Any, layer: int) -> str:
-    """Block `layer`'s MLP output added to the residual stream."""
-    return _checked(model, f"blocks.{layer}.hook_mlp_out")
-
-
-def q(model: Any, layer: int) -> str:
-    return _checked(model, f"blocks.{layer}.attn.hook_q")
-
-
-def k(model: Any, layer: int) -> str:
-    return _checked(model, f"blocks.{layer}.attn.hook_k")
-
-
-def v(model: Any, layer: int) -> str:
-    return _checked(model, f"blocks.{layer}.attn.hook_v")
+    raise UnknownNameError("hook point", name, _compat.hook_names(model)[:40] + ["..."])
 
 
 @contextmanager
@@ -78,7 +59,7 @@ def attached(model: Any, fwd_hooks: Sequence[tuple[str, HookFn]], *, must_fire: 
         return hook
 
     for name, _ in fwd_hooks:
-        _checked(model, name)
+        checked(model, name)
     wrapped = [(name, tracking(i, fn)) for i, (name, fn) in enumerate(fwd_hooks)]
     with model.hooks(fwd_hooks=wrapped):
         yield

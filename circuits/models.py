@@ -20,9 +20,9 @@ from typing import Any, Optional
 import torch
 from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge import TransformerBridge
-from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
-from transformer_lens.model_bridge.sources.native import NativeModel, initialize_native_model
 
+from circuits import _compat
+from circuits._compat import NativeModel
 from circuits.errors import InvalidOptionError, MissingDependencyError
 
 BUNDLED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -38,6 +38,7 @@ class ToyConfig:
     n_heads: int = 4
     d_model: int = 64
     d_head: Optional[int] = None  # default d_model // n_heads
+    n_kv_heads: Optional[int] = None  # grouped-query attention (as in SmolLM2); None: one KV head per head
     d_vocab: int = 64
     d_vocab_out: int = -1  # -1: same as d_vocab
     n_ctx: int = 64
@@ -56,17 +57,23 @@ class ToyConfig:
         if self.d_head is None and self.d_model % self.n_heads:
             raise InvalidOptionError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
                                      "pass d_head explicitly")
+        if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
+            raise InvalidOptionError(f"n_kv_heads={self.n_kv_heads} must be a positive divisor of "
+                                     f"n_heads={self.n_heads}")
         if self.positional not in ("standard", "rotary", "none"):
             raise InvalidOptionError(f"positional={self.positional!r}; expected 'standard', 'rotary' or 'none'")
 
     def bridge_config(self) -> TransformerBridgeConfig:
-        return TransformerBridgeConfig(
+        cfg = TransformerBridgeConfig(
             d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
             d_head=self.d_head or self.d_model // self.n_heads, d_vocab=self.d_vocab,
             d_vocab_out=self.d_vocab_out, n_ctx=self.n_ctx, attn_only=self.attn_only, d_mlp=self.d_mlp,
             normalization_type=self.normalization,
             positional_embedding_type="rotary" if self.positional == "rotary" else "standard",
             seed=self.seed, act_fn="gelu", model_name=self.name)
+        if self.n_kv_heads is not None:
+            cfg.n_key_value_heads = self.n_kv_heads
+        return cfg
 
     def key(self, **extra: Any) -> str:
         """A stable hash of this config plus anything else that determines trained weights."""
@@ -80,7 +87,7 @@ def native(config: ToyConfig) -> NativeModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         module = NativeModel(cfg)
-        initialize_native_model(module, cfg)
+        _compat.initialize_native_model(module, cfg)
     _freeze_disabled_parts(module, config)
     return module
 
@@ -100,7 +107,7 @@ def _freeze_disabled_parts(module: NativeModel, config: ToyConfig) -> None:
 def wrap(module: NativeModel, config: ToyConfig) -> TransformerBridge:
     """Wrap a native module in a TransformerBridge (in place: the bridge replaces its submodules).
     The bridge is returned in eval mode."""
-    bridge = build_bridge_from_module(module, architecture="TransformerLensNative",
+    bridge = _compat.build_bridge_from_module(module, architecture="TransformerLensNative",
                                       tl_config=copy.deepcopy(module.cfg), model_name=config.name)
     return bridge.eval()
 
@@ -109,6 +116,21 @@ def toy(config: Optional[ToyConfig] = None, **fields: Any) -> TransformerBridge:
     """A randomly initialised toy model: ``toy(n_layers=2, n_heads=8)`` or ``toy(ToyConfig(...))``."""
     config = config or ToyConfig(**fields)
     return wrap(native(config), config)
+
+
+def native_module(bridge: TransformerBridge) -> NativeModel:
+    """The native torch module a toy bridge wraps (train it directly: about 4x faster than the bridge)."""
+    return _compat.native_module(bridge)
+
+
+def native_attention(model: Any) -> list[Any]:
+    """The native attention modules of a toy model (bridge or native module), e.g. to edit their causal mask."""
+    return _compat.native_attention_modules(model)
+
+
+def unembedding(model: Any) -> torch.nn.Linear:
+    """The unembedding linear layer of a toy model (bridge or native module)."""
+    return _compat.unembedding(model)
 
 
 def cache_dir() -> Path:

@@ -16,7 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuits import forward
-from circuits import hooks as hook_names
+from circuits import hooks as hook_sites
 from circuits.errors import InvalidOptionError
 
 Sampler = Callable[[torch.Generator], tuple[Tensor, Tensor]]
@@ -66,8 +66,8 @@ def train(
     was_training = model.training
     history: list[dict[str, Union[int, float]]] = []
     bar = tqdm(range(1, steps + 1), desc=description, disable=not progress, leave=False)
-    attached = hook_names.attached(model, list(hooks)) if hooks else contextlib.nullcontext()
-    device = next(model.parameters()).device
+    attached = hook_sites.attached(model, list(hooks)) if hooks else contextlib.nullcontext()
+    device = forward.input_device(model)
     try:
         with attached:
             for step in bar:

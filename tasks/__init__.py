@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from circuits.registry import Registry
+from circuits._registry import Registry
 from tasks.icl_regression import ICLRegression
 from tasks.induction import Induction
 

@@ -28,9 +28,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuits import metrics, models, training
+from circuits import PromptBatch, forward, metrics, models, training
 from circuits.errors import IncompatibleModelError, InvalidOptionError
-from circuits.task import PromptBatch
 
 DATA_VERSION = 1
 Schedule = tuple[tuple[float, int], ...]
@@ -47,14 +46,13 @@ def model_config(heads: int = 2, d: int = 5, L: int = 40, seed: int = 0) -> mode
 
 def prepare(model: Any) -> Any:
     """Fix the read-out at e_{d+1} (frozen) and stop the query attending to itself; a native module or a bridge."""
-    for module in model.modules():
-        if type(module).__name__ == "NativeAttention":
-            n = module.causal_mask.shape[0]
-            mask = torch.ones(n, n, dtype=torch.bool, device=module.causal_mask.device).triu(0)
-            mask[0, 0] = False
-            module.causal_mask = mask
-    head = getattr(model.unembed, "original_component", None) if hasattr(model, "unembed") else model.head
-    if head is None or head.weight.shape[0] != 1:
+    for module in models.native_attention(model):
+        n = module.causal_mask.shape[0]
+        mask = torch.ones(n, n, dtype=torch.bool, device=module.causal_mask.device).triu(0)
+        mask[0, 0] = False
+        module.causal_mask = mask
+    head = models.unembedding(model)
+    if head.weight.shape[0] != 1:
         raise IncompatibleModelError("icl_regression models read out one number (d_vocab_out=1, see model_config)")
     with torch.no_grad():
         head.weight.zero_()
@@ -162,9 +160,8 @@ class ICLRegression:
         else:
             order = torch.rand(n, self.L, generator=generator).argsort(1)
             y_corrupted = s.y.gather(1, order)
-        device = next(model.parameters()).device
         return PromptBatch(clean=tokens(s.x, s.y, s.x_q), corrupted=tokens(s.x, y_corrupted, s.x_q),
-                           answer=s.y_q, position=torch.full((n,), self.L, dtype=torch.long)).to(device)
+                           answer=s.y_q, position=torch.full((n,), self.L, dtype=torch.long))
 
     def metric(self, logits: Float[Tensor, "batch d_vocab_out"], batch: PromptBatch) -> Float[Tensor, " batch"]:
         return metrics.negative_squared_error(logits[:, 0], batch.answer)
@@ -187,7 +184,7 @@ class ICLRegression:
     def validation_mse(self, model: Any, n: int = 8192, seed: int = 12345) -> float:
         """Mean squared error on `n` fresh problems (noise included)."""
         s = self.sample(n, torch.Generator().manual_seed(seed))
-        device = next(model.parameters()).device
+        device = forward.input_device(model)
         with torch.no_grad():
             out = training.outputs(model, tokens(s.x, s.y, s.x_q).to(device))
         return self.loss(out, s.y_q.to(device)).item()

@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from circuits import models
 from circuits.errors import IncompatibleModelError
 
 Contexts = Float[Tensor, "n L d"]
@@ -129,9 +130,8 @@ class HeadPatterns:
 
 
 def _attention_scale(model: Any) -> float:
-    for module in model.modules():
-        if type(module).__name__ == "NativeAttention":
-            return float(module.scale)
+    for module in models.native_attention(model):
+        return float(module.scale)
     return math.sqrt(model.cfg.d_head)
 
 

@@ -19,9 +19,8 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from circuits import metrics, models, training
+from circuits import PromptBatch, metrics, models, training
 from circuits.errors import IncompatibleModelError, InvalidOptionError
-from circuits.task import PromptBatch
 
 DEFAULT_MODEL = models.ToyConfig(n_layers=2, n_heads=4, d_model=64, d_vocab=64, n_ctx=64, attn_only=True,
                                  normalization="LN", seed=0, name="induction")
@@ -98,10 +97,11 @@ class Induction:
 
     def batch(self, model: Any, n: int, seed: int) -> PromptBatch:
         self.check_model(model)
-        return self.sample_batch(n, seed).to(next(model.parameters()).device)
+        return self.sample_batch(n, seed)
 
     def sample_batch(self, n: int, seed: int) -> PromptBatch:
-        """`n` prompts on the CPU, for any model (`batch` checks the model and moves them to its device)."""
+        """`n` prompts on the CPU, for any model (`batch` checks the model first; engines move batches to
+        the model's input device)."""
         generator = torch.Generator().manual_seed(seed)
         p = self.sample(n, generator)
         k = (torch.rand(n, generator=generator) * (p.length - 1)).long()  # read out at x_k, k in [0, n-2]

@@ -7,27 +7,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformer_lens import patching as tl_patching
 
 import circuits
 from circuits import forward
 from circuits.engines import ActivationPatching
 from circuits.errors import UndefinedScoreError
 from circuits.models import ToyConfig, toy
-
-
-def tl_patched(model, task, batch, per_position=False):
-    """TransformerLens's own all-head patching (denoising): patched metric means."""
-    model.eval()
-    _, clean_cache = model.run_with_cache(batch.clean)
-    rows = torch.arange(batch.size)
-
-    def metric(logits):
-        return task.metric(logits[rows, batch.position], batch).mean()
-
-    run = tl_patching.get_act_patch_attn_head_out_by_pos if per_position else tl_patching.get_act_patch_attn_head_out_all_pos
-    with torch.no_grad():
-        return run(model, batch.corrupted, clean_cache, metric)
+from tests.references import tl_patched
 
 
 MODELS = {

@@ -85,13 +85,13 @@ def test_model_restored_after_discover_even_when_it_raises(fault, training, rand
 def test_attached_hooks_must_fire(random_model):
     x = torch.zeros(1, 5, dtype=torch.long)
     seen = []
-    with hooks.attached(random_model, [(hooks.z(random_model, 1), lambda t, hook: seen.append(t.shape))]):
+    with hooks.attached(random_model, [(hooks.site(random_model, 1, "z"), lambda t, hook: seen.append(t.shape))]):
         random_model(x)
     assert seen == [torch.Size([1, 5, 4, 8])]
     # a hook on a block that the run skips never fires, and that is an error, not a silent no-op
     resid = forward.embed(random_model, x)
     with pytest.raises(HookNotFiredError, match="blocks.1.attn.hook_z"):
-        with hooks.attached(random_model, [(hooks.z(random_model, 1), lambda t, hook: t)]):
+        with hooks.attached(random_model, [(hooks.site(random_model, 1, "z"), lambda t, hook: t)]):
             forward.run_blocks(random_model, resid, 0, 1)
     with pytest.raises(UnknownNameError, match="blocks.7.attn.hook_z"):
-        hooks.z(random_model, 7)
+        hooks.site(random_model, 7, "z")

@@ -28,7 +28,7 @@ def test_float_inputs_enter_the_residual_stream_directly():
     inputs = torch.randn(2, 6, 8)
     with torch.no_grad():
         via_blocks = forward.logits(model, inputs)
-        via_native = training.outputs(model.original_model, inputs)  # native module: inputs_embeds + (zero) pos
+        via_native = training.outputs(models.native_module(model), inputs)  # native module: inputs_embeds + (zero) pos
     assert torch.allclose(via_blocks, via_native, atol=1e-6)
 
 

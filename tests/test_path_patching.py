@@ -7,15 +7,14 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transformer_lens.model_bridge.sources.native import NativeModel, initialize_native_model
 
 import circuits
-from benchmarks.path_patching import RandomTokens, pair_loop, path_metric
-from circuits import hooks, models, patching
+from circuits import _patching, hooks, models
 from circuits.engines import ActivationPatching, PathPatching
 from circuits.engines.path_patching import top_receivers
 from circuits.errors import InvalidOptionError, MetricError, UnknownNameError
 from circuits.graph import LOGITS, head_name
+from tests.references import RandomTokens, activations, pair_loop, path_metric
 
 SETTINGS = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -23,17 +22,9 @@ SETTINGS = settings(max_examples=6, deadline=None, suppress_health_check=[Health
 def toy(n_layers=2, n_heads=4, d_model=16, attn_only=True, normalization="LN", positional="standard",
         n_kv_heads=None, seed=0):
     """A random toy model; with `n_kv_heads`, grouped-query attention (as in SmolLM2)."""
-    config = models.ToyConfig(n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_head=4, d_vocab=32, n_ctx=16,
-                              attn_only=attn_only, normalization=normalization, positional=positional, seed=seed)
-    if n_kv_heads is None:
-        return models.toy(config)
-    cfg = config.bridge_config()
-    cfg.n_key_value_heads = n_kv_heads
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        module = NativeModel(cfg)
-        initialize_native_model(module, cfg)
-    return models.wrap(module, config)
+    return models.toy(n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_head=4, d_vocab=32, n_ctx=16,
+                      attn_only=attn_only, normalization=normalization, positional=positional, n_kv_heads=n_kv_heads,
+                      seed=seed)
 
 
 TASK = RandomTokens(seq_len=8)
@@ -110,7 +101,7 @@ def test_direct_effects_add_up_without_layernorm(seed, n_layers, n_heads, direct
     batch = batch_for(model, seed=seed)
     engine = PathPatching(direction=direction, receivers=(LOGITS,))
     edges = engine.patched_metrics(model, TASK, batch)
-    runs = patching.PatchRuns.prepare(model, TASK, batch, direction)
+    runs = _patching.PatchRuns.prepare(model, TASK, batch, direction)
     base = runs.corrupted_metric if direction == "denoising" else runs.clean_metric
     every = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
     together = path_metric(model, TASK, batch, every, LOGITS, direction=direction)
@@ -147,12 +138,15 @@ def test_induction_key_input_comes_from_the_previous_token_head(induction, induc
     model = induction_model
     graph = PathPatching(senders=tuple(head_name(0, h) for h in range(model.cfg.n_heads))).run(
         model, induction, n=24, seed=0)
-    top = max((h for h in graph.heads() if graph.nx.nodes[h]["layer"] == 1), key=lambda h: graph.scores()[h])
+    # The top induction head by activation patching. (Senders are layer-0 heads only, so the path graph
+    # measures no layer-1 direct effects: its layer-1 heads are unscored.)
+    (top, _), = circuits.discover(model, induction, n=24, seed=0).top(1)
+    assert graph.nx.nodes[top]["layer"] == 1 and "score" not in graph.nx.nodes[top]
     into_key = {u: data["score_k"] for u, _, data in graph.nx.in_edges(top, data=True)}
     strongest = max(into_key, key=lambda u: abs(into_key[u]))
     batch = induction.batch(model, n=24, seed=0)
-    _, cache = patching.run_with_cache(model, batch.clean, [hooks.pattern(model, 0)], batch.position)
-    previous = cache[hooks.pattern(model, 0)].diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(0, 2))
+    pattern = hooks.site(model, 0, "pattern")
+    previous = activations(model, batch.clean, [pattern])[pattern].diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(0, 2))
     assert strongest == head_name(0, int(previous.argmax())) == "L0H3"
     # Negative when denoising: the key now says "my previous token is x_k" at a position whose (corrupted)
     # value is the foil y_{k+1}, so the head copies the foil. What matters is the size.

@@ -43,7 +43,7 @@ def test_clamped_training_keeps_the_clamp_on_every_step():
         return causal / causal.sum(-1, keepdim=True)
 
     clamped_history = training.train(clamped, sample, loss, steps=60, lr=1e-2, progress=False,
-                                     hooks=[(hooks.pattern(clamped, 0), uniform)],
+                                     hooks=[(hooks.site(clamped, 0, "pattern"), uniform)],
                                      evaluate=lambda m: {}, eval_every=60)
     free_history = training.train(free, sample, loss, steps=60, lr=1e-2, progress=False,
                                   evaluate=lambda m: {}, eval_every=60)

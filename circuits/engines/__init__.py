@@ -1,17 +1,17 @@
 """Engine registry: ``get(name, **options)`` builds an engine; ``names()`` lists them.
 
-An engine is a frozen dataclass of its options with ``run(model, task, n, seed) -> HeadGraph``.
+An engine is a frozen dataclass of its options with ``run(model, task, n, seed) -> HeadGraph``
+(the `Engine` protocol, `circuits.engines.base`).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
+from circuits._registry import Registry
 from circuits.engines.activation_patching import ActivationPatching
+from circuits.engines.base import Engine
 from circuits.engines.path_patching import PathPatching
-from circuits.registry import Registry
 
-_ENGINES: Registry[Any] = Registry("engine")
+_ENGINES: Registry[Engine] = Registry("engine")
 _ENGINES.register("activation_patching", ActivationPatching)
 _ENGINES.register("path_patching", PathPatching)
 
@@ -21,4 +21,4 @@ get = _ENGINES.get
 names = _ENGINES.names
 register = _ENGINES.register
 
-__all__ = ["ActivationPatching", "PathPatching", "get", "names", "register"]
+__all__ = ["ActivationPatching", "Engine", "PathPatching", "get", "names", "register"]

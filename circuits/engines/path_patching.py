@@ -24,22 +24,21 @@ harmless: only head h's output change is kept.)
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import einops
 import torch
 from torch import Tensor
 
-from circuits import forward, hooks, patching
-from circuits.errors import HookNotFiredError, InvalidOptionError, UnknownNameError
-from circuits.graph import LOGITS, HeadGraph, head_name, parse_head
-from circuits.meta import graph_meta
-from circuits.state import evaluation_mode, preserved
-from circuits.task import PromptBatch
+from circuits import _patching, forward, hooks
+from circuits._patching import PatchRuns, block_activations
+from circuits._task import PromptBatch
+from circuits.engines import base
+from circuits.errors import InvalidOptionError
+from circuits.graph import LOGITS, Head, HeadGraph, all_heads
 
 INPUTS = ("q", "k", "v")
-Head = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ class PathPatching:
                 value = (value,)
             if value is not None:
                 object.__setattr__(self, field, tuple(value))
-        patching.check_direction(self.direction)
+        _patching.check_direction(self.direction)
         bad = [i for i in self.inputs if i not in INPUTS]
         if bad or not self.inputs or len(set(self.inputs)) != len(self.inputs):
             raise InvalidOptionError(f"inputs={self.inputs!r} (bad: {bad!r}); expected a non-empty selection "
@@ -72,46 +71,43 @@ class PathPatching:
         if not self.memory_mb > 0:
             raise InvalidOptionError(f"memory_mb={self.memory_mb!r}; expected a positive number")
 
-    # --- public ---------------------------------------------------------------------------------------
+    @property
+    def score_meaning(self) -> str:
+        return (f"edge sender->receiver: the metric change when only that path is patched ({self.direction}; "
+                "receiver = a head's q/k/v inputs together, per input in score_q/score_k/score_v, or the logits); "
+                "node: the head's direct effect on the logits (absent when head->logits was not measured); "
+                "all normalised by m_clean - m_corrupted")
+
     def run(self, model: Any, task: Any, n: int = 32, seed: int = 0) -> HeadGraph:
-        with preserved(model), torch.no_grad():
-            evaluation_mode(model)
-            senders, receivers, to_logits = self.plan(model)
-            batch = task.batch(model, n=n, seed=seed)
-            batch.validate(model)
-            runs = patching.PatchRuns.prepare(model, task, batch, self.direction)
-            baseline = runs.baseline()  # fails fast when the score is undefined
-            edges = self._edges(runs, senders, receivers, to_logits, batch.clean.shape[1])
-            meta = graph_meta(self, task, model, n=n, seed=seed, options=asdict(self),
-                              metric_clean=baseline.clean, metric_corrupted=baseline.corrupted)
+        senders, receivers, to_logits = self.plan(model)  # bad names fail before any model work
+        with base.patch_runs(model, task, self.direction, n=n, seed=seed) as runs:
+            baseline = runs.baseline()
+            edges = self._edges(runs, senders, receivers, to_logits)
+            meta = base.graph_meta(self, model, task, n=n, seed=seed, score=self.score_meaning, baseline=baseline)
             return self._graph(model, edges, baseline, meta)
 
     def patched_metrics(self, model: Any, task: Any, batch: PromptBatch) -> dict[tuple[str, str], dict[str, float]]:
         """Unnormalised patched metric means per edge ``(sender, receiver) -> {combo: metric}`` (combo
         ``"q"``, ``"k"``, ``"v"`` or ``"q+k+v"``; ``""`` for the logits), for a batch you built yourself."""
-        with preserved(model), torch.no_grad():
-            evaluation_mode(model)
-            senders, receivers, to_logits = self.plan(model)
-            batch.validate(model)
-            runs = patching.PatchRuns.prepare(model, task, batch, self.direction)
-            return self._edges(runs, senders, receivers, to_logits, batch.clean.shape[1])
+        senders, receivers, to_logits = self.plan(model)
+        with base.patch_runs(model, task, self.direction, batch=batch) as runs:
+            return self._edges(runs, senders, receivers, to_logits)
 
     def plan(self, model: Any) -> tuple[list[Head], list[Head], bool]:
         """Senders, receiver heads (sorted) and whether the logits are a receiver; typed errors on bad names."""
-        cfg = model.cfg
-        every = [(layer, head) for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
-        senders = every if self.senders is None else sorted({_head(model, s) for s in self.senders})
+        every = all_heads(model)
+        also = (f"{LOGITS!r} (receivers only)",)
+        senders = every if self.senders is None else sorted({Head.in_model(model, s, also) for s in self.senders})
+        first = min(s.layer for s in senders)
         if self.receivers is None:
-            first = min(layer for layer, _ in senders)
-            return senders, [r for r in every if r[0] > first], True
+            return senders, [r for r in every if r.layer > first], True
         to_logits = LOGITS in self.receivers
-        receivers = sorted({_head(model, r) for r in self.receivers if r != LOGITS})
-        first = min(layer for layer, _ in senders)
-        for layer, head in receivers:
-            if layer <= first:
+        receivers = sorted({Head.in_model(model, r, also) for r in self.receivers if r != LOGITS})
+        for receiver in receivers:
+            if receiver.layer <= first:
                 raise InvalidOptionError(
-                    f"receiver {head_name(layer, head)!r} is not later than any of its senders "
-                    f"({', '.join(head_name(*s) for s in senders[:8])}{'...' if len(senders) > 8 else ''}); "
+                    f"receiver {receiver.name!r} is not later than any of its senders "
+                    f"({', '.join(s.name for s in senders[:8])}{'...' if len(senders) > 8 else ''}); "
                     f"expected a receiver in a layer after a sender's, or {LOGITS!r}")
         return senders, receivers, to_logits
 
@@ -120,34 +116,33 @@ class PathPatching:
         single = [(i,) for i in self.inputs] if self.per_input and len(self.inputs) > 1 else []
         return single + [tuple(self.inputs)]
 
-    def _edges(self, runs: patching.PatchRuns, senders: list[Head], receivers: list[Head], to_logits: bool,
-               n_pos: int) -> dict[tuple[str, str], dict[str, float]]:
-        model, cfg = runs.model, runs.model.cfg
-        batch = runs.batch
-        mask = self._position_mask(n_pos, batch.clean.shape[1], runs.base_resid[0])
-        per_copy = patching.copies_per_pass(model, batch, self.memory_mb)
+    def _edges(self, runs: PatchRuns, senders: list[Head], receivers: list[Head],
+               to_logits: bool) -> dict[tuple[str, str], dict[str, float]]:
+        model, batch = runs.model, runs.batch
+        mask = self._position_mask(runs.n_positions, batch.clean.shape[1], runs.base_resid[0])
+        per_copy = _patching.copies_per_pass(model, batch, self.memory_mb)
         edges: dict[tuple[str, str], dict[str, float]] = {}
         state = runs.base_resid[0].new_zeros((0,) + runs.base_resid[0].shape)  # step-3 residuals [sender, ...]
         done: list[Head] = []  # the senders in `state`, in order
-        for layer in range(cfg.n_layers):
-            here = [h for (l, h) in receivers if l == layer]
+        for layer in range(model.cfg.n_layers):
+            here = [r.head for r in receivers if r.layer == layer]
             if here and done:
                 for combo, metrics in self._receive(runs, layer, state, here, per_copy).items():
                     for i, sender in enumerate(done):
                         for j, head in enumerate(here):
-                            key = (head_name(*sender), head_name(layer, head))
+                            key = (sender.name, Head(layer, head).name)
                             edges.setdefault(key, {})["+".join(combo)] = float(metrics[i, j])
-            new = [h for (l, h) in senders if l == layer]
+            new = [s.head for s in senders if s.layer == layer]
             state = self._advance(runs, layer, state, new, mask, per_copy)
-            done += [(layer, h) for h in new]
+            done += [Head(layer, h) for h in new]
         if to_logits and done:
             position = batch.position
-            for chunk in patching.chunks(len(done), per_copy):
+            for chunk in _patching.chunks(len(done), per_copy):
                 flat = einops.rearrange(state[chunk.start:chunk.stop], "c b p d -> (c b) p d")
                 logits = forward.unembed(model, flat, position.repeat(len(chunk)))
-                values = patching.copies_metric(runs.task, logits, batch, len(chunk))
+                values = _patching.copies_metric(runs.task, logits, batch, len(chunk))
                 for i, value in zip(chunk, values):
-                    edges[(head_name(*done[i]), LOGITS)] = {"": float(value)}
+                    edges[(done[i].name, LOGITS)] = {"": float(value)}
         return edges
 
     def _position_mask(self, n_pos: int, kept: int, like: Tensor) -> Optional[Tensor]:
@@ -160,7 +155,7 @@ class PathPatching:
         mask[[p for p in self.positions if p < kept]] = 1.0  # after the last read-out nothing can matter
         return mask[None, :, None]
 
-    def _advance(self, runs: patching.PatchRuns, layer: int, state: Tensor, new: list[int],
+    def _advance(self, runs: PatchRuns, layer: int, state: Tensor, new: list[int],
                  mask: Optional[Tensor], per_copy: int) -> Tensor:
         """Step-3 residuals entering `layer` -> entering `layer + 1`, adding `layer`'s senders as new copies.
         Every head is frozen at its base output, so attention adds its base output; the senders add
@@ -176,32 +171,32 @@ class PathPatching:
         if model.cfg.attn_only or not len(mid):
             return mid
         if self.freeze_mlps:
-            return mid + (patching.finish_block(model, layer, base_mid) - base_mid)
+            return mid + (_patching.finish_block(model, layer, base_mid) - base_mid)
         out = torch.empty_like(mid)
-        for chunk in patching.chunks(len(mid), per_copy):
+        for chunk in _patching.chunks(len(mid), per_copy):
             flat = einops.rearrange(mid[chunk.start:chunk.stop], "c b p d -> (c b) p d")
-            out[chunk.start:chunk.stop] = patching.finish_block(model, layer, flat).view(len(chunk), *mid.shape[1:])
+            out[chunk.start:chunk.stop] = _patching.finish_block(model, layer, flat).view(len(chunk), *mid.shape[1:])
         return out
 
-    def _receive(self, runs: patching.PatchRuns, layer: int, state: Tensor, heads: list[int],
+    def _receive(self, runs: PatchRuns, layer: int, state: Tensor, heads: list[int],
                  per_copy: int) -> dict[tuple[str, ...], Tensor]:
         """Step 4 for receivers `heads` of `layer` and every sender in `state`: metric means
         ``[sender, receiver]`` per input combination."""
         model = runs.model
-        names = {"q": hooks.q(model, layer), "k": hooks.k(model, layer), "v": hooks.v(model, layer)}
-        z_name = hooks.z(model, layer)
+        names = {i: hooks.site(model, layer, i) for i in INPUTS}
+        z_name = hooks.site(model, layer, "z")
         base = runs.base_resid[layer]
-        base_z = _block_acts(model, base, layer, [z_name])[z_name][:, :, heads]
-        w_o = patching.output_weights(model, layer)[heads].to(base_z.device)
+        base_z = block_activations(model, base, layer, [z_name])[z_name][:, :, heads]
+        w_o = _patching.output_weights(model, layer)[heads].to(base_z.device)
         combos = self._combos()
         out = {combo: torch.zeros(len(state), len(heads)) for combo in combos}
         senders_per_pass = max(1, per_copy // len(heads))
-        for chunk in patching.chunks(len(state), senders_per_pass):
+        for chunk in _patching.chunks(len(state), senders_per_pass):
             flat = einops.rearrange(state[chunk.start:chunk.stop], "c b p d -> (c b) p d")
-            step3 = _block_acts(model, flat, layer, [names[i] for i in self.inputs])
+            step3 = block_activations(model, flat, layer, [names[i] for i in self.inputs])
             base_copies = base.repeat(len(chunk), 1, 1)
             for combo in combos:
-                z = _block_acts(model, base_copies, layer, [z_name], {names[i]: step3[names[i]] for i in combo})[z_name]
+                z = block_activations(model, base_copies, layer, [z_name], {names[i]: step3[names[i]] for i in combo})[z_name]
                 z = einops.rearrange(z[:, :, heads], "(c b) p r e -> c b p r e", c=len(chunk))
                 deltas = einops.einsum(z - base_z[None], w_o, "c b p r e, r e d -> c r b p d")
                 metrics = runs.finish(layer, einops.rearrange(deltas, "c r b p d -> (c r) b p d"))
@@ -209,22 +204,21 @@ class PathPatching:
         return out
 
     # --- the result -----------------------------------------------------------------------------------
-    def _graph(self, model: Any, edges: dict[tuple[str, str], dict[str, float]], baseline: patching.Baseline,
+    def _graph(self, model: Any, edges: dict[tuple[str, str], dict[str, float]], baseline: _patching.Baseline,
                meta: dict[str, Any]) -> HeadGraph:
-        cfg = model.cfg
-        graph = HeadGraph(n_layers=cfg.n_layers, n_heads=cfg.n_heads, meta=meta)
+        """Every head a node (scored by its direct effect where head -> logits was measured), every edge."""
+        graph = HeadGraph(n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads, meta=meta)
         score = lambda metric: float(baseline.score(torch.tensor(metric), self.direction))  # noqa: E731
-        for layer in range(cfg.n_layers):
-            for head in range(cfg.n_heads):
-                direct = edges.get((head_name(layer, head), LOGITS))
-                graph.add_head(layer, head, score(direct[""]) if direct else 0.0)
+        for head in all_heads(model):
+            direct = edges.get((head.name, LOGITS))
+            graph.add_head(head, score(direct[""]) if direct else None)
         joint = "+".join(self.inputs)
         for (sender, receiver), metrics in edges.items():
             if receiver == LOGITS:
-                graph.nx.add_edge(sender, receiver, score=score(metrics[""]))
+                graph.add_edge(sender, receiver, score(metrics[""]))
                 continue
             extras = {f"score_{combo}": score(m) for combo, m in metrics.items() if combo != joint}
-            graph.nx.add_edge(sender, receiver, score=score(metrics[joint]), inputs=joint, **extras)
+            graph.add_edge(sender, receiver, score(metrics[joint]), inputs=joint, **extras)
         return graph
 
 
@@ -235,48 +229,3 @@ def top_receivers(graph: HeadGraph, k: int, include_logits: bool = True) -> tupl
         raise InvalidOptionError(f"k={k!r}; expected a positive number of receivers")
     names = tuple(name for name, _ in graph.top(k, by_magnitude=True))
     return names + ((LOGITS,) if include_logits else ())
-
-
-def _head(model: Any, name: str) -> Head:
-    """A head name checked against the model: `UnknownNameError` naming it and the valid range."""
-    cfg = model.cfg
-    valid = [f"L0H0 .. L{cfg.n_layers - 1}H{cfg.n_heads - 1}", repr(LOGITS) + " (receivers only)"]
-    try:
-        layer, head = parse_head(name)
-    except UnknownNameError:
-        raise UnknownNameError("head", name, valid) from None
-    if layer >= cfg.n_layers or head >= cfg.n_heads:
-        raise UnknownNameError("head", name, valid)
-    return layer, head
-
-
-class _Captured(Exception):
-    """Raised by the last capture hook: the rest of the block is not needed."""
-
-
-def _block_acts(model: Any, residual: Tensor, layer: int, capture: list[str],
-                replace: Optional[dict[str, Tensor]] = None) -> dict[str, Tensor]:
-    """Run block `layer` on `residual`, replacing the activations in `replace` and returning those in
-    `capture`; the run stops as soon as everything is captured (no attention for q/k/v, no MLP)."""
-    cache: dict[str, Tensor] = {}
-
-    def replacing(name: str):
-        return lambda tensor, hook: replace[name].to(tensor.device, tensor.dtype)
-
-    def storing(name: str):
-        def hook(tensor: Tensor, hook: Any) -> None:
-            cache[name] = tensor.detach()
-            if len(cache) == len(capture):
-                raise _Captured
-
-        return hook
-
-    fwd = [(name, replacing(name)) for name in (replace or {})] + [(name, storing(name)) for name in capture]
-    try:
-        with hooks.attached(model, fwd):
-            forward.run_blocks(model, residual, layer, layer + 1)
-    except _Captured:
-        pass
-    if len(cache) != len(capture):
-        raise HookNotFiredError(f"block {layer} never reached {sorted(set(capture) - set(cache))}")
-    return cache

@@ -6,13 +6,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from circuits import _compat
+
 
 @contextmanager
 def preserved(model: Any) -> Iterator[Any]:
     modes = [(module, module.training) for module in model.modules()]
     grads = [(p, p.requires_grad) for p in model.parameters()]
-    # The bridge's registry holds each hook point once; `hook_dict` repeats them under alias names.
-    hook_points = list((getattr(model, "_hook_registry", None) or getattr(model, "hook_dict", {})).values())
+    hook_points = _compat.hook_points(model)
     handles = {id(point): (list(point.fwd_hooks), list(point.bwd_hooks)) for point in hook_points}
     try:
         yield model

@@ -1,9 +1,9 @@
-"""Pieces every patching engine shares: caching activations, metric means, the normalised score."""
+"""Pieces every patching engine shares: cached runs, metric means, the normalised score, chunking."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import einops
 import torch
@@ -11,8 +11,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from circuits import forward, hooks
-from circuits.errors import IncompatibleModelError, InvalidOptionError, MetricError, UndefinedScoreError
-from circuits.task import PromptBatch
+from circuits.errors import (HookNotFiredError, IncompatibleModelError, InvalidOptionError, MetricError,
+                             UndefinedScoreError)
+from circuits._task import PromptBatch
 
 Direction = Literal["denoising", "noising"]
 DIRECTIONS = ("denoising", "noising")
@@ -69,8 +70,10 @@ class Baseline:
         return (self.clean - patched) / gap
 
 
-def run_with_cache(model: Any, inputs: Tensor, names: list[str], position: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-    """Read-out logits and the activations at `names` (detached)."""
+def read_out_and_cache(model: Any, inputs: Tensor, names: list[str],
+                       position: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """Read-out logits and the activations at `names` (detached). (Not TransformerLens's
+    `run_with_cache`, which silently ignores hooks passed to it and returns full-sequence logits.)"""
     cache: dict[str, Tensor] = {}
     # hook.name is the canonical name, which can differ from an alias we asked for: key by request.
     fwd = [(name, (lambda tensor, hook, name=name: cache.__setitem__(name, tensor.detach()))) for name in names]
@@ -99,6 +102,7 @@ class PatchRuns:
     model: Any
     task: Any
     batch: PromptBatch  # trimmed to the positions the read-out needs
+    n_positions: int  # the prompts' length before trimming
     base_resid: list[Tensor]  # residual entering each block, base run
     base_attn_out: list[Tensor]  # attention output of each block, base run
     z_change: list[Tensor]  # source z - base z per block, [batch, pos, head, d_head]
@@ -113,19 +117,20 @@ class PatchRuns:
         if getattr(model.cfg, "parallel_attn_mlp", False):
             raise IncompatibleModelError("activation patching restarts at the patched layer, which assumes "
                                          "sequential attention then MLP; this model runs them in parallel")
+        n_positions = batch.clean.shape[1]
         batch = trimmed(batch, causal=model.cfg.attention_dir == "causal")
         base, source = (batch.corrupted, batch.clean) if direction == "denoising" else (batch.clean, batch.corrupted)
         layers = range(model.cfg.n_layers)
-        z_names = [hooks.z(model, layer) for layer in layers]
-        resid_names = [hooks.resid_pre(model, layer) for layer in layers]
-        attn_names = [hooks.attn_out(model, layer) for layer in layers]
+        z_names = [hooks.site(model, layer, "z") for layer in layers]
+        resid_names = [hooks.site(model, layer, "resid_pre") for layer in layers]
+        attn_names = [hooks.site(model, layer, "attn_out") for layer in layers]
         # One forward pass over base and source stacked: half the per-call overhead of two passes.
-        logits, cache = run_with_cache(model, torch.cat([base, source]), z_names + resid_names + attn_names,
+        logits, cache = read_out_and_cache(model, torch.cat([base, source]), z_names + resid_names + attn_names,
                                        batch.position.repeat(2))
         base_metric, source_metric = copies_metric(task, logits, batch, 2).tolist()
         n = batch.size
         clean, corrupted = (source_metric, base_metric) if direction == "denoising" else (base_metric, source_metric)
-        return cls(model, task, batch,
+        return cls(model, task, batch, n_positions,
                    base_resid=[cache[name][:n] for name in resid_names],
                    base_attn_out=[cache[name][:n] for name in attn_names],
                    z_change=[cache[name][n:] - cache[name][:n] for name in z_names],
@@ -158,3 +163,35 @@ def finish_block(model: Any, layer: int, resid_mid: Tensor) -> Tensor:
         return resid_mid
     block = model.blocks[layer]
     return resid_mid + block.mlp(block.ln2(resid_mid))
+
+
+class _Captured(Exception):
+    """Raised by the last capture hook: the rest of the block is not needed."""
+
+
+def block_activations(model: Any, residual: Tensor, layer: int, capture: list[str],
+                      replace: Optional[dict[str, Tensor]] = None) -> dict[str, Tensor]:
+    """Run block `layer` on `residual`, replacing the activations in `replace` and returning those in
+    `capture`; the run stops as soon as everything is captured (no attention for q/k/v, no MLP)."""
+    cache: dict[str, Tensor] = {}
+
+    def replacing(name: str):
+        return lambda tensor, hook: replace[name].to(tensor.device, tensor.dtype)
+
+    def storing(name: str):
+        def hook(tensor: Tensor, hook: Any) -> None:
+            cache[name] = tensor.detach()
+            if len(cache) == len(capture):
+                raise _Captured
+
+        return hook
+
+    fwd = [(name, replacing(name)) for name in (replace or {})] + [(name, storing(name)) for name in capture]
+    try:
+        with hooks.attached(model, fwd):
+            forward.run_blocks(model, residual, layer, layer + 1)
+    except _Captured:
+        pass
+    if len(cache) != len(capture):
+        raise HookNotFiredError(f"block {layer} never reached {sorted(set(capture) - set(cache))}")
+    return cache

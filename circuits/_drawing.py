@@ -51,7 +51,10 @@ def draw_graph(graph: "HeadGraph", path: Optional[Union[str, Path]] = None, titl
     ax_graph.set_title(f"top {len(top)} heads (blue +, red −)")
     ax_graph.axis("off")
     fig.suptitle(title or graph.meta.get("task", ""))
-    fig.tight_layout()
+    meaning = graph.meta.get("score")
+    if meaning:
+        fig.text(0.5, 0.01, f"score: {meaning}", ha="center", fontsize=8, wrap=True)
+    fig.tight_layout(rect=(0, 0.05 if meaning else 0, 1, 1))
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)

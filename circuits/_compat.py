@@ -1,0 +1,64 @@
+"""Every reach into TransformerLens 4 beyond its documented API, in one place, each with the reason.
+
+If a TransformerLens release moves one of these, this is the only module to change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The native ("TransformerLensNative") architecture's pieces. `build_bridge_from_module` wraps a torch module
+# we trained ourselves; the documented `boot_native` would build a fresh, untrained one.
+from transformer_lens.model_bridge.sources.native import (  # noqa: F401 (re-exported)
+    NativeAttention,
+    NativeModel,
+    build_bridge_from_module,
+    initialize_native_model,
+)
+
+
+def hook_points(model: Any) -> list[Any]:
+    """Every hook point of `model`, each once.
+
+    `hook_dict` repeats points under alias names and is rebuilt on every access (~0.3 ms); the bridge's
+    private `_hook_registry` is a plain dict that holds each point once. Plain HookedRootModule-style
+    models (no registry) fall back to `hook_dict`.
+    """
+    registry = getattr(model, "_hook_registry", None)
+    points = registry if registry is not None else getattr(model, "hook_dict", {})
+    unique = {id(point): point for point in points.values()}
+    return list(unique.values())
+
+
+def has_hook(model: Any, name: str) -> bool:
+    """Whether `model` has a hook point called `name` (canonical or alias), consulting the cheap registry
+    first and the rebuilt-on-access `hook_dict` only for names (aliases) the registry lacks."""
+    registry = getattr(model, "_hook_registry", None)
+    return (registry is not None and name in registry) or name in model.hook_dict
+
+
+def hook_names(model: Any) -> list[str]:
+    return sorted(model.hook_dict)
+
+
+def native_attention_modules(model: Any) -> list[Any]:
+    """The native attention modules of a native torch module or of a bridge that wraps one (the bridge
+    keeps the wrapped module inside its components, so `modules()` reaches it)."""
+    return [module for module in model.modules() if isinstance(module, NativeAttention)]
+
+
+def original(component: Any) -> Any:
+    """The torch module a bridge component wraps (`original_component`, not part of the documented API),
+    or the module itself when it is not a bridge component."""
+    wrapped = getattr(component, "original_component", None)
+    return component if wrapped is None else wrapped
+
+
+def unembedding(model: Any) -> Any:
+    """The unembedding linear layer of a bridge (its wrapped module) or of a native module (`head`)."""
+    return original(model.unembed) if hasattr(model, "unembed") else model.head
+
+
+def native_module(bridge: Any) -> Any:
+    """The native torch module inside a bridge built by `build_bridge_from_module`."""
+    return bridge.original_model

@@ -1,0 +1,181 @@
+"""Independent references the tests compare the engines with (the benchmarks time them too).
+
+- `tl_patched`: TransformerLens's own all-head activation patching (`transformer_lens.patching`).
+- `pair_loop` / `path_metric`: path patching computed literally, one (sender, receiver, inputs) at a time,
+  with hooks on full forward passes (hook names spelled here, not taken from the library).
+- `RandomTokens`: a task of random clean and corrupted prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import torch
+from transformer_lens import patching as tl_patching
+
+from circuits import PromptBatch, forward, hooks, models
+from circuits.engines import PathPatching
+from circuits.graph import LOGITS, head_name
+
+Head = tuple[int, int]
+Z, MLP_OUT = "blocks.{}.attn.hook_z", "blocks.{}.hook_mlp_out"
+
+
+# --- TransformerLens's activation patching -----------------------------------------------------------------
+def tl_patched(model: Any, task: Any, batch: PromptBatch, per_position: bool = False) -> torch.Tensor:
+    """TransformerLens's own all-head patching (denoising: corrupted run, clean values): patched metric
+    means ``[n_layers, n_heads]`` (``[n_layers, pos, n_heads]`` per position)."""
+    model.eval()
+    rows = torch.arange(batch.size)
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return task.metric(logits[rows, batch.position], batch).mean()
+
+    run = (tl_patching.get_act_patch_attn_head_out_by_pos if per_position
+           else tl_patching.get_act_patch_attn_head_out_all_pos)
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(batch.clean)
+        return run(model, batch.corrupted, clean_cache, metric)
+
+
+def tl_metric(model: Any, task: Any, batch: PromptBatch, tokens: torch.Tensor) -> float:
+    """The metric mean of a plain ``model(tokens)`` run (no library code), read at each prompt's position."""
+    with torch.no_grad():
+        logits = model(tokens)
+    return task.metric(logits[torch.arange(batch.size), batch.position], batch).float().mean().item()
+
+
+# --- the reference: one pair at a time, full forward passes with hooks ---------------------------------
+def caches(model: Any, batch: PromptBatch, direction: str) -> dict[str, Any]:
+    """Base and source activations the per-pair loop freezes to (z per layer, MLP outputs)."""
+    base, source = (batch.corrupted, batch.clean) if direction == "denoising" else (batch.clean, batch.corrupted)
+    layers = range(model.cfg.n_layers)
+    z = [Z.format(layer) for layer in layers]
+    mlp = [] if model.cfg.attn_only else [MLP_OUT.format(layer) for layer in layers]
+    return {"base": base, "base_cache": activations(model, base, z + mlp), "source_cache": activations(model, source, z)}
+
+
+def activations(model: Any, inputs: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+    cache: dict[str, torch.Tensor] = {}
+    fwd = [(name, (lambda t, hook, name=name: cache.__setitem__(name, t.detach().clone()))) for name in names]
+    with hooks.attached(model, fwd):
+        forward.logits(model, inputs)
+    return cache
+
+
+def metric_mean(task: Any, logits: torch.Tensor, batch: PromptBatch) -> float:
+    return task.metric(logits, batch).float().mean().item()
+
+
+def path_metric(model: Any, task: Any, batch: PromptBatch, senders: Sequence[Head], receiver: Union[Head, str],
+                inputs: Sequence[str] = ("q", "k", "v"), direction: str = "denoising", freeze_mlps: bool = False,
+                positions: Optional[Sequence[int]] = None, cached: Optional[dict[str, Any]] = None) -> float:
+    """The patched metric mean of one path (all `senders` at once) -> `receiver`, computed literally."""
+    cached = cached or caches(model, batch, direction)
+    base, base_cache, source_cache = cached["base"], cached["base_cache"], cached["source_cache"]
+    cfg = model.cfg
+
+    def frozen(layer: int):
+        def hook(z: torch.Tensor, hook: Any) -> torch.Tensor:
+            out = base_cache[Z.format(layer)].clone()
+            for l, h in senders:
+                if l == layer:
+                    source = source_cache[Z.format(layer)][:, :, h]
+                    if positions is None:
+                        out[:, :, h] = source
+                    else:
+                        out[:, positions, h] = source[:, positions]
+            return out
+        return hook
+
+    # Step 3: every head frozen at base except the senders; capture the receiver's q/k/v.
+    step3: dict[str, torch.Tensor] = {}
+    fwd = [(Z.format(layer), frozen(layer)) for layer in range(cfg.n_layers)]
+    if freeze_mlps and not cfg.attn_only:
+        fwd += [(MLP_OUT.format(l), (lambda t, hook, l=l: base_cache[MLP_OUT.format(l)]))
+                for l in range(cfg.n_layers)]
+    if receiver != LOGITS:
+        layer = receiver[0]
+        names = {i: f"blocks.{layer}.attn.hook_{i}" for i in "qkv"}
+        fwd += [(names[i], (lambda t, hook, i=i: step3.__setitem__(i, t.detach().clone()))) for i in inputs]
+    with hooks.attached(model, fwd):
+        out = forward.logits(model, base, batch.position)
+    if receiver == LOGITS:
+        return metric_mean(task, out, batch)
+
+    # Step 4: base run with only the receiver's q/k/v replaced. GQA: query head h reads KV head
+    # h // (n_heads / n_kv_heads); replacing that KV head changes its whole group, so the other query
+    # heads of layer `layer` are reset to their base outputs: only head h sees the patched k/v.
+    layer, head = receiver
+    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    group = head // (cfg.n_heads // n_kv)
+
+    def patch(which: str):
+        def hook(t: torch.Tensor, hook: Any) -> torch.Tensor:
+            t = t.clone()
+            index = head if which == "q" else group
+            t[:, :, index] = step3[which][:, :, index]
+            return t
+        return hook
+
+    def only_receiver(z: torch.Tensor, hook: Any) -> torch.Tensor:
+        out = base_cache[Z.format(layer)].clone()
+        out[:, :, head] = z[:, :, head]
+        return out
+
+    fwd = [(names[i], patch(i)) for i in inputs] + [(Z.format(layer), only_receiver)]
+    with hooks.attached(model, fwd):
+        out = forward.logits(model, base, batch.position)
+    return metric_mean(task, out, batch)
+
+
+def pair_loop(model: Any, task: Any, batch: PromptBatch, engine: PathPatching) -> dict[tuple[str, str], dict[str, float]]:
+    """Every edge `engine` computes, one (sender, receiver, input combination) at a time."""
+    with torch.no_grad():
+        cached = caches(model, batch, engine.direction)
+        senders, receivers, to_logits = engine.plan(model)
+        senders, receivers = [(s.layer, s.head) for s in senders], [(r.layer, r.head) for r in receivers]
+        combos = engine._combos()
+        edges: dict[tuple[str, str], dict[str, float]] = {}
+        kwargs = dict(direction=engine.direction, freeze_mlps=engine.freeze_mlps, positions=engine.positions,
+                      cached=cached)
+        for sender in senders:
+            for receiver in receivers:
+                if receiver[0] > sender[0]:
+                    key = (head_name(*sender), head_name(*receiver))
+                    edges[key] = {"+".join(c): path_metric(model, task, batch, [sender], receiver, c, **kwargs)
+                                  for c in combos}
+            if to_logits:
+                edges[(head_name(*sender), LOGITS)] = {"": path_metric(model, task, batch, [sender], LOGITS, **kwargs)}
+        return edges
+
+
+def max_difference(a: dict, b: dict) -> float:
+    if a.keys() != b.keys():
+        raise AssertionError(f"different edges: {sorted(set(a) ^ set(b))[:5]}")
+    return max(abs(a[e][c] - b[e][c]) for e in a for c in a[e])
+
+
+@dataclass(frozen=True)
+class RandomTokens:
+    """Random clean and corrupted prompts, read out at the last position; metric: logit(answer) - logit(foil)."""
+
+    name: str = "random_tokens"
+    seq_len: int = 64
+
+    def batch(self, model: Any, n: int, seed: int) -> PromptBatch:
+        g = torch.Generator().manual_seed(seed)
+        vocab = model.cfg.d_vocab
+        tokens = torch.randint(vocab, (2, n, self.seq_len), generator=g)
+        answers = torch.randint(vocab, (2, n), generator=g)
+        return PromptBatch(clean=tokens[0], corrupted=tokens[1], answer=answers[0], foil=answers[1],
+                           position=torch.full((n,), self.seq_len - 1))
+
+    def metric(self, logits: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
+        rows = torch.arange(len(logits))
+        return logits[rows, batch.answer] - logits[rows, batch.foil]
+
+    def default_model(self) -> Any:
+        return models.toy(n_layers=4, n_heads=8, d_model=128, d_vocab=256, n_ctx=64, seed=0)

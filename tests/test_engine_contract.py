@@ -1,0 +1,94 @@
+"""The contract every registered engine keeps (see circuits/engines/base.py): it leaves the model as it
+found it (modes, hooks, requires_grad), also when something raises inside a hook it attached; it puts
+inputs on ``model.cfg.device``; it says in ``meta["score"]`` what its scores mean."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import circuits
+from circuits import engines, models
+from circuits._state import preserved
+from tests.references import RandomTokens
+
+TASK = RandomTokens(seq_len=8)
+OPTIONS = {"path_patching": {"per_input": False}}  # engine -> options that keep the test fast
+
+
+def small_model():
+    return models.toy(n_layers=2, n_heads=2, d_model=16, d_vocab=32, n_ctx=16, seed=11)
+
+
+def state(model):
+    return ([m.training for m in model.modules()], [p.requires_grad for p in model.parameters()],
+            {name: len(point.fwd_hooks) + len(point.bwd_hooks) for name, point in model.hook_dict.items()})
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("engine_name", engines.names())
+@pytest.mark.parametrize("fail_at_call", [1, 2])
+def test_model_restored_when_a_hook_raises_mid_run(engine_name, fail_at_call):
+    """A user hook on the last layer's z raises on its n-th call, while the engine's own hooks are attached:
+    afterwards only the user's hook remains, and every mode and requires_grad flag is as it was."""
+    model = small_model()
+    model.train()
+    models.native_module(model).layers[0].attn.q.weight.requires_grad_(False)
+    calls = []
+
+    def exploding(tensor, hook):
+        calls.append(1)
+        if len(calls) == fail_at_call:
+            raise Boom(f"call {fail_at_call}")
+        return tensor
+
+    model.hook_dict["blocks.1.attn.hook_z"].add_hook(exploding)
+    before = state(model)
+    engine = engines.get(engine_name, **OPTIONS.get(engine_name, {}))
+    with pytest.raises(Boom):
+        engine.run(model, TASK, n=2, seed=0)
+    assert state(model) == before
+    model.reset_hooks()
+
+
+@pytest.mark.parametrize("engine_name", engines.names())
+def test_engine_restores_the_model_itself(engine_name):
+    """`engine.run` (not only `discover`) restores train mode and requires_grad after a normal run."""
+    model = small_model()
+    model.train()
+    models.native_module(model).layers[1].attn.v.weight.requires_grad_(False)
+    before = state(model)
+    graph = engines.get(engine_name, **OPTIONS.get(engine_name, {})).run(model, TASK, n=2, seed=0)
+    assert state(model) == before
+    assert graph.meta["engine"] == engine_name and len(graph.meta["score"]) > 20
+
+
+def test_preserved_removes_hooks_and_restores_flags_on_error():
+    model = small_model()
+    before = state(model)
+    with pytest.raises(Boom), preserved(model):
+        model.hook_dict["blocks.0.attn.hook_z"].add_hook(lambda t, hook: t)  # no context manager to undo it
+        model.hook_dict["blocks.0.attn.hook_z"].add_hook(lambda t, hook: t, dir="bwd")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.train()
+        raise Boom
+    assert state(model) == before
+
+
+@pytest.mark.parametrize("engine_name", engines.names())
+def test_inputs_go_to_cfg_device_not_the_first_parameter(engine_name):
+    """A model spread over devices takes inputs on ``cfg.device``, wherever its first parameter lives. Here
+    the first parameter is a decoy on the "meta" device: code that sends inputs to
+    ``next(model.parameters()).device`` fails; code that follows ``cfg.device`` gives the usual graph."""
+    model = small_model()
+    engine = engines.get(engine_name, **OPTIONS.get(engine_name, {}))
+    expected = engine.run(model, TASK, n=2, seed=0)
+    models.native_module(model).register_parameter(
+        "decoy", torch.nn.Parameter(torch.zeros(1, device="meta"), requires_grad=False))
+    assert next(model.parameters()).device.type == "meta" and model.cfg.device == "cpu"
+    assert engine.run(model, TASK, n=2, seed=0) == expected
+    assert circuits.discover(model, TASK, engine=engine, n=2, seed=0) == expected
