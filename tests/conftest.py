@@ -21,3 +21,10 @@ def induction_model(induction):
 @pytest.fixture
 def random_model():
     return circuits.models.toy(n_layers=2, n_heads=4, d_model=32, d_vocab=64, n_ctx=64, seed=1)
+
+
+@pytest.fixture(scope="session")
+def bundled_model():
+    """SmolLM2-135M-Instruct (`circuits.models.bundled()`), loaded once per test session (~15 s).
+    Tests that use it are marked ``slow``; never move it to another device or mutate its weights."""
+    return circuits.models.bundled()

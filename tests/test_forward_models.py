@@ -74,8 +74,8 @@ def test_missing_bundled_package_says_how_to_install(monkeypatch):
 
 
 @pytest.mark.slow
-def test_bundled_smollm2_loads_offline_and_runs_from_any_layer():
-    model = models.bundled()
+def test_bundled_smollm2_loads_offline_and_runs_from_any_layer(bundled_model):
+    model = bundled_model
     cfg = model.cfg
     assert (cfg.n_layers, cfg.n_heads, cfg.n_key_value_heads) == (30, 9, 3)
     tokens = model.to_tokens("The capital of France is")
