@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast bench mutation clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,5 +24,9 @@ test-fast: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks.patching
 
+mutation: $(VENV)/.installed  # mutation testing of the patching core (~1 hour on 2 cores; not part of make test)
+	$(PIP) install -q -e '.[mutation]'
+	cd $(CURDIR) && $(VENV)/bin/mutmut run; $(VENV)/bin/mutmut results
+
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) out mutants

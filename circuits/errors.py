@@ -48,3 +48,7 @@ class HookNotFiredError(CircuitsError, RuntimeError):
 
 class MissingDependencyError(CircuitsError, ImportError):
     """An optional package needed for this call is not installed."""
+
+
+class DamagedCacheWarning(UserWarning):
+    """A cached trained model could not be read (truncated or corrupt file); it is trained again."""

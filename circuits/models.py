@@ -7,11 +7,14 @@ bridge), then wraps it; `cached` keeps trained weights under ``$CIRCUITS_CACHE``
 
 from __future__ import annotations
 
+import ast
 import copy
 import hashlib
+import inspect
 import importlib.util
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from collections.abc import Callable
@@ -21,9 +24,9 @@ import torch
 from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge import TransformerBridge
 
-from circuits import _compat
+from circuits import _compat, training
 from circuits._compat import NativeModel
-from circuits.errors import InvalidOptionError, MissingDependencyError
+from circuits.errors import DamagedCacheWarning, InvalidOptionError, MissingDependencyError
 
 BUNDLED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -140,20 +143,52 @@ def cache_dir() -> Path:
 def cached(config: ToyConfig, train: Callable[[NativeModel], Any], **training_spec: Any) -> TransformerBridge:
     """The toy model `config` after `train(module)`, trained once and then read from the cache.
 
-    `training_spec` (steps, learning rate, data version...) joins the config in the cache key, so a
-    change to how a model is trained never returns stale weights.
+    The cache key is the config, `training_spec` (steps, learning rate, data version...) and the training
+    recipe's code (the module that defines `train`, and the training loop), so a change to how a model is
+    trained never returns stale weights. A damaged cache file is reported (`DamagedCacheWarning`) and rebuilt.
     """
-    path = cache_dir() / f"{config.name}-{config.key(**training_spec)}.pt"
+    key = config.key(recipe=recipe_fingerprint(train), **training_spec)
+    path = cache_dir() / f"{config.name}-{key}.pt"
     module = native(config)
     if path.exists():
-        module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    else:
-        train(module)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(module.state_dict(), tmp)
-        tmp.replace(path)  # atomic: a killed run leaves no half-written cache entry
+        try:
+            module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            return wrap(module, config)
+        except Exception as error:  # truncated or corrupt file, or weights that do not fit the config
+            warnings.warn(DamagedCacheWarning(f"cache file {path} is damaged ({type(error).__name__}: {error}); "
+                                              "training the model again"), stacklevel=2)
+            module = native(config)
+    train(module)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(module.state_dict(), tmp)
+    tmp.replace(path)  # atomic: a killed run leaves no half-written cache entry
     return wrap(module, config)
+
+
+def recipe_fingerprint(train: Callable[..., Any]) -> str:
+    """A hash of the code that trains a model: the module defining `train` (bound methods and partials
+    resolved) and `circuits.training`, as syntax trees without docstrings (comments, formatting and
+    documentation do not count)."""
+    function = getattr(train, "func", train)
+    function = getattr(function, "__func__", function)
+    sources = []
+    for module in (inspect.getmodule(function), training):
+        try:
+            sources.append(ast.dump(_without_docstrings(ast.parse(inspect.getsource(module)))))
+        except (OSError, TypeError):  # defined interactively: no source to hash
+            sources.append(getattr(function, "__qualname__", repr(function)))
+    return hashlib.sha256("\n".join(sources).encode()).hexdigest()[:16]
+
+
+def _without_docstrings(tree: ast.Module) -> ast.Module:
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return tree
+
 
 
 def bundled_gguf_path() -> Path:

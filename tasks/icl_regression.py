@@ -65,8 +65,8 @@ class QueryReadout(torch.nn.Module):
     """Training view of a prepared one-layer native module: the prediction at the query position only.
 
     Computes exactly what the module computes at the last position (same parameters, biases and read-out;
-    the query attends to the L context tokens), without the L attention rows that are never read: about
-    20x faster to train. ``forward(inputs_embeds=z)`` returns ``[n, 1, 1]``.
+    the query attends to the L context tokens), without the L attention rows that are never read: 13 ms
+    instead of 112 ms a training step (docs/icl_regression.md). ``forward(inputs_embeds=z)`` returns ``[n, 1, 1]``.
     """
 
     def __init__(self, module: Any):

@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 import circuits
 from circuits import forward
 from circuits.engines import ActivationPatching
-from circuits.errors import UndefinedScoreError
+from circuits import hooks
+from circuits.errors import IncompatibleModelError, UndefinedScoreError
 from circuits.models import ToyConfig, toy
-from tests.references import tl_patched
+from tests.references import tl_metric, tl_patched
 
 
 MODELS = {
@@ -33,16 +34,22 @@ def test_matches_transformer_lens_patching(name, induction):
 
 
 def test_normalised_scores_match_transformer_lens(induction, induction_model):
+    """Normalised with clean and corrupted metrics from plain ``model(tokens)`` runs, not the engine's own."""
     batch = induction.batch(induction_model, n=16, seed=0)
     graph = circuits.discover(induction_model, induction, n=16, seed=0)
-    clean, corrupted = graph.meta["metric_clean"], graph.meta["metric_corrupted"]
+    clean = tl_metric(induction_model, induction, batch, batch.clean)
+    corrupted = tl_metric(induction_model, induction, batch, batch.corrupted)
+    assert graph.meta["metric_clean"] == pytest.approx(clean, abs=1e-4)
+    assert graph.meta["metric_corrupted"] == pytest.approx(corrupted, abs=1e-4)
     theirs = (tl_patched(induction_model, induction, batch) - corrupted) / (clean - corrupted)
     assert (graph.matrix() - theirs).abs().max() <= 1e-4
 
 
-def test_per_position_matches_transformer_lens(induction, random_model):
+@pytest.mark.parametrize("memory_mb", [256.0, 0.05])  # all pairs of a layer in one pass; ~3 copies per pass
+def test_per_position_matches_transformer_lens(memory_mb, induction, random_model):
     batch = induction.batch(random_model, n=4, seed=2)
-    _, ours = ActivationPatching(per_position=True).patched_metrics(random_model, induction, batch)
+    engine = ActivationPatching(per_position=True, memory_mb=memory_mb)
+    _, ours = engine.patched_metrics(random_model, induction, batch)
     theirs = tl_patched(random_model, induction, batch, per_position=True)  # [layer, pos, head]
     kept = int(batch.position.max()) + 1  # we drop positions after the last read-out (causal model)
     assert ours.shape == (2, 4, kept)
@@ -59,9 +66,12 @@ def test_noising_is_denoising_with_roles_swapped(induction, random_model):
     assert (noising - swapped).abs().max() <= 1e-4
 
 
-def test_exact_direct_effects_on_linear_micro_model(induction):
-    """One attention layer, no LayerNorm: logits are linear in head outputs, so each head's denoising
-    score is its own direct effect (z_clean - z_corrupted) W_O W_U, normalised by hand."""
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_exact_direct_effects_on_linear_micro_model(direction, induction):
+    """One attention layer, no LayerNorm: logits are linear in head outputs (patching z leaves the patterns
+    alone), so each head's score is its own direct effect (z_clean - z_corrupted) W_O W_U over the gap, in
+    both directions: denoising (m_corrupted + effect - m_corrupted) / gap, noising (m_clean - (m_clean - effect)) / gap.
+    A sign error in either branch, or clean and corrupted swapped, gives other numbers."""
     model = toy(ToyConfig(n_layers=1, n_heads=3, d_model=24, normalization=None, seed=7))
     batch = induction.batch(model, n=5, seed=3)
     rows = torch.arange(batch.size)
@@ -72,18 +82,44 @@ def test_exact_direct_effects_on_linear_micro_model(induction):
         logit_change = einops.einsum(z_change, model.W_O[0], model.W_U, "b h d, h d m, m v -> h b v")
         direct = (logit_change.gather(2, batch.answer[None, :, None].expand(3, -1, 1))
                   - logit_change.gather(2, batch.foil[None, :, None].expand(3, -1, 1)))[..., 0].mean(1)
-        m_clean = induction.metric(forward.logits(model, batch.clean, batch.position), batch).mean()
-        m_corrupted = induction.metric(forward.logits(model, batch.corrupted, batch.position), batch).mean()
+    m_clean = tl_metric(model, induction, batch, batch.clean)
+    m_corrupted = tl_metric(model, induction, batch, batch.corrupted)
     expected = direct / (m_clean - m_corrupted)
-    graph = circuits.discover(model, induction, n=5, seed=3)
+    assert expected.abs().min() > 0.05 and len({round(float(e), 3) for e in expected}) == 3  # distinct, non-trivial
+    graph = circuits.discover(model, induction, n=5, seed=3, direction=direction)
     assert torch.allclose(graph.matrix()[0], expected, atol=1e-5)
     assert graph.nx.edges["L0H1", "logits"]["score"] == pytest.approx(float(expected[1]), abs=1e-5)
+    assert graph.meta["metric_clean"] == pytest.approx(m_clean, abs=1e-5)
+    assert graph.meta["metric_corrupted"] == pytest.approx(m_corrupted, abs=1e-5)
 
 
 def test_chunking_does_not_change_results(induction, random_model):
-    one_per_pass = circuits.discover(random_model, induction, n=4, seed=0, memory_mb=1e-6).matrix()
-    all_at_once = circuits.discover(random_model, induction, n=4, seed=0, memory_mb=1e4).matrix()
+    batch = induction.batch(random_model, n=4, seed=0)
+    one_per_pass = ActivationPatching(memory_mb=1e-6).patched_metrics(random_model, induction, batch)[0]
+    all_at_once = ActivationPatching(memory_mb=1e4).patched_metrics(random_model, induction, batch)[0]
     assert torch.allclose(one_per_pass, all_at_once, atol=1e-5)
+    assert torch.allclose(one_per_pass, tl_patched(random_model, induction, batch), atol=1e-4)  # and both are right
+
+
+def test_layers_below_the_patched_one_are_not_run_again(induction):
+    """Each block's attention runs once in the caching pass, then once per stacked pass of every lower layer's
+    patches: layer l's runs 1 + l times (all heads of a layer fit one pass here), never for patches at or
+    above it. (Counted at hook_attn_out: hook_resid_pre of block 0 also fires while embedding.)"""
+    model = toy(ToyConfig(n_layers=3, n_heads=4, d_model=32, seed=3))
+    calls = [0, 0, 0]
+    for layer in range(3):
+        model.hook_dict[hooks.site(model, layer, "attn_out")].add_hook(
+            lambda t, hook, layer=layer: calls.__setitem__(layer, calls[layer] + 1))
+    ActivationPatching().patched_metrics(model, induction, induction.batch(model, n=2, seed=0))
+    model.reset_hooks()
+    assert calls == [1, 2, 3]
+
+
+def test_parallel_attention_and_mlp_blocks_are_refused(induction):
+    model = toy(ToyConfig(n_layers=1, n_heads=2, d_model=16, attn_only=False, d_mlp=32))
+    model.cfg.parallel_attn_mlp = True
+    with pytest.raises(IncompatibleModelError, match="parallel"):
+        circuits.discover(model, induction, n=2)
 
 
 @settings(max_examples=8, deadline=None)
@@ -128,3 +164,6 @@ def test_same_seed_same_graph(seed, n, induction):
     first = circuits.discover(model, induction, n=n, seed=seed)
     second = circuits.discover(model, induction, n=n, seed=seed)
     assert first == second
+    batch = induction.batch(model, n=n, seed=seed)  # and it is the graph of this seed's prompts
+    assert torch.allclose(ActivationPatching().patched_metrics(model, induction, batch)[0],
+                          tl_patched(model, induction, batch), atol=1e-4)

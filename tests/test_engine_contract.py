@@ -66,6 +66,15 @@ def test_engine_restores_the_model_itself(engine_name):
     assert graph.meta["engine"] == engine_name and len(graph.meta["score"]) > 20
 
 
+@pytest.mark.parametrize("engine_name", engines.names())
+def test_engine_graphs_round_trip_through_json(engine_name, tmp_path):
+    """What an engine really produces (tuples in its options, extras on edges) comes back equal."""
+    graph = engines.get(engine_name, **OPTIONS.get(engine_name, {})).run(small_model(), TASK, n=2, seed=0)
+    again = circuits.HeadGraph.from_json(graph.to_json(tmp_path / "graph.json"))
+    assert again == graph and again.meta == graph.meta
+    assert again.meta["options"] == graph.meta["options"]  # tuples stay tuples
+
+
 def test_preserved_removes_hooks_and_restores_flags_on_error():
     model = small_model()
     before = state(model)

@@ -1,10 +1,12 @@
 """Running models from any layer, float inputs, toy construction and the trained-model cache."""
 
+import importlib
+
 import pytest
 import torch
 
 from circuits import forward, models, training
-from circuits.errors import InvalidOptionError, MissingDependencyError
+from circuits.errors import DamagedCacheWarning, InvalidOptionError, MissingDependencyError
 
 
 @pytest.mark.parametrize("config", [
@@ -84,3 +86,56 @@ def test_bundled_smollm2_loads_offline_and_runs_from_any_layer(bundled_model):
         assert model.to_string(full[0, -1].argmax()) == " Paris"
         from_20 = forward.run_from(model, cache["blocks.20.hook_resid_pre"], 20, torch.tensor([tokens.shape[1] - 1]))
     assert torch.allclose(from_20[0], full[0, -1], atol=1e-4)
+
+
+def test_damaged_cache_file_is_reported_and_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path))
+    config = models.ToyConfig(n_layers=1, n_heads=2, d_model=8, d_vocab=6, name="tiny")
+    calls = []
+
+    def train(module):
+        calls.append(1)
+        with torch.no_grad():
+            module.head.weight.fill_(0.5)
+
+    models.cached(config, train, steps=1)
+    (entry,) = tmp_path.iterdir()
+    entry.write_bytes(entry.read_bytes()[:100])  # truncated, as by a full disk
+    with pytest.warns(DamagedCacheWarning, match=f"{entry.name}.*damaged"):
+        rebuilt = models.cached(config, train, steps=1)
+    assert len(calls) == 2 and torch.all(rebuilt.W_U == 0.5)
+    models.cached(config, train, steps=1)  # the rebuilt entry reads back
+    assert len(calls) == 2
+
+
+RECIPE = '''
+import torch
+
+def train(module):
+    with torch.no_grad():
+        module.head.weight.fill_({value})
+'''
+
+
+def test_cache_key_follows_the_training_code(tmp_path, monkeypatch):
+    """Same config and spec, different training code: a different cache entry, never stale weights."""
+    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = models.ToyConfig(n_layers=1, n_heads=2, d_model=8, d_vocab=6, name="tiny")
+    weights = []
+    for name, value in (("recipe_a", 0.25), ("recipe_b", 0.75), ("recipe_c", 0.25)):
+        (tmp_path / f"{name}.py").write_text(RECIPE.format(value=value))
+        module = importlib.import_module(name)
+        weights.append(models.cached(config, module.train, steps=1).W_U[0, 0].item())
+    assert weights == [0.25, 0.75, 0.25]
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # recipes a and c are the same code
+
+
+def test_documentation_does_not_change_the_recipe(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fingerprints = []
+    for name, text in (("doc_a", ""), ("doc_b", '"""Now documented."""\n# and commented\n')):
+        (tmp_path / f"{name}.py").write_text(text + RECIPE.format(value=0.5).replace(
+            "def train(module):\n", f"def train(module):\n    {text.splitlines()[0] if text else ''}\n"))
+        fingerprints.append(models.recipe_fingerprint(importlib.import_module(name).train))
+    assert fingerprints[0] == fingerprints[1]

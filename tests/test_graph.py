@@ -12,8 +12,11 @@ from circuits.errors import InvalidOptionError, UnknownNameError
 from circuits.graph import HeadGraph, parse_head
 
 finite = st.floats(-1e6, 1e6, allow_nan=False, width=32)
-meta_values = st.one_of(st.integers(-1000, 1000), st.text(max_size=8), st.booleans(), finite,
-                        st.lists(st.integers(0, 9), max_size=3))
+leaves = st.one_of(st.integers(-1000, 1000), st.text(max_size=8), st.booleans(), st.none(), finite,
+                   st.just(float("nan")))
+meta_values = st.recursive(leaves, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.tuples(inner, inner), st.dictionaries(st.text(min_size=1, max_size=4), inner,
+                                                                         max_size=3)), max_leaves=8)
 
 
 @st.composite
@@ -25,7 +28,9 @@ def graphs(draw):
     heads = graph.heads()
     for _ in range(draw(st.integers(0, 4))):  # head -> head edges with extra attributes
         u, v = draw(st.sampled_from(heads)), draw(st.sampled_from(heads))
-        graph.nx.add_edge(u, v, score=draw(finite), q=draw(finite), kind="path")
+        graph.add_edge(u, v, draw(finite), q=draw(finite), kind="path", inputs=draw(st.tuples(st.text(max_size=2))))
+    if draw(st.booleans()):  # an unmeasured head
+        graph.add_head(f"L{n_layers}H0")
     return graph
 
 
@@ -35,7 +40,8 @@ def test_json_round_trip_is_lossless(graph, tmp_path_factory):
     path = graph.to_json(tmp_path_factory.mktemp("g") / "graph.json")
     again = HeadGraph.from_json(path)
     assert again == graph
-    assert again.meta == graph.meta
+    assert repr(again.meta) == repr(graph.meta)  # NaN-aware and type-strict: tuples stay tuples
+    assert again != HeadGraph.from_scores(torch.ones(1, 1) * 7.5)
     plain = nx.node_link_graph(json.loads(path.read_text()), edges="edges")  # readable by plain networkx
     assert set(plain.nodes) == set(graph.nx.nodes) and set(plain.edges) == set(graph.nx.edges)
 

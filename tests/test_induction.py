@@ -77,3 +77,14 @@ def test_cli_lists_and_refuses(capsys):
     assert cli.main(["engines"]) == 0 and "activation_patching" in capsys.readouterr().out
     assert cli.main(["discover", "--task", "nope"]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
+
+
+def test_cli_errors_come_before_the_run(tmp_path, capsys, monkeypatch):
+    """Bad options are typed errors (exit 2, the value named) before any model is loaded or trained."""
+    monkeypatch.setattr(Induction, "default_model", lambda self: pytest.fail("loaded a model before checking"))
+    a_file = tmp_path / "taken"
+    a_file.write_text("")
+    assert cli.main(["discover", "--task", "induction", "--out", str(a_file)]) == 2
+    assert f"--out '{a_file}' is a file" in capsys.readouterr().err
+    assert cli.main(["discover", "--task", "induction", "--engine", "patchy", "--out", str(tmp_path)]) == 2
+    assert "unknown engine 'patchy'" in capsys.readouterr().err

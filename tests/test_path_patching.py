@@ -14,7 +14,7 @@ from circuits.engines import ActivationPatching, PathPatching
 from circuits.engines.path_patching import top_receivers
 from circuits.errors import InvalidOptionError, MetricError, UnknownNameError
 from circuits.graph import LOGITS, head_name
-from tests.references import RandomTokens, activations, pair_loop, path_metric
+from tests.references import RandomTokens, activations, pair_loop, path_metric, tl_metric
 
 SETTINGS = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -68,6 +68,35 @@ def test_grouped_query_attention_patches_one_query_head(n_kv_heads):
     # the query heads of one group get different k edges from the same sender: not one shared value
     k_edges = [ours[("L0H0", head_name(1, h))]["k"] for h in range(4)]
     assert len({round(v, 6) for v in k_edges}) > 1
+
+
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_frozen_mlps_and_noising_head_to_head_edges(direction):
+    """Deterministic cases of what the hypothesis test covers by chance: frozen MLPs and noising edges
+    between heads, in a 3-layer MLP model, against the literal loop; freezing the MLPs changes the numbers."""
+    model = toy(n_layers=3, attn_only=False, seed=21)
+    batch = batch_for(model, seed=2)
+    frozen = PathPatching(direction=direction, freeze_mlps=True, receivers=("L2H1", "L1H0"))
+    ours = frozen.patched_metrics(model, TASK, batch)
+    assert_same_edges(ours, pair_loop(model, TASK, batch, frozen))
+    recomputed = PathPatching(direction=direction, receivers=("L2H1", "L1H0")).patched_metrics(model, TASK, batch)
+    assert max(abs(ours[e][c] - recomputed[e][c]) for e in ours for c in ours[e] if e[0].startswith("L0")
+               and e[1] == "L2H1") > 1e-4  # L0 -> L2 paths go through layer 0's and 1's MLPs
+
+
+def test_float_inputs_through_path_patching():
+    """Continuous inputs (the residual entering block 0), as in the ICL regression task, against the literal loop."""
+    from tasks.icl_regression import ICLRegression
+
+    task = ICLRegression(d=5, L=8)
+    model = models.toy(n_layers=2, n_heads=2, d_model=6, d_head=3, d_vocab=1, d_vocab_out=1, n_ctx=9,
+                       positional="none", seed=4)
+    batch = task.batch(model, n=4, seed=0)
+    assert batch.clean.is_floating_point()
+    engine = PathPatching()
+    ours = engine.patched_metrics(model, task, batch)
+    assert_same_edges(ours, pair_loop(model, task, batch, engine))
+    assert max(abs(v) for e in ours.values() for v in e.values()) > 0
 
 
 def test_sender_positions_restrict_the_patch():
@@ -151,6 +180,7 @@ def test_induction_key_input_comes_from_the_previous_token_head(induction, induc
     # Negative when denoising: the key now says "my previous token is x_k" at a position whose (corrupted)
     # value is the foil y_{k+1}, so the head copies the foil. What matters is the size.
     assert abs(into_key[strongest]) > 0.2 and previous.max() > 0.5
+    assert into_key[strongest] < 0  # the sign docs/path_patching.md states
     assert abs(into_key[strongest]) > 2 * max(abs(v) for u, v in into_key.items() if u != strongest)
 
 
@@ -162,7 +192,11 @@ def test_graph_edges_nodes_meta_and_registry(random_model):
     assert len(graph.heads()) == 8
     data = graph.nx.edges["L0H1", "L1H2"]
     assert data["inputs"] == "q+k+v" and {"score_q", "score_k", "score_v"} <= set(data)
-    assert graph.nx.nodes["L1H2"]["score"] == graph.nx.edges["L1H2", LOGITS]["score"]
+    batch = task.batch(random_model, n=3, seed=0)  # node score = direct effect, normalised by plain model() runs
+    clean, corrupted = (tl_metric(random_model, task, batch, tokens) for tokens in (batch.clean, batch.corrupted))
+    direct = path_metric(random_model, task, batch, [(1, 2)], LOGITS)
+    assert graph.nx.nodes["L1H2"]["score"] == pytest.approx((direct - corrupted) / (clean - corrupted), abs=1e-4)
+    assert graph.nx.edges["L1H2", LOGITS]["score"] == graph.nx.nodes["L1H2"]["score"]
     assert not any(graph.nx.has_edge(head_name(1, a), head_name(1, b)) for a in range(4) for b in range(4))
     assert not any(graph.nx.has_edge(head_name(1, a), head_name(0, b)) for a in range(4) for b in range(4))
     assert graph.nx.number_of_edges() == 4 * 4 + 8
@@ -171,11 +205,15 @@ def test_graph_edges_nodes_meta_and_registry(random_model):
 def test_iterative_discovery_from_the_logits(random_model):
     task = RandomTokens(seq_len=8)
     first = PathPatching(receivers=(LOGITS,)).run(random_model, task, n=3)
-    receivers = top_receivers(first, 2, include_logits=False)
-    layer1 = [r for r in receivers if r.startswith("L1")] or ["L1H0"]
-    second = PathPatching(receivers=tuple(layer1), per_input=False).run(random_model, task, n=3)
+    by_size = sorted(first.scores(), key=lambda name: -abs(first.scores()[name]))  # the k largest |direct effect|
+    assert top_receivers(first, 3) == (*by_size[:3], LOGITS)
+    assert top_receivers(first, 3, include_logits=False) == tuple(by_size[:3])
+    layer1 = tuple(r for r in by_size if r.startswith("L1"))[:2]
+    second = PathPatching(receivers=layer1, per_input=False).run(random_model, task, n=3)
     assert {v for _, v in second.nx.edges()} == set(layer1)
     assert all("score_q" not in d for _, _, d in second.nx.edges(data=True))
+    with pytest.raises(InvalidOptionError, match="k=0"):
+        top_receivers(first, 0)
 
 
 def test_model_left_as_found_even_when_raising(random_model):
