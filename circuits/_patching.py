@@ -24,6 +24,11 @@ def check_direction(direction: str) -> None:
         raise InvalidOptionError(f"direction={direction!r}; expected one of {DIRECTIONS}")
 
 
+def check_memory(memory_mb: float) -> None:
+    if not memory_mb > 0:
+        raise InvalidOptionError(f"memory_mb={memory_mb!r}; expected a positive number of megabytes")
+
+
 def trimmed(batch: PromptBatch, causal: bool) -> PromptBatch:
     """In a causal model nothing after the last read-out position can change the result: drop it."""
     keep = int(batch.position.max().item()) + 1 if causal else batch.clean.shape[1]

@@ -137,7 +137,8 @@ def pair_loop(model: Any, task: Any, batch: PromptBatch, engine: PathPatching) -
         cached = caches(model, batch, engine.direction)
         senders, receivers, to_logits = engine.plan(model)
         senders, receivers = [(s.layer, s.head) for s in senders], [(r.layer, r.head) for r in receivers]
-        combos = engine._combos()
+        joint = tuple(engine.inputs)  # every input together, and each alone when asked for and not the same
+        combos = ([(i,) for i in joint] if engine.per_input and len(joint) > 1 else []) + [joint]
         edges: dict[tuple[str, str], dict[str, float]] = {}
         kwargs = dict(direction=engine.direction, freeze_mlps=engine.freeze_mlps, positions=engine.positions,
                       cached=cached)

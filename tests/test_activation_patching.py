@@ -59,6 +59,32 @@ def test_per_position_matches_transformer_lens(memory_mb, induction, random_mode
     assert torch.allclose(theirs[:, kept:], unpatched, atol=1e-5)
 
 
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_position_scores_in_the_graph_are_normalised_like_the_heads(direction, induction, random_model):
+    """The graph's per-position node attribute, against TransformerLens's per-position patching normalised by
+    hand (noising: the clean run with corrupted values patched in, TL on the swapped batch)."""
+    batch = induction.batch(random_model, n=4, seed=2)
+    graph = circuits.discover(random_model, induction, n=4, seed=2, per_position=True, direction=direction)
+    clean = tl_metric(random_model, induction, batch, batch.clean)
+    corrupted = tl_metric(random_model, induction, batch, batch.corrupted)
+    if direction == "denoising":
+        expected = (tl_patched(random_model, induction, batch, per_position=True) - corrupted) / (clean - corrupted)
+    else:
+        expected = (clean - tl_patched(random_model, induction, batch.swapped(), per_position=True)) / (clean - corrupted)
+    kept = int(batch.position.max()) + 1
+    for layer in range(2):
+        for head in range(4):
+            ours = torch.tensor(graph.nx.nodes[f"L{layer}H{head}"]["position_scores"])
+            assert torch.allclose(ours, expected[layer, :kept, head], atol=1e-3)
+    assert graph.meta["n"] == 4 and graph.meta["seed"] == 2
+
+
+def test_defaults_are_32_prompts_and_seed_0(induction, random_model):
+    graph = ActivationPatching().run(random_model, induction)
+    assert (graph.meta["n"], graph.meta["seed"]) == (32, 0)
+    assert graph == circuits.discover(random_model, induction, n=32, seed=0)
+
+
 def test_noising_is_denoising_with_roles_swapped(induction, random_model):
     batch = induction.batch(random_model, n=6, seed=1)
     noising, _ = ActivationPatching(direction="noising").patched_metrics(random_model, induction, batch)

@@ -99,6 +99,17 @@ def test_float_inputs_through_path_patching():
     assert max(abs(v) for e in ours.values() for v in e.values()) > 0
 
 
+def test_sender_positions_after_every_read_out_change_nothing(induction, random_model):
+    """Induction prompts are read out inside the repeat: patching senders only after the last read-out
+    position leaves every edge at the base metric (causal model)."""
+    batch = induction.batch(random_model, n=3, seed=1)
+    after = int(batch.position.max()) + 1
+    assert after < batch.clean.shape[1]
+    edges = PathPatching(positions=(after,), receivers=("L1H0", LOGITS)).patched_metrics(random_model, induction, batch)
+    base = tl_metric(random_model, induction, batch, batch.corrupted)
+    assert all(value == pytest.approx(base, abs=1e-5) for edge in edges.values() for value in edge.values())
+
+
 def test_sender_positions_restrict_the_patch():
     model = toy(n_layers=2, attn_only=False, seed=5)
     batch = batch_for(model)
@@ -214,6 +225,7 @@ def test_iterative_discovery_from_the_logits(random_model):
     assert all("score_q" not in d for _, _, d in second.nx.edges(data=True))
     with pytest.raises(InvalidOptionError, match="k=0"):
         top_receivers(first, 0)
+    assert top_receivers(first, 1) == (by_size[0], LOGITS)
 
 
 def test_model_left_as_found_even_when_raising(random_model):
@@ -233,7 +245,7 @@ def test_bad_input_gets_typed_errors_naming_the_value(random_model):
         PathPatching(senders=("L1H0",), receivers=("L0H1",)).run(random_model, task, n=2)
     with pytest.raises(InvalidOptionError, match="'L1H1'"):  # same layer is not later
         PathPatching(senders=("L1H0",), receivers=("L1H1",)).run(random_model, task, n=2)
-    with pytest.raises(UnknownNameError, match="'L9H9'.*L0H0 .. L1H3"):
+    with pytest.raises(UnknownNameError, match="'L9H9'.*L0H0 .. L1H3.*'logits' \\(receivers only\\)"):
         PathPatching(receivers=("L9H9",)).run(random_model, task, n=2)
     with pytest.raises(UnknownNameError, match="'L0H7'"):
         PathPatching(senders=("L0H7",)).run(random_model, task, n=2)
@@ -245,6 +257,8 @@ def test_bad_input_gets_typed_errors_naming_the_value(random_model):
         PathPatching(direction="sideways")
     with pytest.raises(InvalidOptionError, match=r"\[99\]"):
         PathPatching(positions=(0, 99)).run(random_model, task, n=2)
+    with pytest.raises(InvalidOptionError, match=r"\[8\].*\[0, 8\)"):  # one past the end
+        PathPatching(positions=(8,)).run(random_model, task, n=2)
     with pytest.raises(UnknownNameError):
         circuits.engines.get("path_pathcing")
 

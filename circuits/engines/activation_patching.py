@@ -32,6 +32,7 @@ class ActivationPatching:
 
     def __post_init__(self) -> None:
         _patching.check_direction(self.direction)
+        _patching.check_memory(self.memory_mb)
 
     @property
     def score_meaning(self) -> str:

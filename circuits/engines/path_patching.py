@@ -25,7 +25,8 @@ harmless: only head h's output change is kept.)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from collections.abc import Sequence
+from typing import Any, Optional, Union
 
 import einops
 import torch
@@ -44,11 +45,12 @@ INPUTS = ("q", "k", "v")
 @dataclass(frozen=True)
 class PathPatching:
     direction: str = "denoising"  # or "noising"
-    receivers: Optional[tuple[str, ...]] = None  # head names and/or "logits"; None: every head and "logits"
-    senders: Optional[tuple[str, ...]] = None  # head names; None: every head
-    inputs: tuple[str, ...] = INPUTS  # receiver inputs patched together (edge score); each also alone
+    # Sequences (or one name) are accepted and stored as tuples.
+    receivers: Union[str, Sequence[str], None] = None  # head names and/or "logits"; None: every head and "logits"
+    senders: Union[str, Sequence[str], None] = None  # head names; None: every head
+    inputs: Union[str, Sequence[str]] = INPUTS  # receiver inputs patched together (edge score); each also alone
     per_input: bool = True  # also score each input alone (edge attributes "score_q", "score_k", "score_v")
-    positions: Optional[tuple[int, ...]] = None  # sender patched only at these positions; None: all
+    positions: Optional[Sequence[int]] = None  # sender patched only at these positions; None: all
     freeze_mlps: bool = False  # step 3: MLPs frozen at their base values instead of recomputed
     memory_mb: float = 256.0  # budget for one stacked forward pass
 
@@ -68,8 +70,7 @@ class PathPatching:
                                      f"without repeats from {INPUTS}")
         if self.positions is not None and any(not isinstance(p, int) or p < 0 for p in self.positions):
             raise InvalidOptionError(f"positions={self.positions!r}; expected non-negative integer positions")
-        if not self.memory_mb > 0:
-            raise InvalidOptionError(f"memory_mb={self.memory_mb!r}; expected a positive number")
+        _patching.check_memory(self.memory_mb)
 
     @property
     def score_meaning(self) -> str:
