@@ -3,7 +3,8 @@
 Head nodes are named ``"L{layer}H{head}"`` (a `Head` spells and parses them) with attributes ``kind``,
 ``layer``, ``head`` and, where the engine measured one, ``score``; a head the engine did not measure has
 no ``score`` (NaN in `matrix`). The special nodes ``"embed"`` and ``"logits"`` stand for the input and
-the output; edges carry ``score``. ``meta`` (engine and options, task, model, seed, version, and in
+the output; MLP nodes ``"M{layer}"`` (kind ``"mlp"``, from engines that score MLPs) may join them. Edges
+carry ``score``. `heads`, `scores`, `matrix` and `top` are about heads only. ``meta`` (engine and options, task, model, seed, version, and in
 ``meta["score"]`` what node and edge scores mean) lives in ``graph.nx.graph`` so it travels with the JSON.
 Engines build graphs through `add_head` and `add_edge`, never through networkx directly.
 """
@@ -26,6 +27,7 @@ from circuits.errors import InvalidOptionError, UnknownNameError
 
 EMBED, LOGITS = "embed", "logits"
 _HEAD = re.compile(r"^L(\d+)H(\d+)$")
+_MLP = re.compile(r"^M(\d+)$")
 _TUPLE = "__tuple__"  # JSON has no tuples: they are written as {"__tuple__": [...]} and read back as tuples
 
 
@@ -82,6 +84,17 @@ def parse_head(name: str) -> tuple[int, int]:
     return head.layer, head.head
 
 
+def mlp_name(layer: int) -> str:
+    """The MLP node of block `layer`: ``"M{layer}"``."""
+    return f"M{layer}"
+
+
+def mlp_layer(name: object) -> Optional[int]:
+    """The layer of an MLP node name (``"M3"`` -> 3), or None if `name` is not one."""
+    match = _MLP.match(name) if isinstance(name, str) else None
+    return None if match is None else int(match.group(1))
+
+
 Node = Union[Head, str]
 
 
@@ -123,12 +136,26 @@ class HeadGraph:
         self.nx.add_node(head.name, **values)
         return head.name
 
+    def add_mlp(self, layer: int, score: Optional[float] = None, **attributes: Any) -> str:
+        """Add (or update) the MLP node ``"M{layer}"``; `score` None leaves it unmeasured."""
+        values = dict(kind="mlp", layer=int(layer), **attributes)
+        if score is not None:
+            values["score"] = float(score)
+        name = mlp_name(layer)
+        self.nx.add_node(name, **values)
+        return name
+
     def add_edge(self, sender: Node, receiver: Node, score: float, **attributes: Any) -> tuple[str, str]:
-        """An edge scored `score`; head endpoints are added as (unmeasured) head nodes if missing."""
+        """An edge scored `score` between heads, MLP nodes ``"M{layer}"``, ``"embed"`` and ``"logits"``;
+        head and MLP endpoints are added as unmeasured nodes if missing."""
         names = []
         for node in (sender, receiver):
             if node in (EMBED, LOGITS):
                 names.append(node)
+                continue
+            layer = mlp_layer(node)
+            if layer is not None:
+                names.append(node if node in self.nx else self.add_mlp(layer))
                 continue
             name = Head.parse(node).name
             if name not in self.nx:
@@ -152,6 +179,10 @@ class HeadGraph:
 
     def heads(self) -> list[str]:
         return [n for n, data in self.nx.nodes(data=True) if data.get("kind") == "head"]
+
+    def mlps(self) -> list[str]:
+        """The MLP nodes (``"M{layer}"``), in insertion order."""
+        return [n for n, data in self.nx.nodes(data=True) if data.get("kind") == "mlp"]
 
     def scores(self) -> dict[str, float]:
         """Head name -> score, for the heads the engine measured (no NaN)."""
@@ -182,7 +213,8 @@ class HeadGraph:
         edges = [(u, v) for u, v, s in self.nx.edges(data="score") if s is not None and abs(s) >= threshold]
         touched = {n for edge in edges for n in edge}
         scores = self.scores()
-        keep = [n for n in self.nx.nodes if self.nx.nodes[n].get("kind") != "head"
+        scores.update({n: self.nx.nodes[n].get("score") or 0.0 for n in self.mlps()})
+        keep = [n for n in self.nx.nodes if self.nx.nodes[n].get("kind") not in ("head", "mlp")
                 or abs(scores.get(n, 0.0)) >= threshold or n in touched]
         sub = self.nx.subgraph(keep).copy()
         sub.remove_edges_from([edge for edge in list(sub.edges) if edge not in set(edges)])
