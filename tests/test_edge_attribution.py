@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from circuits import forward, hooks, models
 from circuits._task import PromptBatch
-from circuits.engines import PathPatching
+from circuits.engines import ActivationPatching, PathPatching
 from circuits.engines.edge_attribution import EdgeAttribution, Layout, reader_gradients
 from circuits.errors import InvalidBatchError, InvalidOptionError, MetricError
 from circuits.graph import EMBED, LOGITS, head_name, mlp_name
@@ -271,3 +271,23 @@ def test_memory_budget_chunks_the_batch_without_changing_scores():
     chunked = EdgeAttribution(method="eap_ig_inputs", steps=2, memory_mb=0.01).run(model, TASK, n=5)
     for u, v, s in whole.nx.edges(data="score"):
         assert chunked.nx.edges[u, v]["score"] == pytest.approx(s, rel=1e-9, abs=1e-12)
+
+
+# --- the induction circuit -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["eap", "eap_ig_inputs", "eap_ig_activations"])
+def test_induction_top_head_and_its_previous_token_key_edge(method, induction, induction_model):
+    """On the default induction model: the top layer-1 head is activation patching's, and the strongest
+    key-input edge into it (by magnitude) comes from the previous-token head L0H3, negative when denoising,
+    as exact path patching finds it."""
+    graph = EdgeAttribution(method=method).run(induction_model, induction, n=32, seed=0)
+    patched = ActivationPatching().run(induction_model, induction, n=32, seed=0)
+    layer_1 = lambda scores: {n: s for n, s in scores.items() if n.startswith("L1")}  # noqa: E731
+    top = max(layer_1(graph.scores()).items(), key=lambda item: item[1])[0]
+    assert top == max(layer_1(patched.scores()).items(), key=lambda item: item[1])[0]
+    keys = {u: d["score_k"] for u, _, d in graph.nx.in_edges(top, data=True) if "score_k" in d}
+    strongest = max(keys, key=lambda u: abs(keys[u]))
+    assert strongest == "L0H3" and keys[strongest] < 0
+    exact = PathPatching(senders=tuple(k for k in keys if k != EMBED), receivers=(top,)).run(
+        induction_model, induction, n=32, seed=0)
+    exact_keys = {u: d["score_k"] for u, _, d in exact.nx.in_edges(top, data=True)}
+    assert max(exact_keys, key=lambda u: abs(exact_keys[u])) == "L0H3" and exact_keys["L0H3"] < 0
