@@ -220,6 +220,65 @@ class HeadGraph:
         sub.remove_edges_from([edge for edge in list(sub.edges) if edge not in set(edges)])
         return HeadGraph(sub)
 
+    # --- circuits from scored edges ------------------------------------------------------------------
+    # Ranking is explicit: by="absolute" ranks edges by |score| (an edge that hurts the behaviour counts
+    # as much as one that helps), by="signed" by score (only edges that help). Every selection is pruned:
+    # a node kept must lie on a path embed -> ... -> logits through the selected edges.
+    def top_edges(self, n: int, *, by: str) -> list[tuple[str, str, float]]:
+        """The `n` best-ranked scored edges, best first, as (sender, receiver, score)."""
+        _check_count(n)
+        return sorted(self._scored_edges(), key=_rank_key(by), reverse=True)[:n]
+
+    def threshold_edges(self, threshold: float, *, by: str) -> list[tuple[str, str, float]]:
+        """Scored edges with |score| >= `threshold` (by="absolute") or score >= `threshold` (by="signed")."""
+        key = _rank_key(by)
+        return sorted((e for e in self._scored_edges() if key(e) >= threshold), key=key, reverse=True)
+
+    def greedy_edges(self, n: int, *, by: str) -> list[tuple[str, str, float]]:
+        """`n` edges grown from ``"logits"`` backwards: each step adds the best-ranked edge whose receiver is
+        already in the circuit (its sender joins the circuit), in the order they were added."""
+        _check_count(n)
+        import heapq
+
+        key, chosen, inside, frontier, tie = _rank_key(by), [], {LOGITS}, [], 0
+
+        def push_into(node: str) -> None:
+            nonlocal tie
+            for u, v, score in self.nx.in_edges(node, data="score"):
+                if score is not None and not math.isnan(score):
+                    heapq.heappush(frontier, (-key((u, v, score)), tie, (u, v, score)))
+                    tie += 1
+
+        push_into(LOGITS)
+        while frontier and len(chosen) < n:
+            edge = heapq.heappop(frontier)[2]
+            chosen.append(edge)
+            if edge[0] not in inside:
+                inside.add(edge[0])
+                push_into(edge[0])
+        return chosen
+
+    def circuit(self, edges: list[tuple[str, str, float]], **selection: Any) -> "HeadGraph":
+        """The subgraph of `edges` (nodes keep their attributes), pruned of nodes with no path from
+        ``"embed"`` or none to ``"logits"`` through those edges; `selection` (how the edges were chosen)
+        goes into ``meta["selection"]``."""
+        sub = nx.DiGraph()
+        sub.add_edges_from((u, v) for u, v, _ in edges)
+        keep = set()
+        if EMBED in sub and LOGITS in sub:
+            keep = (nx.descendants(sub, EMBED) | {EMBED}) & (nx.ancestors(sub, LOGITS) | {LOGITS})
+        out = nx.DiGraph()
+        out.graph.update({k: v for k, v in self.nx.graph.items() if k != "meta"})
+        out.graph["meta"] = {**self.meta, "selection": {**selection, "edges_chosen": len(edges)}}
+        for special in (EMBED, LOGITS):
+            out.add_node(special, **self.nx.nodes[special])
+        out.add_nodes_from((node, self.nx.nodes[node]) for node in keep)
+        out.add_edges_from((u, v, self.nx.edges[u, v]) for u, v, _ in edges if u in keep and v in keep)
+        return HeadGraph(out)
+
+    def _scored_edges(self) -> list[tuple[str, str, float]]:
+        return [(u, v, s) for u, v, s in self.nx.edges(data="score") if s is not None and not math.isnan(s)]
+
     # --- persistence --------------------------------------------------------------------------------
     def to_json(self, path: Union[str, Path]) -> Path:
         """Write networkx node-link JSON (readable by plain ``networkx.node_link_graph``); tuples are kept
@@ -253,6 +312,20 @@ class HeadGraph:
         from circuits._drawing import draw_graph
 
         return draw_graph(self, path=path, title=title, k=k)
+
+
+RANKINGS = ("absolute", "signed")
+
+
+def _rank_key(by: str) -> Any:
+    if by not in RANKINGS:
+        raise InvalidOptionError(f"by={by!r}; expected one of {RANKINGS} (rank edges by |score| or by score)")
+    return (lambda edge: abs(edge[2])) if by == "absolute" else (lambda edge: edge[2])
+
+
+def _check_count(n: int) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise InvalidOptionError(f"n={n!r}; expected a non-negative number of edges")
 
 
 def _encode(value: Any) -> Any:
