@@ -157,17 +157,18 @@ class EdgeAttribution:
         deltas = runs.writer_deltas(model).flatten(1)  # [writer, batch * pos * d_model]
         alphas = self.alphas()
         out = torch.zeros(len(layout.writers), len(layout.readers), dtype=torch.float64)
+        # the score is linear in the gradient: sum the gradients over the IG points, then one product
         if self.method != "eap_ig_activations":
-            for alpha in alphas:
-                grads = reader_gradients(model, task, batch, runs.base_resid + alpha * runs.resid_change)
-                out += deltas.double() @ grads.flatten(1).double().T / len(alphas)
-            return out
+            total = sum(reader_gradients(model, task, batch, runs.base_resid + alpha * runs.resid_change)
+                        for alpha in alphas)
+            return (deltas @ total.flatten(1).T).double() / len(alphas)
         for rows, replace in runs.stages(model, layout):
+            total = 0
             for alpha in alphas:
                 residual = runs.base_resid + (alpha * runs.resid_change if rows == [0] else 0.0)
                 swap = {key: base_value + alpha * change for key, (base_value, change) in replace.items()}
-                grads = reader_gradients(model, task, batch, residual, swap)
-                out[rows] += deltas[rows].double() @ grads.flatten(1).double().T / len(alphas)
+                total = total + reader_gradients(model, task, batch, residual, swap)
+            out[rows] += (deltas[rows] @ total.flatten(1).T).double() / len(alphas)
         return out
 
 
@@ -261,33 +262,52 @@ def reader_gradients(model: Any, task: Any, batch: PromptBatch, residual: Float[
     out = []
     for layer in range(cfg.n_layers):
         at = lambda kind: captured[(layer, kind)]  # noqa: B023,E731
-        cotangents = _head_cotangents(model, at, lambda kind: grads[id(at(kind))])
-        out.append(_grad([at(i) for i in INPUTS], at("resid_pre"), cotangents, batched=True)[0])
+        per_head = _per_head_gradients(model, at, lambda kind: grads[id(at(kind))])
+        attn = model.blocks[layer].attn
+        weights = {"q": attn.W_Q, "k": attn.W_K, "v": attn.W_V}  # [head or kv head, d_model, d_head]
+        # each head's input gradient at ln1's output: its q (k, v) gradient through its own W_Q (W_K, W_V)
+        at_norm = torch.cat([einops.einsum(per_head[i], _per_query_head(model, weights[i]).to(per_head[i]),
+                                           "b p h e, h d e -> h b p d") for i in INPUTS])
+        out.append(_norm_pullback(model.blocks[layer].ln1, at("resid_pre"), at_norm))
         if not cfg.attn_only:
             out.append(_grad(at("mlp_out"), at("resid_mid"), grads[id(at("mlp_out"))])[0][None])
     out.append(grads[id(captured["final"])][None])
     return torch.cat(out)
 
 
-def _head_cotangents(model: Any, at: Any, grad_at: Any) -> list[Tensor]:
-    """Cotangents at ``hook_q``/``hook_k``/``hook_v`` that each select one query head's input, stacked
-    ``[3 * heads, ...]`` per site (rows: q of every head, then k, then v) for one batched pull-back."""
-    n_heads, group = model.cfg.n_heads, _group_size(model)
+def _per_head_gradients(model: Any, at: Any, grad_at: Any) -> dict[str, Tensor]:
+    """The metric's gradient at ``hook_q``/``hook_k``/``hook_v`` as each query head alone reads them:
+    ``[batch, pos, head, d_head]`` per input. With grouped-query attention the shared k/v gradient is split
+    by pulling the gradient at ``hook_z``, masked to one position inside every group, back to k and v."""
     g = {i: grad_at(i) for i in INPUTS}
-    if group > 1:  # per query head: pull the z gradient of one position-in-group back to the shared k, v
-        z, g_z = at("z"), grad_at("z")
-        in_group = torch.arange(n_heads, device=g_z.device) % group
-        masked = torch.stack([g_z * (in_group == i).to(g_z.dtype)[:, None] for i in range(group)])
-        pulled = dict(zip(("k", "v"), _grad(z, [at("k"), at("v")], masked, batched=True)))  # [group, b, p, kv, e]
-    cotangents = {i: g[i].new_zeros((3 * n_heads,) + g[i].shape) for i in INPUTS}
-    for block, i in enumerate(INPUTS):
-        for h in range(n_heads):
-            row = block * n_heads + h
-            if i == "q" or group == 1:
-                cotangents[i][row, :, :, h] = g[i][:, :, h]
-            else:
-                cotangents[i][row, :, :, h // group] = pulled[i][h % group][:, :, h // group]
-    return [cotangents[i] for i in INPUTS]
+    group = _group_size(model)
+    if group == 1:
+        return g
+    z, g_z = at("z"), grad_at("z")
+    in_group = torch.arange(model.cfg.n_heads, device=g_z.device) % group
+    masked = torch.stack([g_z * (in_group == i).to(g_z.dtype)[:, None] for i in range(group)])
+    pulled = _grad(z, [at("k"), at("v")], masked, batched=True)  # each [group, batch, pos, kv, d_head]
+    # query head kv * group + i reads kv head kv; its share came from mask i
+    split = [einops.rearrange(t, "i b p kv e -> b p (kv i) e") for t in pulled]
+    return {"q": g["q"], "k": split[0], "v": split[1]}
+
+
+def _per_query_head(model: Any, weight: Tensor) -> Tensor:
+    """A q/k/v weight ``[n_heads or n_kv_heads, d_model, d_head]`` with one row per query head."""
+    return weight.repeat_interleave(model.cfg.n_heads // weight.shape[0], dim=0)
+
+
+def _norm_pullback(norm: Any, x: Float[Tensor, "batch pos d_model"],
+                   cotangents: Float[Tensor, "copies batch pos d_model"]) -> Float[Tensor, "copies batch pos d_model"]:
+    """Vector-Jacobian products of `norm` at `x`, one per cotangent (the norm rerun on stacked copies of
+    `x`: elementwise work, cheaper than batched backward passes through the q/k/v projections)."""
+    copies = cotangents.shape[0]
+    stacked = x.detach().expand(copies, *x.shape).reshape(-1, *x.shape[1:]).requires_grad_()
+    with torch.enable_grad():
+        out = norm(stacked)
+    if not out.requires_grad:  # an identity norm
+        return cotangents
+    return torch.autograd.grad(out, stacked, grad_outputs=cotangents.reshape(out.shape))[0].view(cotangents.shape)
 
 
 def _grad(outputs: Any, inputs: Any, grad_outputs: Any = None, batched: bool = False) -> list[Tensor]:
