@@ -145,7 +145,7 @@ def test_b_per_head_reader_gradients_sum_to_the_blocks_gradient_change(kwargs):
     batch = TASK.batch(model, n=2, seed=kwargs["seed"])
     residual = embeddings(model, batch)[0]
     layout = Layout.of(model)
-    grads = reader_gradients(model, TASK, batch, residual)
+    grads = torch.cat(reader_gradients(model, TASK, batch, residual))
     readers = layout.readers
     assert grads.shape[0] == len(readers)
     cfg = model.cfg

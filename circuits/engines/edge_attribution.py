@@ -83,6 +83,17 @@ class Layout:
         out = [r for layer in range(self.n_layers) for r in self.layer_readers(layer)]
         return out + [(LOGITS, "", 2 * self.n_layers)]
 
+    def blocks(self) -> list[tuple[int, int]]:
+        """The reader blocks `reader_gradients` returns, as (readers in it, writers before it): every
+        writer a block's readers can hear comes first in `writers`, so a prefix of the rows is enough."""
+        per_layer = self.n_heads + int(self.has_mlp)
+        out = []
+        for layer in range(self.n_layers):
+            out.append((3 * self.n_heads, 1 + layer * per_layer))
+            if self.has_mlp:
+                out.append((1, 1 + layer * per_layer + self.n_heads))
+        return out + [(1, len(self.writers))]
+
     def mask(self) -> Tensor:
         """``[writer, reader]``: True where the edge exists."""
         w = torch.tensor([stage for _, stage in self.writers])
@@ -141,40 +152,45 @@ class EdgeAttribution:
     def attributions(self, model: Any, task: Any, batch: PromptBatch) -> tuple[Float[Tensor, "writer reader"], Baseline]:
         """Unnormalised batch-mean ``Δa_u · ḡ_v`` for every (writer, reader) of `Layout` (zero where no edge
         exists), and the baseline. Runs in the caller's session (`run` opens one with gradients on)."""
+        batch = base.on_model(model, batch)
+        batch = _patching.trimmed(batch, causal=model.cfg.attention_dir == "causal")
+        runs = _Runs.prepare(model, task, batch, self.direction)
+        baseline = Baseline(clean=runs.clean_metric, corrupted=runs.corrupted_metric)  # fails fast without a gap
+        layout = Layout.of(model)
+        sums = torch.zeros(len(layout.writers), len(layout.readers), dtype=torch.float64)
         with torch.enable_grad():
-            batch = base.on_model(model, batch)
-            batch = _patching.trimmed(batch, causal=model.cfg.attention_dir == "causal")
-            baseline = _baseline(model, task, batch, self.direction)  # fails fast when there is no gap
-            layout = Layout.of(model)
-            sums = torch.zeros(len(layout.writers), len(layout.readers), dtype=torch.float64)
             for chunk in _patching.chunks(batch.size, _prompts_per_pass(model, layout, batch, self.memory_mb)):
-                sums += self._chunk(model, task, _rows(batch, chunk), layout)
-            return sums / batch.size * layout.mask(), baseline
+                sums += self._chunk(model, task, _rows(batch, chunk), runs.rows(chunk), layout)
+        return sums / batch.size * layout.mask(), baseline
 
-    def _chunk(self, model: Any, task: Any, batch: PromptBatch, layout: Layout) -> Tensor:
+    def _chunk(self, model: Any, task: Any, batch: PromptBatch, runs: "_Runs", layout: Layout) -> Tensor:
         """Summed ``Δa_u · ḡ_v`` over the prompts of `batch`: ``[writer, reader]``."""
-        runs = _Runs.prepare(model, batch, self.direction)
         deltas = runs.writer_deltas(model).flatten(1)  # [writer, batch * pos * d_model]
         alphas = self.alphas()
         out = torch.zeros(len(layout.writers), len(layout.readers), dtype=torch.float64)
-        # the score is linear in the gradient: sum the gradients over the IG points, then one product
-        if self.method != "eap_ig_activations":
-            total = sum(reader_gradients(model, task, batch, runs.base_resid + alpha * runs.resid_change)
-                        for alpha in alphas)
-            return (deltas @ total.flatten(1).T).double() / len(alphas)
-        for rows, replace in runs.stages(model, layout):
-            total = 0
+        # the score is linear in the gradient: sum the gradients over the IG points, then one product per block
+        stages = [(slice(None), {})] if self.method != "eap_ig_activations" else runs.stages(layout)
+        for rows, replace in stages:
+            total: Optional[list[Tensor]] = None
             for alpha in alphas:
-                residual = runs.base_resid + (alpha * runs.resid_change if rows == [0] else 0.0)
+                interpolate = self.method == "eap_ig_inputs" or rows == slice(0, 1)
+                residual = runs.base_resid + alpha * runs.resid_change if interpolate else runs.base_resid
                 swap = {key: base_value + alpha * change for key, (base_value, change) in replace.items()}
-                total = total + reader_gradients(model, task, batch, residual, swap)
-            out[rows] += (deltas[rows] @ total.flatten(1).T).double() / len(alphas)
+                grads = reader_gradients(model, task, batch, residual, swap)
+                total = grads if total is None else [t + g for t, g in zip(total, grads)]
+            column = 0
+            for block, (size, heard) in zip(total, layout.blocks()):
+                hear = slice(rows.start or 0, min(heard, len(deltas) if rows.stop is None else rows.stop))
+                if hear.start < hear.stop:  # slices: views, not copies
+                    out[hear, column:column + size] += (deltas[hear] @ block.flatten(1).T).double() / len(alphas)
+                column += size
         return out
 
 
 @dataclass
 class _Runs:
-    """The base and source runs' writer outputs: the embedding, each layer's z and MLP output."""
+    """The base and source runs: writer outputs (the embedding, each layer's z and MLP output) and the
+    metric means, for the whole batch (one forward pass without gradients)."""
 
     base_resid: Tensor  # [batch, pos, d_model] entering block 0
     resid_change: Tensor
@@ -182,9 +198,11 @@ class _Runs:
     z_change: list[Tensor]
     base_mlp: list[Tensor]  # per layer [batch, pos, d_model]; empty without MLPs
     mlp_change: list[Tensor]
+    clean_metric: float = float("nan")
+    corrupted_metric: float = float("nan")
 
     @classmethod
-    def prepare(cls, model: Any, batch: PromptBatch, direction: str) -> "_Runs":
+    def prepare(cls, model: Any, task: Any, batch: PromptBatch, direction: str) -> "_Runs":
         base_in, source_in = (batch.corrupted, batch.clean) if direction == "denoising" else (batch.clean, batch.corrupted)
         layers = range(model.cfg.n_layers)
         z = [hooks.site(model, layer, "z") for layer in layers]
@@ -193,12 +211,20 @@ class _Runs:
         fwd = [(name, (lambda t, hook, name=name: cache.__setitem__(name, t.detach()))) for name in z + mlp]
         with torch.no_grad(), hooks.attached(model, fwd):
             resid = forward.embed(model, torch.cat([base_in, source_in]))
-            forward.run_blocks(model, resid, 0)
+            logits = forward.unembed(model, forward.run_blocks(model, resid, 0), batch.position.repeat(2))
+        base_metric, source_metric = _patching.copies_metric(task, logits, batch, 2).tolist()
+        clean, corrupted = (source_metric, base_metric) if direction == "denoising" else (base_metric, source_metric)
         n = batch.size
         split = lambda name: (cache[name][:n], cache[name][n:] - cache[name][:n])  # noqa: E731
         zs, mlps = [split(name) for name in z], [split(name) for name in mlp]
         return cls(resid[:n], resid[n:] - resid[:n], [b for b, _ in zs], [c for _, c in zs],
-                   [b for b, _ in mlps], [c for _, c in mlps])
+                   [b for b, _ in mlps], [c for _, c in mlps], clean, corrupted)
+
+    def rows(self, rows: range) -> "_Runs":
+        pick = lambda t: t[rows.start:rows.stop]  # noqa: E731
+        return _Runs(pick(self.base_resid), pick(self.resid_change), [pick(t) for t in self.base_z],
+                     [pick(t) for t in self.z_change], [pick(t) for t in self.base_mlp],
+                     [pick(t) for t in self.mlp_change], self.clean_metric, self.corrupted_metric)
 
     def writer_deltas(self, model: Any) -> Float[Tensor, "writer batch pos d_model"]:
         """Each writer's output change in `Layout.writers` order; a head's is ``Δz W_O``."""
@@ -210,29 +236,30 @@ class _Runs:
                 out.append(self.mlp_change[layer][None])
         return torch.cat(out)
 
-    def stages(self, model: Any, layout: Layout) -> list[tuple[list[int], dict[tuple[int, str], tuple[Tensor, Tensor]]]]:
+    def stages(self, layout: Layout) -> list[tuple[slice, dict[tuple[int, str], tuple[Tensor, Tensor]]]]:
         """For `eap_ig_activations`: (writer rows, {(layer, site kind): (base value, change)}) per stage."""
-        out: list[tuple[list[int], dict]] = [([0], {})]
+        out: list[tuple[slice, dict]] = [(slice(0, 1), {})]
         row = 1
         for layer in range(layout.n_layers):
-            out.append((list(range(row, row + layout.n_heads)), {(layer, "z"): (self.base_z[layer], self.z_change[layer])}))
+            out.append((slice(row, row + layout.n_heads), {(layer, "z"): (self.base_z[layer], self.z_change[layer])}))
             row += layout.n_heads
             if layout.has_mlp:
-                out.append(([row], {(layer, "mlp_out"): (self.base_mlp[layer], self.mlp_change[layer])}))
+                out.append((slice(row, row + 1), {(layer, "mlp_out"): (self.base_mlp[layer], self.mlp_change[layer])}))
                 row += 1
         return out
 
 
 def reader_gradients(model: Any, task: Any, batch: PromptBatch, residual: Float[Tensor, "batch pos d_model"],
-                     replace: Optional[dict[tuple[int, str], Tensor]] = None) -> Float[Tensor, "reader batch pos d_model"]:
-    """The gradient of the summed metric with respect to each reader's input, in `Layout.readers` order, on
+                     replace: Optional[dict[tuple[int, str], Tensor]] = None) -> list[Tensor]:
+    """The gradient of the summed metric with respect to each reader's input, in `Layout.readers` order
+    (blocks ``[readers, batch, pos, d_model]``: per layer its heads' q, k, v, then its MLP; the logits), on
     the run that starts from `residual` (entering block 0) with the activations in `replace` (keyed by
     ``(layer, site kind)``) substituted. Head readers: the block input's gradient through that head's q
     (k, v) alone; MLP readers: through the MLP alone; logits: the gradient entering the final norm."""
     cfg = model.cfg
     replace = replace or {}
     grouped = _group_size(model) > 1
-    kinds = ["resid_pre", *INPUTS] + (["z"] if grouped else []) + ([] if cfg.attn_only else ["resid_mid", "mlp_out"])
+    kinds = ["resid_pre", *INPUTS] + (["z"] if grouped else []) + ([] if cfg.attn_only else ["resid_mid"])
     sites = {(layer, kind): hooks.site(model, layer, kind) for layer in range(cfg.n_layers) for kind in kinds}
     for key in replace:
         sites.setdefault(key, hooks.site(model, *key))
@@ -256,7 +283,9 @@ def reader_gradients(model: Any, task: Any, batch: PromptBatch, residual: Float[
     if not values.requires_grad:
         raise MetricError(f"{task.name}.metric returned a tensor with no grad (requires_grad=False): edge attribution "
                           "needs a metric differentiable in the logits (no argmax, .item(), detach or no_grad)")
-    outputs = [captured[(layer, kind)] for layer in range(cfg.n_layers) for kind in kinds if kind in ("q", "k", "v", "z", "mlp_out")]
+    # TL4's hook_resid_mid is ln2's input, read by the MLP branch alone: its gradient is the MLP reader's
+    outputs = [captured[(layer, kind)] for layer in range(cfg.n_layers) for kind in kinds
+               if kind in ("q", "k", "v", "z", "resid_mid")]
     grads = dict(zip([id(t) for t in outputs] + [id(captured["final"])],
                      _grad(values.sum(), outputs + [captured["final"]])))
     out = []
@@ -270,9 +299,9 @@ def reader_gradients(model: Any, task: Any, batch: PromptBatch, residual: Float[
                                            "b p h e, h d e -> h b p d") for i in INPUTS])
         out.append(_norm_pullback(model.blocks[layer].ln1, at("resid_pre"), at_norm))
         if not cfg.attn_only:
-            out.append(_grad(at("mlp_out"), at("resid_mid"), grads[id(at("mlp_out"))])[0][None])
+            out.append(grads[id(at("resid_mid"))][None])
     out.append(grads[id(captured["final"])][None])
-    return torch.cat(out)
+    return out
 
 
 def _per_head_gradients(model: Any, at: Any, grad_at: Any) -> dict[str, Tensor]:
@@ -326,13 +355,6 @@ def _group_size(model: Any) -> int:
     """Query heads per KV head (1 without grouped-query attention)."""
     n_kv = getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads
     return model.cfg.n_heads // n_kv
-
-
-def _baseline(model: Any, task: Any, batch: PromptBatch, direction: str) -> Baseline:
-    with torch.no_grad():
-        logits = forward.logits(model, torch.cat([batch.clean, batch.corrupted]), batch.position.repeat(2))
-        clean, corrupted = _patching.copies_metric(task, logits, batch, 2).tolist()
-    return Baseline(clean=clean, corrupted=corrupted)
 
 
 def _rows(batch: PromptBatch, rows: range) -> PromptBatch:
