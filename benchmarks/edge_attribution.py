@@ -11,7 +11,7 @@ of the process during each edge-attribution run too.
   toy      4-layer x 8-head d_model-128 toy (`tests.references.RandomTokens`), 16 prompts of 32 tokens,
            every head -> head and head -> logits edge
   smollm2  the bundled SmolLM2-135M (30 layers x 9 heads), 8 prompts of 16 tokens: all 270 heads -> logits,
-           then all heads -> the 10 receivers with the largest exact |direct effect|
+           then all heads -> the 10 receivers (layers 1+) with the largest exact |direct effect|
 """
 
 from __future__ import annotations
@@ -117,7 +117,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         to_logits, t_logits = exact_edges(model, task, 8, (LOGITS,))
         graph = HeadGraph(n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads)
         for (u, v), s in to_logits.items():
-            graph.add_head(u, s)
+            if not u.startswith("L0H"):  # a receiver needs senders before it
+                graph.add_head(u, s)
         receivers = top_receivers(graph, args.receivers, include_logits=False)
         print(f"SmolLM2 heads -> logits: {t_logits:.2f} s; receivers: {', '.join(receivers)}")
         to_heads, t_heads = exact_edges(model, task, 8, receivers)

@@ -291,3 +291,41 @@ def test_induction_top_head_and_its_previous_token_key_edge(method, induction, i
         induction_model, induction, n=32, seed=0)
     exact_keys = {u: d["score_k"] for u, _, d in exact.nx.in_edges(top, data=True)}
     assert max(exact_keys, key=lambda u: abs(exact_keys[u])) == "L0H3" and exact_keys["L0H3"] < 0
+
+
+def patched_layer_score(model, batch, layer):
+    """Activation patching of every head of `layer` at once (denoising): corrupted run, z set to clean."""
+    _, change = base_and_change(model, batch, Z.format(layer))
+    clean_z = base_and_change(model, batch, Z.format(layer))[0] + change
+    with torch.no_grad(), hooks.attached(model, [(Z.format(layer), lambda t, hook: clean_z)]):
+        patched = TASK.metric(forward.logits(model, batch.corrupted, batch.position), batch).mean().item()
+    with torch.no_grad():
+        corrupted = TASK.metric(forward.logits(model, batch.corrupted, batch.position), batch).mean().item()
+    return (patched - corrupted) / gap(model, batch)
+
+
+@pytest.mark.parametrize("normalization", ["LN", None])
+def test_d_integrated_gradients_converge_to_exact_patching_like_one_over_steps_squared(normalization):
+    """(d) Completeness of IG: the interpolated stage's writers together score (Δa · mean gradient) the exact
+    effect of patching that whole stage in the limit; with the midpoint rule the error shrinks like 1/steps²
+    (x1/16 from 2 to 8 steps), with the base-end rule like 1/steps. Stages: layer 0's heads
+    (eap_ig_activations; exact: activation patching of all of them) and the input (eap_ig_inputs; exact: 1,
+    clean vs corrupted). Attention-only, so the heads' edges are all their paths."""
+    model = toy(n_layers=2, normalization=normalization, seed=6)
+    batch = TASK.batch(model, n=3, seed=0)
+    exact_layer = patched_layer_score(model, batch, 0)
+
+    def errors(method, quadrature, exact, total):
+        out = []
+        for steps in (2, 8):
+            graph = EdgeAttribution(method=method, steps=steps, quadrature=quadrature).run(model, TASK, n=3)
+            out.append(abs(total(graph) - exact))
+        return out
+
+    layer_0 = lambda g: sum(g.nx.nodes[head_name(0, h)]["score"] for h in range(4))  # noqa: E731
+    embed = lambda g: outgoing(g, EMBED)  # noqa: E731
+    for method, exact, total in (("eap_ig_activations", exact_layer, layer_0), ("eap_ig_inputs", 1.0, embed)):
+        coarse, fine = errors(method, "midpoint", exact, total)
+        assert fine < coarse / 8 and fine < 0.05 * abs(exact), (method, coarse, fine)  # 1/16 expected
+        coarse_end, fine_end = errors(method, "base_end", exact, total)
+        assert coarse_end / 6 < fine_end < coarse_end / 2.5, (method, coarse_end, fine_end)  # 1/4 expected
