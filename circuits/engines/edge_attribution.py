@@ -29,7 +29,6 @@ position inside their groups, back to ``hook_k``/``hook_v`` (one batched pull fo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -43,7 +42,7 @@ from circuits._patching import Baseline
 from circuits._task import PromptBatch
 from circuits.engines import base
 from circuits.errors import InvalidOptionError, MetricError
-from circuits.graph import EMBED, LOGITS, HeadGraph, head_name, mlp_name
+from circuits.graph import EMBED, LOGITS, HeadGraph, head_name, mlp_layer, mlp_name
 
 METHODS = ("eap", "eap_ig_inputs", "eap_ig_activations")
 QUADRATURES = ("midpoint", "base_end")
@@ -230,7 +229,7 @@ class _Runs:
         """Each writer's output change in `Layout.writers` order; a head's is ``Δz W_O``."""
         out = [self.resid_change[None]]
         for layer, change in enumerate(self.z_change):
-            w_o = _patching.output_weights(model, layer).to(change.device, change.dtype)
+            w_o = _patching.output_weights(model, layer).detach().to(change.device, change.dtype)
             out.append(einops.einsum(change, w_o, "b p h e, h e d -> h b p d"))
             if self.mlp_change:
                 out.append(self.mlp_change[layer][None])
@@ -293,7 +292,7 @@ def reader_gradients(model: Any, task: Any, batch: PromptBatch, residual: Float[
         at = lambda kind: captured[(layer, kind)]  # noqa: B023,E731
         per_head = _per_head_gradients(model, at, lambda kind: grads[id(at(kind))])
         attn = model.blocks[layer].attn
-        weights = {"q": attn.W_Q, "k": attn.W_K, "v": attn.W_V}  # [head or kv head, d_model, d_head]
+        weights = {"q": attn.W_Q.detach(), "k": attn.W_K.detach(), "v": attn.W_V.detach()}  # [(kv) head, d_model, d_head]
         # each head's input gradient at ln1's output: its q (k, v) gradient through its own W_Q (W_K, W_V)
         at_norm = torch.cat([einops.einsum(per_head[i], _per_query_head(model, weights[i]).to(per_head[i]),
                                            "b p h e, h d e -> h b p d") for i in INPUTS])
@@ -379,21 +378,17 @@ def edge_graph(layout: Layout, scores: Float[Tensor, "writer reader"], meta: dic
     """Every head and MLP a node scored by the sum of its outgoing edges; every edge of `layout` with its
     score; a head receiver's edge sums its q, k and v inputs and keeps each in score_q/score_k/score_v."""
     graph = HeadGraph(n_layers=layout.n_layers, n_heads=layout.n_heads, meta=meta)
-    mask = layout.mask()
+    scores = scores * layout.mask()
     values = scores.tolist()
     writers, readers = layout.writers, layout.readers
     for w, (writer, _) in enumerate(writers):
+        total = float(scores[w].sum())
         if writer == EMBED:
             continue
-        total = float(sum(v for v, ok in zip(values[w], mask[w].tolist()) if ok))
-        if writer.startswith("M"):
-            graph.add_mlp(int(writer[1:]), total)
+        if mlp_layer(writer) is not None:
+            graph.add_mlp(mlp_layer(writer), total)
         else:
             graph.add_head(writer, total)
-    for layer in range(layout.n_layers):  # heads of layers nothing writes to before (none) still appear
-        for h in range(layout.n_heads):
-            if head_name(layer, h) not in graph.nx:
-                graph.add_head(head_name(layer, h))
     heads: dict[str, dict[str, int]] = {}
     others: list[tuple[str, int]] = []
     for r, (node, which, _) in enumerate(readers):
@@ -413,8 +408,3 @@ def edge_graph(layout: Layout, scores: Float[Tensor, "writer reader"], meta: dic
             if stage[writer] < reader_stage[node]:
                 graph.add_edge(writer, node, row[c])
     return graph
-
-
-def edges_of(graph: HeadGraph, receivers: Optional[Sequence[str]] = None) -> dict[tuple[str, str], float]:
-    """``(sender, receiver) -> score`` of a graph's edges, optionally only those into `receivers`."""
-    return {(u, v): s for u, v, s in graph.nx.edges(data="score") if receivers is None or v in receivers}
