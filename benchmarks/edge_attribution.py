@@ -99,6 +99,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on shared cores)")
     parser.add_argument("--memory-mb", type=float, default=1024.0, help="edge attribution's memory budget")
     parser.add_argument("--receivers", type=int, default=10, help="SmolLM2: receiver heads besides the logits")
+    parser.add_argument("--smollm2-task", default="random", choices=["random", "induction"],
+                        help="random tokens (logit difference of random answer and foil) or induction prompts "
+                             "(a 4-8 token segment repeated; tokens from the first 8192 ids)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch CPU threads: {torch.get_num_threads()}")
@@ -112,7 +115,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         results["toy"] = measure(f"toy 4L x 8H, {n} prompts of {task.seq_len}", model, task, n, exact, t_exact,
                                  args.memory_mb)
     if "smollm2" in cases:
-        task = RandomTokens(seq_len=16)
+        if args.smollm2_task == "induction":
+            from tasks.induction import Induction
+
+            task = Induction(seq_len=16, min_length=4, max_length=8, d_vocab=8192)
+        else:
+            task = RandomTokens(seq_len=16)
         model = models.bundled()
         to_logits, t_logits = exact_edges(model, task, 8, (LOGITS,))
         graph = HeadGraph(n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads)
@@ -122,7 +130,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         receivers = top_receivers(graph, args.receivers, include_logits=False)
         print(f"SmolLM2 heads -> logits: {t_logits:.2f} s; receivers: {', '.join(receivers)}")
         to_heads, t_heads = exact_edges(model, task, 8, receivers)
-        results["smollm2"] = measure(f"SmolLM2, 8 prompts of 16 (heads -> logits and -> {len(receivers)} heads)",
+        results["smollm2"] = measure(f"SmolLM2 {task.name}, 8 prompts of 16 (heads -> logits and -> {len(receivers)} heads)",
                                      model, task, 8, {**to_logits, **to_heads}, t_logits + t_heads, args.memory_mb)
         results["smollm2"]["receivers"] = receivers
     return results
