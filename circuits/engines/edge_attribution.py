@@ -17,9 +17,9 @@ denoising (default) runs the corrupted prompts as base and the clean ones as sou
   value (the reference instead runs the clean prompts and averages every edge over all stages' runs).
 
 TransformerLens 4 refuses ``hook_result`` and split q/k/v inputs on native models, so reader gradients
-are local vector-Jacobian products: the gradient at ``hook_q`` masked to head h, pulled back to the
-block's input (through ``ln1``) gives head h's q-input gradient; likewise k and v. Summed over heads and
-q/k/v they are the gradient change across the attention (tested). Hook tensors are views that the bridge
+are vector-Jacobian products: head h's gradient at ``hook_q`` through its own ``W_Q[h]`` to ``ln1``'s
+output, pulled back through ``ln1`` to the block's input, is its q-input gradient; likewise k and v.
+Summed over heads and q/k/v they are the gradient change across the attention (tested). Hook tensors are views that the bridge
 does not use downstream, so each capture hook returns a clone, which the rest of the model then reads.
 
 Grouped-query attention: a receiver is a query head (as in path patching). Its k/v gradient is
