@@ -3,7 +3,8 @@
 Head nodes are named ``"L{layer}H{head}"`` (a `Head` spells and parses them) with attributes ``kind``,
 ``layer``, ``head`` and, where the engine measured one, ``score``; a head the engine did not measure has
 no ``score`` (NaN in `matrix`). The special nodes ``"embed"`` and ``"logits"`` stand for the input and
-the output; edges carry ``score``. ``meta`` (engine and options, task, model, seed, version, and in
+the output; MLP nodes ``"M{layer}"`` (kind ``"mlp"``, from engines that score MLPs) may join them. Edges
+carry ``score``. `heads`, `scores`, `matrix` and `top` are about heads only. ``meta`` (engine and options, task, model, seed, version, and in
 ``meta["score"]`` what node and edge scores mean) lives in ``graph.nx.graph`` so it travels with the JSON.
 Engines build graphs through `add_head` and `add_edge`, never through networkx directly.
 """
@@ -26,6 +27,7 @@ from circuits.errors import InvalidOptionError, UnknownNameError
 
 EMBED, LOGITS = "embed", "logits"
 _HEAD = re.compile(r"^L(\d+)H(\d+)$")
+_MLP = re.compile(r"^M(\d+)$")
 _TUPLE = "__tuple__"  # JSON has no tuples: they are written as {"__tuple__": [...]} and read back as tuples
 
 
@@ -82,6 +84,17 @@ def parse_head(name: str) -> tuple[int, int]:
     return head.layer, head.head
 
 
+def mlp_name(layer: int) -> str:
+    """The MLP node of block `layer`: ``"M{layer}"``."""
+    return f"M{layer}"
+
+
+def mlp_layer(name: object) -> Optional[int]:
+    """The layer of an MLP node name (``"M3"`` -> 3), or None if `name` is not one."""
+    match = _MLP.match(name) if isinstance(name, str) else None
+    return None if match is None else int(match.group(1))
+
+
 Node = Union[Head, str]
 
 
@@ -123,12 +136,26 @@ class HeadGraph:
         self.nx.add_node(head.name, **values)
         return head.name
 
+    def add_mlp(self, layer: int, score: Optional[float] = None, **attributes: Any) -> str:
+        """Add (or update) the MLP node ``"M{layer}"``; `score` None leaves it unmeasured."""
+        values = dict(kind="mlp", layer=int(layer), **attributes)
+        if score is not None:
+            values["score"] = float(score)
+        name = mlp_name(layer)
+        self.nx.add_node(name, **values)
+        return name
+
     def add_edge(self, sender: Node, receiver: Node, score: float, **attributes: Any) -> tuple[str, str]:
-        """An edge scored `score`; head endpoints are added as (unmeasured) head nodes if missing."""
+        """An edge scored `score` between heads, MLP nodes ``"M{layer}"``, ``"embed"`` and ``"logits"``;
+        head and MLP endpoints are added as unmeasured nodes if missing."""
         names = []
         for node in (sender, receiver):
             if node in (EMBED, LOGITS):
                 names.append(node)
+                continue
+            layer = mlp_layer(node)
+            if layer is not None:
+                names.append(node if node in self.nx else self.add_mlp(layer))
                 continue
             name = Head.parse(node).name
             if name not in self.nx:
@@ -152,6 +179,10 @@ class HeadGraph:
 
     def heads(self) -> list[str]:
         return [n for n, data in self.nx.nodes(data=True) if data.get("kind") == "head"]
+
+    def mlps(self) -> list[str]:
+        """The MLP nodes (``"M{layer}"``), in insertion order."""
+        return [n for n, data in self.nx.nodes(data=True) if data.get("kind") == "mlp"]
 
     def scores(self) -> dict[str, float]:
         """Head name -> score, for the heads the engine measured (no NaN)."""
@@ -182,11 +213,71 @@ class HeadGraph:
         edges = [(u, v) for u, v, s in self.nx.edges(data="score") if s is not None and abs(s) >= threshold]
         touched = {n for edge in edges for n in edge}
         scores = self.scores()
-        keep = [n for n in self.nx.nodes if self.nx.nodes[n].get("kind") != "head"
+        scores.update({n: self.nx.nodes[n].get("score") or 0.0 for n in self.mlps()})
+        keep = [n for n in self.nx.nodes if self.nx.nodes[n].get("kind") not in ("head", "mlp")
                 or abs(scores.get(n, 0.0)) >= threshold or n in touched]
         sub = self.nx.subgraph(keep).copy()
         sub.remove_edges_from([edge for edge in list(sub.edges) if edge not in set(edges)])
         return HeadGraph(sub)
+
+    # --- circuits from scored edges ------------------------------------------------------------------
+    # Ranking is explicit: by="absolute" ranks edges by |score| (an edge that hurts the behaviour counts
+    # as much as one that helps), by="signed" by score (only edges that help). Every selection is pruned:
+    # a node kept must lie on a path embed -> ... -> logits through the selected edges.
+    def top_edges(self, n: int, *, by: str) -> list[tuple[str, str, float]]:
+        """The `n` best-ranked scored edges, best first, as (sender, receiver, score)."""
+        _check_count(n)
+        return sorted(self._scored_edges(), key=_rank_key(by), reverse=True)[:n]
+
+    def threshold_edges(self, threshold: float, *, by: str) -> list[tuple[str, str, float]]:
+        """Scored edges with |score| >= `threshold` (by="absolute") or score >= `threshold` (by="signed")."""
+        key = _rank_key(by)
+        return sorted((e for e in self._scored_edges() if key(e) >= threshold), key=key, reverse=True)
+
+    def greedy_edges(self, n: int, *, by: str) -> list[tuple[str, str, float]]:
+        """`n` edges grown from ``"logits"`` backwards: each step adds the best-ranked edge whose receiver is
+        already in the circuit (its sender joins the circuit), in the order they were added."""
+        _check_count(n)
+        import heapq
+
+        key, chosen, inside, frontier, tie = _rank_key(by), [], {LOGITS}, [], 0
+
+        def push_into(node: str) -> None:
+            nonlocal tie
+            for u, v, score in self.nx.in_edges(node, data="score"):
+                if score is not None and not math.isnan(score):
+                    heapq.heappush(frontier, (-key((u, v, score)), tie, (u, v, score)))
+                    tie += 1
+
+        push_into(LOGITS)
+        while frontier and len(chosen) < n:
+            edge = heapq.heappop(frontier)[2]
+            chosen.append(edge)
+            if edge[0] not in inside:
+                inside.add(edge[0])
+                push_into(edge[0])
+        return chosen
+
+    def circuit(self, edges: list[tuple[str, str, float]], **selection: Any) -> "HeadGraph":
+        """The subgraph of `edges` (nodes keep their attributes), pruned of nodes with no path from
+        ``"embed"`` or none to ``"logits"`` through those edges; `selection` (how the edges were chosen)
+        goes into ``meta["selection"]``."""
+        sub = nx.DiGraph()
+        sub.add_edges_from((u, v) for u, v, _ in edges)
+        keep = set()
+        if EMBED in sub and LOGITS in sub:
+            keep = (nx.descendants(sub, EMBED) | {EMBED}) & (nx.ancestors(sub, LOGITS) | {LOGITS})
+        out = nx.DiGraph()
+        out.graph.update({k: v for k, v in self.nx.graph.items() if k != "meta"})
+        out.graph["meta"] = {**self.meta, "selection": {**selection, "edges_chosen": len(edges)}}
+        for special in (EMBED, LOGITS):
+            out.add_node(special, **self.nx.nodes[special])
+        out.add_nodes_from((node, self.nx.nodes[node]) for node in keep)
+        out.add_edges_from((u, v, self.nx.edges[u, v]) for u, v, _ in edges if u in keep and v in keep)
+        return HeadGraph(out)
+
+    def _scored_edges(self) -> list[tuple[str, str, float]]:
+        return [(u, v, s) for u, v, s in self.nx.edges(data="score") if s is not None and not math.isnan(s)]
 
     # --- persistence --------------------------------------------------------------------------------
     def to_json(self, path: Union[str, Path]) -> Path:
@@ -221,6 +312,20 @@ class HeadGraph:
         from circuits._drawing import draw_graph
 
         return draw_graph(self, path=path, title=title, k=k)
+
+
+RANKINGS = ("absolute", "signed")
+
+
+def _rank_key(by: str) -> Any:
+    if by not in RANKINGS:
+        raise InvalidOptionError(f"by={by!r}; expected one of {RANKINGS} (rank edges by |score| or by score)")
+    return (lambda edge: abs(edge[2])) if by == "absolute" else (lambda edge: edge[2])
+
+
+def _check_count(n: int) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise InvalidOptionError(f"n={n!r}; expected a non-negative number of edges")
 
 
 def _encode(value: Any) -> Any:

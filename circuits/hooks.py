@@ -18,6 +18,8 @@ HookFn = Callable[..., Any]
 
 SITES: dict[str, str] = {
     "resid_pre": "blocks.{layer}.hook_resid_pre",  # residual stream entering the block
+    "resid_mid": "blocks.{layer}.hook_resid_mid",  # the MLP branch's input (TL4: ln2's input, not the residual)
+    "resid_post": "blocks.{layer}.hook_resid_post",  # leaving the block
     "attn_out": "blocks.{layer}.hook_attn_out",  # attention output added to the residual (all heads + bias)
     "mlp_out": "blocks.{layer}.hook_mlp_out",  # MLP output added to the residual
     "z": "blocks.{layer}.attn.hook_z",  # per-head output before W_O, [batch, pos, head, d_head]

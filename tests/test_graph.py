@@ -72,3 +72,88 @@ def test_draw_writes_a_png(tmp_path):
     path = tmp_path / "g.png"
     graph.draw(path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- MLP nodes and circuits from scored edges -------------------------------------------------------------------
+def test_mlp_nodes_join_edges_but_not_head_scores():
+    graph = HeadGraph(n_layers=2, n_heads=2)
+    graph.add_edge("L0H1", "M0", 0.5)
+    graph.add_edge("M0", "logits", -0.25)
+    graph.add_mlp(1, 0.75)
+    assert graph.mlps() == ["M0", "M1"] and graph.heads() == ["L0H1"]
+    assert graph.nx.nodes["M0"] == {"kind": "mlp", "layer": 0} and graph.nx.nodes["M1"]["score"] == 0.75
+    assert graph.scores() == {} and graph.matrix().isnan().all()
+    with pytest.raises(UnknownNameError, match="'MLP0'"):
+        graph.add_edge("MLP0", "logits", 1.0)
+
+
+@st.composite
+def edge_graphs(draw):
+    """A layered graph: embed -> heads and MLPs of 3 layers -> logits, a random subset of the forward edges,
+    distinct scores of both signs."""
+    nodes = ["embed"] + [n for layer in range(3) for n in (f"L{layer}H0", f"L{layer}H1", f"M{layer}")] + ["logits"]
+    pairs = [(u, v) for i, u in enumerate(nodes) for v in nodes[i + 1:] if u != "embed" or v != "logits"]
+    chosen = draw(st.lists(st.sampled_from(pairs), min_size=1, max_size=len(pairs), unique=True))
+    magnitudes = draw(st.permutations(range(1, len(chosen) + 1)))
+    signs = draw(st.lists(st.sampled_from([-1, 1]), min_size=len(chosen), max_size=len(chosen)))
+    graph = HeadGraph(n_layers=3, n_heads=2)
+    for (u, v), m, sign in zip(chosen, magnitudes, signs):
+        graph.add_edge(u, v, sign * m / 7)
+    return graph
+
+
+def literal_circuit_edges(edges):
+    """Selected edges on some embed -> logits path through the selected edges, one has_path at a time."""
+    sub = nx.DiGraph([(u, v) for u, v, _ in edges])
+    return {(u, v) for u, v, _ in edges if "embed" in sub and "logits" in sub
+            and nx.has_path(sub, "embed", u) and nx.has_path(sub, v, "logits")}
+
+
+def literal_greedy(graph, n, key):
+    inside, chosen = {"logits"}, []
+    while len(chosen) < n:
+        candidates = [(u, v, s) for u, v, s in graph.nx.edges(data="score")
+                      if v in inside and (u, v, s) not in chosen]
+        if not candidates:
+            break
+        best = max(candidates, key=key)
+        chosen.append(best)
+        inside.add(best[0])
+    return chosen
+
+
+@settings(max_examples=40, deadline=None)
+@given(graph=edge_graphs(), n=st.integers(0, 12), by=st.sampled_from(["absolute", "signed"]))
+def test_selections_rank_as_asked_and_prune_to_complete_paths(graph, n, by):
+    key = (lambda e: abs(e[2])) if by == "absolute" else (lambda e: e[2])
+    every = list(graph.nx.edges(data="score"))
+    assert graph.top_edges(n, by=by) == sorted(every, key=key, reverse=True)[:n]
+    assert graph.greedy_edges(n, by=by) == literal_greedy(graph, n, key)
+    threshold = 0.5
+    assert {e[:2] for e in graph.threshold_edges(threshold, by=by)} == {e[:2] for e in every if key(e) >= threshold}
+    for edges in (graph.top_edges(n, by=by), graph.greedy_edges(n, by=by), graph.threshold_edges(threshold, by=by)):
+        circuit = graph.circuit(edges, method="test", by=by)
+        assert set(circuit.nx.edges) == literal_circuit_edges(edges)
+        assert {n for n in circuit.nx.nodes if n not in ("embed", "logits")} == {x for e in circuit.nx.edges for x in e} - {"embed", "logits"}
+        assert circuit.meta["selection"] == {"method": "test", "by": by, "edges_chosen": len(edges)}
+
+
+def test_signed_and_absolute_rankings_differ_and_must_be_named():
+    graph = HeadGraph(n_layers=2, n_heads=1)
+    graph.add_edge("embed", "L0H0", 1.0)
+    graph.add_edge("L0H0", "logits", -3.0)
+    graph.add_edge("embed", "L1H0", 0.5)
+    graph.add_edge("L1H0", "logits", 2.0)
+    assert graph.top_edges(1, by="absolute")[0][:2] == ("L0H0", "logits")
+    assert graph.top_edges(1, by="signed")[0][:2] == ("L1H0", "logits")
+    # the top two by |score| end at logits but nothing reaches them from embed: pruned to nothing
+    assert graph.circuit(graph.top_edges(2, by="absolute")).nx.number_of_edges() == 0
+    # greedy by |score|: L0H0->logits (3), L1H0->logits (2), then embed->L0H0 (1) before embed->L1H0 (0.5)
+    greedy = graph.greedy_edges(3, by="absolute")
+    assert [e[:2] for e in greedy] == [("L0H0", "logits"), ("L1H0", "logits"), ("embed", "L0H0")]
+    assert set(graph.circuit(greedy).nx.edges) == {("embed", "L0H0"), ("L0H0", "logits")}
+    assert sorted(graph.circuit(greedy).heads()) == ["L0H0"]
+    with pytest.raises(TypeError):
+        graph.top_edges(2)  # no implicit ranking
+    with pytest.raises(InvalidOptionError, match="'magnitude'"):
+        graph.top_edges(2, by="magnitude")

@@ -1,0 +1,410 @@
+"""Edge attribution: EAP (Syed, Rager & Conmy 2023) and EAP-IG (Hanna, Pezzelle & Belinkov 2024).
+
+The graph: writers (``embed``, every head, every MLP ``"M{layer}"``) -> readers (every head's q, k and v
+input, every MLP's input, ``logits``). The score of edge u -> v is the first-order estimate of patching
+that one path: ``Δa_u · ḡ_v``, where ``Δa_u`` is the writer's output change (source run minus base run;
+a head's is ``Δz_u W_O[u]``) and ``ḡ_v`` the gradient of the metric with respect to the reader's input
+(the residual stream entering v, as v alone reads it), batch mean. Directions follow the library:
+denoising (default) runs the corrupted prompts as base and the clean ones as source; noising swaps them.
+
+- ``eap``: ḡ at the base run (denoising: the corrupted run): the Taylor estimate of the patch itself.
+- ``eap_ig_inputs``: ḡ averaged over `steps` points on the straight line from the base run's to the
+  source run's embeddings (α = 0 base, 1 source); ``quadrature="midpoint"`` (default) takes
+  α = (k + ½)/steps, ``"base_end"`` takes α = k/steps, k = 0..steps-1 (includes the base end, so
+  ``steps=1`` is EAP exactly; with denoising these are the points of the 2025 reference code).
+- ``eap_ig_activations``: for the writers of one stage (embed, the heads of a layer, or an MLP), ḡ averaged
+  over runs of the base prompts in which that stage's output is interpolated from its base to its source
+  value (the reference instead runs the clean prompts and averages every edge over all stages' runs).
+
+TransformerLens 4 refuses ``hook_result`` and split q/k/v inputs on native models, so reader gradients
+are vector-Jacobian products: head h's gradient at ``hook_q`` through its own ``W_Q[h]`` to ``ln1``'s
+output, pulled back through ``ln1`` to the block's input, is its q-input gradient; likewise k and v.
+Summed over heads and q/k/v they are the gradient change across the attention (tested). Hook tensors are views that the bridge
+does not use downstream, so each capture hook returns a clone, which the rest of the model then reads.
+
+Grouped-query attention: a receiver is a query head (as in path patching). Its k/v gradient is
+recovered per query head by pulling the gradient at ``hook_z``, masked to the query heads at one
+position inside their groups, back to ``hook_k``/``hook_v`` (one batched pull for all groups).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import einops
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from circuits import _patching, forward, hooks
+from circuits._patching import Baseline
+from circuits._task import PromptBatch
+from circuits.engines import base
+from circuits.errors import InvalidOptionError, MetricError
+from circuits.graph import EMBED, LOGITS, HeadGraph, head_name, mlp_layer, mlp_name
+
+METHODS = ("eap", "eap_ig_inputs", "eap_ig_activations")
+QUADRATURES = ("midpoint", "base_end")
+INPUTS = ("q", "k", "v")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Writers and readers in a fixed order, with the stage at which each writes or reads: embed writes
+    at -1, layer l's heads write (and read) at 2l, its MLP at 2l + 1, the logits read at 2 n_layers.
+    An edge exists where the writer's stage is earlier than the reader's."""
+
+    n_layers: int
+    n_heads: int
+    has_mlp: bool
+
+    @classmethod
+    def of(cls, model: Any) -> "Layout":
+        cfg = model.cfg
+        return cls(cfg.n_layers, cfg.n_heads, not cfg.attn_only)
+
+    @property
+    def writers(self) -> list[tuple[str, int]]:
+        out = [(EMBED, -1)]
+        for layer in range(self.n_layers):
+            out += [(head_name(layer, h), 2 * layer) for h in range(self.n_heads)]
+            out += [(mlp_name(layer), 2 * layer + 1)] if self.has_mlp else []
+        return out
+
+    def layer_readers(self, layer: int) -> list[tuple[str, str, int]]:
+        """(node, input, stage) for layer `layer`: q of every head, then k, then v, then the MLP input."""
+        out = [(head_name(layer, h), i, 2 * layer) for i in INPUTS for h in range(self.n_heads)]
+        return out + ([(mlp_name(layer), "", 2 * layer + 1)] if self.has_mlp else [])
+
+    @property
+    def readers(self) -> list[tuple[str, str, int]]:
+        out = [r for layer in range(self.n_layers) for r in self.layer_readers(layer)]
+        return out + [(LOGITS, "", 2 * self.n_layers)]
+
+    def blocks(self) -> list[tuple[int, int]]:
+        """The reader blocks `reader_gradients` returns, as (readers in it, writers before it): every
+        writer a block's readers can hear comes first in `writers`, so a prefix of the rows is enough."""
+        per_layer = self.n_heads + int(self.has_mlp)
+        out = []
+        for layer in range(self.n_layers):
+            out.append((3 * self.n_heads, 1 + layer * per_layer))
+            if self.has_mlp:
+                out.append((1, 1 + layer * per_layer + self.n_heads))
+        return out + [(1, len(self.writers))]
+
+    def mask(self) -> Tensor:
+        """``[writer, reader]``: True where the edge exists."""
+        w = torch.tensor([stage for _, stage in self.writers])
+        r = torch.tensor([stage for _, _, stage in self.readers])
+        return w[:, None] < r[None, :]
+
+
+@dataclass(frozen=True)
+class EdgeAttribution:
+    method: str = "eap_ig_inputs"  # "eap", "eap_ig_inputs" or "eap_ig_activations"
+    steps: int = 5  # integration points of the IG methods (EAP uses one point, the base run)
+    quadrature: str = "midpoint"  # or "base_end": where on [0, 1] the IG points lie (module docstring)
+    direction: str = "denoising"  # or "noising"
+    memory_mb: float = 1024.0  # budget for one gradient pass; the batch is split into chunks to fit
+
+    name = "edge_attribution"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InvalidOptionError(f"method={self.method!r}; expected one of {METHODS}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise InvalidOptionError(f"steps={self.steps!r}; expected an integer number of IG points >= 1")
+        if self.quadrature not in QUADRATURES:
+            raise InvalidOptionError(f"quadrature={self.quadrature!r}; expected one of {QUADRATURES}")
+        _patching.check_direction(self.direction)
+        if not self.memory_mb > 0:
+            raise InvalidOptionError(f"memory_mb={self.memory_mb!r}; expected a positive number")
+
+    @property
+    def score_meaning(self) -> str:
+        return (f"edge writer->reader: the gradient estimate ({self.method}) of the metric change when only that "
+                f"path is patched ({self.direction}), Δa_writer · dM/d(reader input); a head receiver's score is "
+                "the sum of its q/k/v inputs' (score_q/score_k/score_v); node: the estimate for the node's whole "
+                "output (the sum of its outgoing edges, comparable to activation patching); all normalised by "
+                "m_clean - m_corrupted")
+
+    def alphas(self) -> list[float]:
+        """Where the gradient is taken, from the base run (0) to the source run (1)."""
+        if self.method == "eap":
+            return [0.0]
+        if self.quadrature == "midpoint":
+            return [(k + 0.5) / self.steps for k in range(self.steps)]
+        return [k / self.steps for k in range(self.steps)]
+
+    def run(self, model: Any, task: Any, n: int = 32, seed: int = 0) -> HeadGraph:
+        with base.session(model, grad=True):
+            batch = base.prompts(model, task, n, seed)
+            sums, baseline = self.attributions(model, task, batch)
+            meta = base.graph_meta(self, model, task, n=n, seed=seed, score=self.score_meaning, baseline=baseline,
+                                   method=self.method, steps=len(self.alphas()), alphas=self.alphas(),
+                                   direction=self.direction)
+            sign = 1.0 if self.direction == "denoising" else -1.0
+            normalised = sign * sums / (baseline.clean - baseline.corrupted)
+            return edge_graph(Layout.of(model), normalised, meta)
+
+    def attributions(self, model: Any, task: Any, batch: PromptBatch) -> tuple[Float[Tensor, "writer reader"], Baseline]:
+        """Unnormalised batch-mean ``Δa_u · ḡ_v`` for every (writer, reader) of `Layout` (zero where no edge
+        exists), and the baseline. Runs in the caller's session (`run` opens one with gradients on)."""
+        batch = base.on_model(model, batch)
+        batch = _patching.trimmed(batch, causal=model.cfg.attention_dir == "causal")
+        runs = _Runs.prepare(model, task, batch, self.direction)
+        baseline = Baseline(clean=runs.clean_metric, corrupted=runs.corrupted_metric)  # fails fast without a gap
+        layout = Layout.of(model)
+        sums = torch.zeros(len(layout.writers), len(layout.readers), dtype=torch.float64)
+        with torch.enable_grad():
+            for chunk in _patching.chunks(batch.size, _prompts_per_pass(model, layout, batch, self.memory_mb)):
+                sums += self._chunk(model, task, _rows(batch, chunk), runs.rows(chunk), layout)
+        return sums / batch.size * layout.mask(), baseline
+
+    def _chunk(self, model: Any, task: Any, batch: PromptBatch, runs: "_Runs", layout: Layout) -> Tensor:
+        """Summed ``Δa_u · ḡ_v`` over the prompts of `batch`: ``[writer, reader]``."""
+        deltas = runs.writer_deltas(model).flatten(1)  # [writer, batch * pos * d_model]
+        alphas = self.alphas()
+        out = torch.zeros(len(layout.writers), len(layout.readers), dtype=torch.float64)
+        # the score is linear in the gradient: sum the gradients over the IG points, then one product per block
+        stages = [(slice(None), {})] if self.method != "eap_ig_activations" else runs.stages(layout)
+        for rows, replace in stages:
+            total: Optional[list[Tensor]] = None
+            for alpha in alphas:
+                interpolate = self.method == "eap_ig_inputs" or rows == slice(0, 1)
+                residual = runs.base_resid + alpha * runs.resid_change if interpolate else runs.base_resid
+                swap = {key: base_value + alpha * change for key, (base_value, change) in replace.items()}
+                grads = reader_gradients(model, task, batch, residual, swap)
+                total = grads if total is None else [t + g for t, g in zip(total, grads)]
+            column = 0
+            for block, (size, heard) in zip(total, layout.blocks()):
+                hear = slice(rows.start or 0, min(heard, len(deltas) if rows.stop is None else rows.stop))
+                if hear.start < hear.stop:  # slices: views, not copies
+                    out[hear, column:column + size] += (deltas[hear] @ block.flatten(1).T).double() / len(alphas)
+                column += size
+        return out
+
+
+@dataclass
+class _Runs:
+    """The base and source runs: writer outputs (the embedding, each layer's z and MLP output) and the
+    metric means, for the whole batch (one forward pass without gradients)."""
+
+    base_resid: Tensor  # [batch, pos, d_model] entering block 0
+    resid_change: Tensor
+    base_z: list[Tensor]  # per layer [batch, pos, head, d_head]
+    z_change: list[Tensor]
+    base_mlp: list[Tensor]  # per layer [batch, pos, d_model]; empty without MLPs
+    mlp_change: list[Tensor]
+    clean_metric: float = float("nan")
+    corrupted_metric: float = float("nan")
+
+    @classmethod
+    def prepare(cls, model: Any, task: Any, batch: PromptBatch, direction: str) -> "_Runs":
+        base_in, source_in = (batch.corrupted, batch.clean) if direction == "denoising" else (batch.clean, batch.corrupted)
+        layers = range(model.cfg.n_layers)
+        z = [hooks.site(model, layer, "z") for layer in layers]
+        mlp = [] if model.cfg.attn_only else [hooks.site(model, layer, "mlp_out") for layer in layers]
+        cache: dict[str, Tensor] = {}
+        fwd = [(name, (lambda t, hook, name=name: cache.__setitem__(name, t.detach()))) for name in z + mlp]
+        with torch.no_grad(), hooks.attached(model, fwd):
+            resid = forward.embed(model, torch.cat([base_in, source_in]))
+            logits = forward.unembed(model, forward.run_blocks(model, resid, 0), batch.position.repeat(2))
+        base_metric, source_metric = _patching.copies_metric(task, logits, batch, 2).tolist()
+        clean, corrupted = (source_metric, base_metric) if direction == "denoising" else (base_metric, source_metric)
+        n = batch.size
+        split = lambda name: (cache[name][:n], cache[name][n:] - cache[name][:n])  # noqa: E731
+        zs, mlps = [split(name) for name in z], [split(name) for name in mlp]
+        return cls(resid[:n], resid[n:] - resid[:n], [b for b, _ in zs], [c for _, c in zs],
+                   [b for b, _ in mlps], [c for _, c in mlps], clean, corrupted)
+
+    def rows(self, rows: range) -> "_Runs":
+        pick = lambda t: t[rows.start:rows.stop]  # noqa: E731
+        return _Runs(pick(self.base_resid), pick(self.resid_change), [pick(t) for t in self.base_z],
+                     [pick(t) for t in self.z_change], [pick(t) for t in self.base_mlp],
+                     [pick(t) for t in self.mlp_change], self.clean_metric, self.corrupted_metric)
+
+    def writer_deltas(self, model: Any) -> Float[Tensor, "writer batch pos d_model"]:
+        """Each writer's output change in `Layout.writers` order; a head's is ``Δz W_O``."""
+        out = [self.resid_change[None]]
+        for layer, change in enumerate(self.z_change):
+            w_o = _patching.output_weights(model, layer).detach().to(change.device, change.dtype)
+            out.append(einops.einsum(change, w_o, "b p h e, h e d -> h b p d"))
+            if self.mlp_change:
+                out.append(self.mlp_change[layer][None])
+        return torch.cat(out)
+
+    def stages(self, layout: Layout) -> list[tuple[slice, dict[tuple[int, str], tuple[Tensor, Tensor]]]]:
+        """For `eap_ig_activations`: (writer rows, {(layer, site kind): (base value, change)}) per stage."""
+        out: list[tuple[slice, dict]] = [(slice(0, 1), {})]
+        row = 1
+        for layer in range(layout.n_layers):
+            out.append((slice(row, row + layout.n_heads), {(layer, "z"): (self.base_z[layer], self.z_change[layer])}))
+            row += layout.n_heads
+            if layout.has_mlp:
+                out.append((slice(row, row + 1), {(layer, "mlp_out"): (self.base_mlp[layer], self.mlp_change[layer])}))
+                row += 1
+        return out
+
+
+def reader_gradients(model: Any, task: Any, batch: PromptBatch, residual: Float[Tensor, "batch pos d_model"],
+                     replace: Optional[dict[tuple[int, str], Tensor]] = None) -> list[Tensor]:
+    """The gradient of the summed metric with respect to each reader's input, in `Layout.readers` order
+    (blocks ``[readers, batch, pos, d_model]``: per layer its heads' q, k, v, then its MLP; the logits), on
+    the run that starts from `residual` (entering block 0) with the activations in `replace` (keyed by
+    ``(layer, site kind)``) substituted. Head readers: the block input's gradient through that head's q
+    (k, v) alone; MLP readers: through the MLP alone; logits: the gradient entering the final norm."""
+    cfg = model.cfg
+    replace = replace or {}
+    grouped = _group_size(model) > 1
+    kinds = ["resid_pre", *INPUTS] + (["z"] if grouped else []) + ([] if cfg.attn_only else ["resid_mid"])
+    sites = {(layer, kind): hooks.site(model, layer, kind) for layer in range(cfg.n_layers) for kind in kinds}
+    for key in replace:
+        sites.setdefault(key, hooks.site(model, *key))
+    sites["final"] = hooks.site(model, cfg.n_layers - 1, "resid_post")
+    captured: dict[Any, Tensor] = {}
+
+    def capturing(key: Any):
+        def hook(tensor: Tensor, hook: Any) -> Tensor:
+            # A clone: the bridge hands hooks a view it does not itself use downstream; the returned tensor
+            # replaces it, so gradients taken at the clone are the model's.
+            new = replace[key].to(tensor.device, tensor.dtype).detach().requires_grad_() if key in replace else tensor.clone()
+            captured[key] = new
+            return new
+        return hook
+
+    with hooks.attached(model, [(name, capturing(key)) for key, name in sites.items()]):
+        logits = forward.run_from(model, residual.detach().requires_grad_(), 0, batch.position)
+    values = task.metric(logits, batch)
+    if values.shape != (batch.size,):
+        raise MetricError(f"{task.name}.metric returned shape {tuple(values.shape)}; expected ({batch.size},)")
+    if not values.requires_grad:
+        raise MetricError(f"{task.name}.metric returned a tensor with no grad (requires_grad=False): edge attribution "
+                          "needs a metric differentiable in the logits (no argmax, .item(), detach or no_grad)")
+    # TL4's hook_resid_mid is ln2's input, read by the MLP branch alone: its gradient is the MLP reader's
+    outputs = [captured[(layer, kind)] for layer in range(cfg.n_layers) for kind in kinds
+               if kind in ("q", "k", "v", "z", "resid_mid")]
+    grads = dict(zip([id(t) for t in outputs] + [id(captured["final"])],
+                     _grad(values.sum(), outputs + [captured["final"]])))
+    out = []
+    for layer in range(cfg.n_layers):
+        at = lambda kind: captured[(layer, kind)]  # noqa: B023,E731
+        per_head = _per_head_gradients(model, at, lambda kind: grads[id(at(kind))])
+        attn = model.blocks[layer].attn
+        weights = {"q": attn.W_Q.detach(), "k": attn.W_K.detach(), "v": attn.W_V.detach()}  # [(kv) head, d_model, d_head]
+        # each head's input gradient at ln1's output: its q (k, v) gradient through its own W_Q (W_K, W_V)
+        at_norm = torch.cat([einops.einsum(per_head[i], _per_query_head(model, weights[i]).to(per_head[i]),
+                                           "b p h e, h d e -> h b p d") for i in INPUTS])
+        out.append(_norm_pullback(model.blocks[layer].ln1, at("resid_pre"), at_norm))
+        if not cfg.attn_only:
+            out.append(grads[id(at("resid_mid"))][None])
+    out.append(grads[id(captured["final"])][None])
+    return out
+
+
+def _per_head_gradients(model: Any, at: Any, grad_at: Any) -> dict[str, Tensor]:
+    """The metric's gradient at ``hook_q``/``hook_k``/``hook_v`` as each query head alone reads them:
+    ``[batch, pos, head, d_head]`` per input. With grouped-query attention the shared k/v gradient is split
+    by pulling the gradient at ``hook_z``, masked to one position inside every group, back to k and v."""
+    g = {i: grad_at(i) for i in INPUTS}
+    group = _group_size(model)
+    if group == 1:
+        return g
+    z, g_z = at("z"), grad_at("z")
+    in_group = torch.arange(model.cfg.n_heads, device=g_z.device) % group
+    masked = torch.stack([g_z * (in_group == i).to(g_z.dtype)[:, None] for i in range(group)])
+    pulled = _grad(z, [at("k"), at("v")], masked, batched=True)  # each [group, batch, pos, kv, d_head]
+    # query head kv * group + i reads kv head kv; its share came from mask i
+    split = [einops.rearrange(t, "i b p kv e -> b p (kv i) e") for t in pulled]
+    return {"q": g["q"], "k": split[0], "v": split[1]}
+
+
+def _per_query_head(model: Any, weight: Tensor) -> Tensor:
+    """A q/k/v weight ``[n_heads or n_kv_heads, d_model, d_head]`` with one row per query head."""
+    return weight.repeat_interleave(model.cfg.n_heads // weight.shape[0], dim=0)
+
+
+def _norm_pullback(norm: Any, x: Float[Tensor, "batch pos d_model"],
+                   cotangents: Float[Tensor, "copies batch pos d_model"]) -> Float[Tensor, "copies batch pos d_model"]:
+    """Vector-Jacobian products of `norm` at `x`, one per cotangent (the norm rerun on stacked copies of
+    `x`: elementwise work, cheaper than batched backward passes through the q/k/v projections)."""
+    copies = cotangents.shape[0]
+    stacked = x.detach().expand(copies, *x.shape).reshape(-1, *x.shape[1:]).requires_grad_()
+    with torch.enable_grad():
+        out = norm(stacked)
+    if not out.requires_grad:  # an identity norm
+        return cotangents
+    return torch.autograd.grad(out, stacked, grad_outputs=cotangents.reshape(out.shape))[0].view(cotangents.shape)
+
+
+def _grad(outputs: Any, inputs: Any, grad_outputs: Any = None, batched: bool = False) -> list[Tensor]:
+    """``torch.autograd.grad`` keeping the graph, with zeros for inputs the outputs do not reach."""
+    inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    got = torch.autograd.grad(outputs, inputs, grad_outputs=grad_outputs, retain_graph=True, allow_unused=True,
+                              is_grads_batched=batched)
+    if batched:
+        count = (grad_outputs[0] if isinstance(grad_outputs, (list, tuple)) else grad_outputs).shape[0]
+        return [torch.zeros((count,) + x.shape, dtype=x.dtype, device=x.device) if g is None else g
+                for g, x in zip(got, inputs)]
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(got, inputs)]
+
+
+def _group_size(model: Any) -> int:
+    """Query heads per KV head (1 without grouped-query attention)."""
+    n_kv = getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads
+    return model.cfg.n_heads // n_kv
+
+
+def _rows(batch: PromptBatch, rows: range) -> PromptBatch:
+    pick = lambda t: None if t is None else t[rows.start:rows.stop]  # noqa: E731
+    return PromptBatch(clean=pick(batch.clean), corrupted=pick(batch.corrupted), answer=pick(batch.answer),
+                       position=pick(batch.position), foil=pick(batch.foil))
+
+
+def _prompts_per_pass(model: Any, layout: Layout, batch: PromptBatch, memory_mb: float) -> int:
+    """Prompts per gradient pass within `memory_mb`: writer deltas, one pass's reader gradients and
+    batched cotangents, and the autograd graph of the forward pass (a rough per-prompt size)."""
+    cfg = model.cfg
+    n_pos, d = batch.clean.shape[1], cfg.d_model
+    d_mlp = 0 if cfg.attn_only else (cfg.d_mlp or 4 * d)
+    floats = n_pos * (d * (len(layout.writers) + 2 * len(layout.readers) + 9 * cfg.n_heads)
+                      + cfg.n_layers * (24 * d + 6 * cfg.n_heads * n_pos + 6 * d_mlp)) + 4 * cfg.d_vocab
+    itemsize = torch.finfo(cfg.dtype).bits // 8 if isinstance(getattr(cfg, "dtype", None), torch.dtype) else 4
+    return max(1, int(memory_mb * 2**20 // (itemsize * floats)))
+
+
+def edge_graph(layout: Layout, scores: Float[Tensor, "writer reader"], meta: dict[str, Any]) -> HeadGraph:
+    """Every head and MLP a node scored by the sum of its outgoing edges; every edge of `layout` with its
+    score; a head receiver's edge sums its q, k and v inputs and keeps each in score_q/score_k/score_v."""
+    graph = HeadGraph(n_layers=layout.n_layers, n_heads=layout.n_heads, meta=meta)
+    scores = scores * layout.mask()
+    values = scores.tolist()
+    writers, readers = layout.writers, layout.readers
+    for w, (writer, _) in enumerate(writers):
+        total = float(scores[w].sum())
+        if writer == EMBED:
+            continue
+        if mlp_layer(writer) is not None:
+            graph.add_mlp(mlp_layer(writer), total)
+        else:
+            graph.add_head(writer, total)
+    heads: dict[str, dict[str, int]] = {}
+    others: list[tuple[str, int]] = []
+    for r, (node, which, _) in enumerate(readers):
+        if which:
+            heads.setdefault(node, {})[which] = r
+        else:
+            others.append((node, r))
+    stage = {name: s for name, s in writers}
+    reader_stage = {node: s for node, _, s in readers}
+    for w, (writer, _) in enumerate(writers):
+        row = values[w]
+        for node, columns in heads.items():
+            if stage[writer] < reader_stage[node]:
+                per = {f"score_{i}": row[c] for i, c in columns.items()}
+                graph.add_edge(writer, node, sum(per.values()), inputs="+".join(INPUTS), **per)
+        for node, c in others:
+            if stage[writer] < reader_stage[node]:
+                graph.add_edge(writer, node, row[c])
+    return graph
