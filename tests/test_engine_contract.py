@@ -13,7 +13,7 @@ from circuits._state import preserved
 from tests.references import RandomTokens
 
 TASK = RandomTokens(seq_len=8)
-OPTIONS = {"path_patching": {"per_input": False}}  # engine -> options that keep the test fast
+OPTIONS = {"path_patching": {"per_input": False}, "cdt": {"receivers": 2}}  # engine -> options that keep the test fast
 
 
 def small_model():

@@ -9,11 +9,13 @@ from __future__ import annotations
 from circuits._registry import Registry
 from circuits.engines.activation_patching import ActivationPatching
 from circuits.engines.base import Engine
+from circuits.engines.cdt import CDT
 from circuits.engines.path_patching import PathPatching
 
 _ENGINES: Registry[Engine] = Registry("engine")
 _ENGINES.register("activation_patching", ActivationPatching)
 _ENGINES.register("path_patching", PathPatching)
+_ENGINES.register("cdt", CDT)
 
 
 # The registry's own methods are the public functions (``register`` refuses a name already taken).
@@ -21,4 +23,4 @@ get = _ENGINES.get
 names = _ENGINES.names
 register = _ENGINES.register
 
-__all__ = ["ActivationPatching", "Engine", "PathPatching", "get", "names", "register"]
+__all__ = ["ActivationPatching", "CDT", "Engine", "PathPatching", "get", "names", "register"]
