@@ -17,7 +17,8 @@ Each source set needs one decomposition; sets are stacked along the batch axis, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Optional, Union
 
 import torch
 from jaxtyping import Float
