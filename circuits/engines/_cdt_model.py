@@ -52,14 +52,18 @@ class Norm:
         return parts
 
 
-def read_norm(component: Any) -> Norm:
+def cast(t: Optional[Tensor], dtype: Optional[torch.dtype]) -> Optional[Tensor]:
+    return t if t is None or dtype is None else t.to(dtype)
+
+
+def read_norm(component: Any, dtype: Optional[torch.dtype] = None) -> Norm:
     module = _compat.original(component)
     name = type(module).__name__
     if isinstance(module, torch.nn.Identity):
         return Norm("none", None, None, 0.0)
     eps = getattr(module, "eps", None)
     eps = getattr(module, "variance_epsilon", None) if eps is None else eps
-    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    weight, bias = cast(getattr(module, "weight", None), dtype), cast(getattr(module, "bias", None), dtype)
     if isinstance(module, torch.nn.LayerNorm) or name in ("NativeLayerNormPre", "LayerNormPre"):
         return Norm("LN", weight, bias, float(eps))
     if "RMSNorm" in name and eps is not None:
@@ -87,16 +91,20 @@ class Layer:
     mlp: Optional[dict[str, Any]]  # w_in, b_in, w_out, b_out, w_gate, act, gated
 
 
-def read_layer(model: Any, layer: int, n_pos: int, device: torch.device) -> Layer:
+def read_layer(model: Any, layer: int, n_pos: int, device: torch.device, dtype: Optional[torch.dtype] = None) -> Layer:
+    """Block `layer`'s weights (cast to `dtype` when given)."""
     block = model.blocks[layer]
     attn = block.attn
-    mlp = None if model.cfg.attn_only else read_mlp(model, block.mlp)
-    return Layer(ln1=read_norm(block.ln1), w_q=attn.W_Q, b_q=attn.b_Q, w_k=attn.W_K, b_k=attn.b_K, w_v=attn.W_V,
-                 b_v=attn.b_V, w_o=attn.W_O, b_o=attn.b_O, scale=attention_scale(attn),
-                 rope=rotary(model, attn, n_pos, device), mask=attention_mask(model, attn, n_pos, device), ln2=None if mlp is None else read_norm(block.ln2), mlp=mlp)
+    mlp = None if model.cfg.attn_only else read_mlp(model, block.mlp, dtype)
+    weights = {name: cast(getattr(attn, name), dtype) for name in ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_O", "b_O")}
+    return Layer(ln1=read_norm(block.ln1, dtype), w_q=weights["W_Q"], b_q=weights["b_Q"], w_k=weights["W_K"],
+                 b_k=weights["b_K"], w_v=weights["W_V"], b_v=weights["b_V"], w_o=weights["W_O"], b_o=weights["b_O"],
+                 scale=attention_scale(attn), rope=rotary(model, attn, n_pos, device),
+                 mask=attention_mask(model, attn, n_pos, device),
+                 ln2=None if mlp is None else read_norm(block.ln2, dtype), mlp=mlp)
 
 
-def read_mlp(model: Any, mlp: Any) -> dict[str, Any]:
+def read_mlp(model: Any, mlp: Any, dtype: Optional[torch.dtype] = None) -> dict[str, Any]:
     act = (model.cfg.act_fn or "").lower()
     gated = getattr(mlp, "W_gate", None) is not None
     table = GATED_ACTIVATIONS if gated else PLAIN_ACTIVATIONS
@@ -105,9 +113,9 @@ def read_mlp(model: Any, mlp: Any) -> dict[str, Any]:
         raise missing_rule(f"the activation {act!r} in a {kind} (rules: {sorted(table)})")
     if getattr(_compat.original(mlp), "ln", None) is not None:
         raise missing_rule("a LayerNorm inside the MLP (SoLU-LN)")
-    return dict(w_in=mlp.W_in, b_in=getattr(mlp, "b_in", None), w_out=mlp.W_out, b_out=getattr(mlp, "b_out", None),
-                w_gate=mlp.W_gate if gated else None, b_gate=getattr(mlp, "b_gate", None) if gated else None,
-                act=table[act], gated=gated)
+    weights = {name: cast(getattr(mlp, name, None), dtype) for name in ("W_in", "b_in", "W_out", "b_out", "W_gate", "b_gate")}
+    return dict(w_in=weights["W_in"], b_in=weights["b_in"], w_out=weights["W_out"], b_out=weights["b_out"],
+                w_gate=weights["W_gate"], b_gate=weights["b_gate"], act=table[act], gated=gated)
 
 
 def attention_scale(attn: Any) -> float:
@@ -203,9 +211,11 @@ def finish_block(layer: Layer, resid: Parts, z: Parts) -> Parts:
 
 
 def unembed(model: Any, parts: Parts) -> Parts:
-    normed = read_norm(model.ln_final)(parts)
+    dtype = parts[0].dtype
+    normed = read_norm(model.ln_final, dtype)(parts)
     unembedding = model.unembed
-    return rules.linear(normed, lambda t: t @ unembedding.W_U, getattr(unembedding, "b_U", None))
+    w_u = unembedding.W_U.to(dtype)
+    return rules.linear(normed, lambda t: t @ w_u, cast(getattr(unembedding, "b_U", None), dtype))
 
 
 def attention_mask(model: Any, attn: Any, n_pos: int, device: torch.device) -> Optional[Tensor]:

@@ -37,13 +37,15 @@ class Decomposition:
 class Propagation:
     """One model and one batch of inputs; `run` decomposes for any source masks and baseline."""
 
-    def __init__(self, model: Any, inputs: Tensor, readout: Optional[Tensor] = None):
+    def __init__(self, model: Any, inputs: Tensor, readout: Optional[Tensor] = None,
+                 dtype: Optional[torch.dtype] = None):
         cdt_model.check_model(model)
         self.model = model
         embedded = forward.embed(model, inputs)
+        embedded = embedded if dtype is None else embedded.to(dtype)
         self.device, self.n_batch, self.n_pos = embedded.device, embedded.shape[0], embedded.shape[1]
         self.readout = None if readout is None else readout.to(self.device)
-        self.layers = [cdt_model.read_layer(model, layer, self.n_pos, self.device) for layer in range(model.cfg.n_layers)]
+        self.layers = [cdt_model.read_layer(model, layer, self.n_pos, self.device, dtype) for layer in range(model.cfg.n_layers)]
         self.real_resid = [embedded]  # residual entering each block, computed as far as needed
         self.real_z: list[Tensor] = []
 

@@ -39,7 +39,7 @@ __all__ = ["CDT", "Decomposition", "decompose", "source_masks"]
 
 def decompose(model: Any, tokens: Inputs, sources: Sequence[Sequence[Source]],
               baseline: Optional[Tensor] = None, *, readout: Optional[Tensor] = None,
-              keep_residual: bool = True, keep_z: bool = True) -> Decomposition:
+              keep_residual: bool = True, keep_z: bool = True, dtype: Optional[torch.dtype] = None) -> Decomposition:
     """Decompose `model`'s run on `tokens` (token ids ``[batch, pos]`` or float inputs) for each source set.
 
     sources: a list of source sets, each a list of heads (``"L0H1"`` or `Head`: every position) or
@@ -47,9 +47,11 @@ def decompose(model: Any, tokens: Inputs, sources: Sequence[Sequence[Source]],
     baseline: None (a source's whole z is rel) or z values ``[n_layers, pos, head, d_head]`` (e.g. a mean)
         or ``[batch, n_layers, pos, head, d_head]`` (per example): a source's rel = z - baseline, irrel = baseline.
     readout: optional read-out position per prompt; the returned tensors are then taken there only.
+    dtype: compute in this dtype (e.g. ``torch.float64``) instead of the model's; rel and irrel can each be far
+        larger than their sum (SmolLM2's residual stream reaches 2e4), so float32 sums carry that much rounding.
     """
     with torch.no_grad():
-        propagation = Propagation(model, tokens, readout)
+        propagation = Propagation(model, tokens, readout, dtype)
         masks = source_masks(model, sources, propagation.n_pos)
         return propagation.run(masks, checked_baseline(model, baseline, propagation), keep_residual, keep_z)
 
