@@ -174,8 +174,8 @@ def project(parts: Parts, weight: Tensor, bias: Optional[Tensor]) -> Parts:
     return rules.linear(parts, apply, None if bias is None else bias[None, :, None, :])
 
 
-def attention_block(layer: Layer, parts: Parts) -> Parts:
-    """ln1 and attention up to z: z parts ``[batch, pos, head, d_head]``."""
+def attention_block(layer: Layer, parts: Parts, total: Optional[Tensor] = None) -> Parts:
+    """ln1 and attention up to z: z parts ``[batch, pos, head, d_head]``. `total`: the real z, when known."""
     normed = layer.ln1(parts)
     q, k, v = (project(normed, w, b) for w, b in ((layer.w_q, layer.b_q), (layer.w_k, layer.b_k), (layer.w_v, layer.b_v)))
     if layer.rope is not None:
@@ -185,7 +185,7 @@ def attention_block(layer: Layer, parts: Parts) -> Parts:
     if repeats > 1:  # grouped-query attention: a KV head's parts are shared by its group of query heads
         k = tuple(t.repeat_interleave(repeats, dim=1) for t in k)
         v = tuple(t.repeat_interleave(repeats, dim=1) for t in v)
-    z = rules.attention(q, k, v, layer.scale, layer.mask)
+    z = rules.attention(q, k, v, layer.scale, layer.mask, None if total is None else total.transpose(1, 2))
     return z[0].transpose(1, 2), z[1].transpose(1, 2)
 
 

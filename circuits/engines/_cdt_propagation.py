@@ -66,7 +66,7 @@ class Propagation:
         n_layers, n_sets = masks.shape[0], masks.shape[1]
         has_source = masks.flatten(1).any(1)
         start = int(has_source.nonzero()[0]) if has_source.any() else n_layers
-        self.real(start)
+        self.real(n_layers)  # real z of every layer: the total attention output of every set
         tile = lambda t: t.repeat(n_sets, *([1] * (t.ndim - 1)))  # noqa: E731  [batch, ...] -> [set*batch, ...]
         resid = tile(self.real_resid[start])
         parts: Parts = (torch.zeros_like(resid), resid)
@@ -76,7 +76,7 @@ class Propagation:
             if keep_residual:
                 kept_resid.append(parts)
             layer = self.layers[index]
-            z = cdt_model.attention_block(layer, parts)
+            z = cdt_model.attention_block(layer, parts, tile(self.real_z[index]))
             if has_source[index]:
                 z = self._set_sources(z, masks[index], None if baseline is None else tile(baseline[:, index]))
             if keep_z:

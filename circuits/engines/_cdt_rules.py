@@ -89,20 +89,26 @@ def sign_conflict(parts: Parts) -> Parts:
     return rel_out, irrel_out
 
 
-def attention(q: Parts, k: Parts, v: Parts, scale: float, mask: Optional[Tensor]) -> Parts:
+def attention(q: Parts, k: Parts, v: Parts, scale: float, mask: Optional[Tensor],
+              total: Optional[Tensor] = None) -> Parts:
     """Attention from q/k/v parts ``[batch, head, pos, d_head]`` (k and v already expanded to one per query
     head). The total pattern P = softmax(q k^T * scale + mask); the rel pattern uses rel-only scores,
     softmax(q_rel k_rel^T * scale + mask), cross terms going to irrel (a query with no rel part gets a
     uniform rel pattern over the positions it may see). z_rel = P_rel v_rel, z_irrel = P v - z_rel.
-    `mask`: True where a query may not look (``[pos, pos]``). Returns z parts ``[batch, head, pos, d_head]``."""
-    total_scores = (q[0] + q[1]) @ (k[0] + k[1]).transpose(-1, -2) * scale
-    rel_scores = q[0] @ k[0].transpose(-1, -2) * scale
-    if mask is not None:
-        total_scores = total_scores.masked_fill(mask, float("-inf"))
-        rel_scores = rel_scores.masked_fill(mask, float("-inf"))
-    pattern = torch.softmax(total_scores, dim=-1)
-    rel_pattern = torch.softmax(rel_scores, dim=-1)
-    if mask is not None:  # a query that may see nothing gets no update (its softmax is NaN)
-        pattern, rel_pattern = pattern.masked_fill(mask, 0.0), rel_pattern.masked_fill(mask, 0.0)
-    z_rel = rel_pattern @ v[0]
-    return z_rel, pattern @ (v[0] + v[1]) - z_rel
+    `mask`: True where a query may not look (``[pos, pos]``). `total`: P v when already known (it is the
+    real z, the same for every source set). Returns z parts ``[batch, head, pos, d_head]``."""
+    z_rel = attend(q[0], k[0], scale, mask) @ v[0]
+    if total is None:
+        total = attend(q[0] + q[1], k[0] + k[1], scale, mask) @ (v[0] + v[1])
+    return z_rel, total - z_rel
+
+
+def attend(q: Tensor, k: Tensor, scale: float, mask: Optional[Tensor]) -> Tensor:
+    scores = q @ k.transpose(-1, -2) * scale
+    if mask is None:
+        return torch.softmax(scores, dim=-1)
+    additive = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device).masked_fill(mask, float("-inf"))
+    pattern = torch.softmax(scores + additive, dim=-1)
+    if mask.all(-1).any():  # a query that may see nothing gets no update (its softmax is NaN)
+        pattern = pattern.masked_fill(mask, 0.0)
+    return pattern
