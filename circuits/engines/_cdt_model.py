@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import einops
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -170,7 +169,9 @@ def check_model(model: Any) -> None:
 # --- one block ------------------------------------------------------------------------------------------
 def project(parts: Parts, weight: Tensor, bias: Optional[Tensor]) -> Parts:
     """x [batch, pos, d_model] through per-head weights [head, d_model, d_head] -> [batch, head, pos, d_head]."""
-    apply = lambda x: einops.einsum(x, weight, "b p d, h d e -> b h p e")  # noqa: E731
+    n_heads, d_model, d_head = weight.shape
+    flat = weight.permute(1, 0, 2).reshape(d_model, n_heads * d_head)  # one matmul for every head
+    apply = lambda x: (x @ flat).view(*x.shape[:-1], n_heads, d_head).transpose(-2, -3)  # noqa: E731
     return rules.linear(parts, apply, None if bias is None else bias[None, :, None, :])
 
 
@@ -191,7 +192,8 @@ def attention_block(layer: Layer, parts: Parts, total: Optional[Tensor] = None) 
 
 def finish_block(layer: Layer, resid: Parts, z: Parts) -> Parts:
     """W_O (bias split on the output summed over heads), the residual add, and the MLP."""
-    apply = lambda t: einops.einsum(t, layer.w_o, "b p h e, h e d -> b p d")  # noqa: E731
+    w_o = layer.w_o.reshape(-1, layer.w_o.shape[-1])  # [head * d_head, d_model]: the sum over heads in one matmul
+    apply = lambda t: t.flatten(-2) @ w_o  # noqa: E731
     out = rules.linear(z, apply, layer.b_o)
     mid = (resid[0] + out[0], resid[1] + out[1])
     if layer.mlp is None:

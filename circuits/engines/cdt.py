@@ -147,7 +147,10 @@ class CDT:
         dot = torch.zeros(len(heads), cfg.n_layers, cfg.n_heads)
         l1 = torch.zeros(len(heads), cfg.n_layers, cfg.n_heads)
         change = change.to(propagation.device)  # [layer, batch, head, d_head]
-        for chunk in _patching.chunks(len(heads), self._sets_per_pass(model, propagation)):
+        per_pass = self._sets_per_pass(model, propagation)
+        # Sets grouped by their head's layer: a pass starts at its sources' layer (below it rel is 0).
+        groups = [range(layer * cfg.n_heads, (layer + 1) * cfg.n_heads) for layer in range(cfg.n_layers)]
+        for chunk in (range(g.start + c.start, g.start + c.stop) for g in groups for c in _patching.chunks(len(g), per_pass)):
             part = propagation.run(masks[:, chunk.start:chunk.stop], z_base, keep_z=True)
             self._check_exact(part, clean_logits)
             total = _patching.copies_metric(task, (part.rel + part.irrel).flatten(0, 1), batch, len(chunk))
