@@ -167,25 +167,30 @@ def check_model(model: Any) -> None:
 
 
 # --- one block ------------------------------------------------------------------------------------------
-def project(parts: Parts, weight: Tensor, bias: Optional[Tensor]) -> Parts:
-    """x [batch, pos, d_model] through per-head weights [head, d_model, d_head] -> [batch, head, pos, d_head]."""
+def per_head(weight: Tensor):
+    """x [batch, pos, d_model] -> x through per-head weights [head, d_model, d_head], [batch, head, pos, d_head]."""
     n_heads, d_model, d_head = weight.shape
     flat = weight.permute(1, 0, 2).reshape(d_model, n_heads * d_head)  # one matmul for every head
-    apply = lambda x: (x @ flat).view(*x.shape[:-1], n_heads, d_head).transpose(-2, -3)  # noqa: E731
-    return rules.linear(parts, apply, None if bias is None else bias[None, :, None, :])
+    return lambda x: (x @ flat).view(*x.shape[:-1], n_heads, d_head).transpose(-2, -3)
 
 
 def attention_block(layer: Layer, parts: Parts, total: Optional[Tensor] = None) -> Parts:
-    """ln1 and attention up to z: z parts ``[batch, pos, head, d_head]``. `total`: the real z, when known."""
+    """ln1 and attention up to z: z parts ``[batch, pos, head, d_head]``. `total`: the real z, when known.
+    With `total` known and no q/k/v biases to split, the irrel q/k/v are never needed and not computed."""
     normed = layer.ln1(parts)
-    q, k, v = (project(normed, w, b) for w, b in ((layer.w_q, layer.b_q), (layer.w_k, layer.b_k), (layer.w_v, layer.b_v)))
+    weights = ((layer.w_q, layer.b_q), (layer.w_k, layer.b_k), (layer.w_v, layer.b_v))
+    if total is None or any(b is not None for _, b in weights):
+        q, k, v = (rules.linear(normed, per_head(w), None if b is None else b[None, :, None, :]) for w, b in weights)
+    else:
+        q, k, v = ((per_head(w)(normed[0]), None) for w, _ in weights)
     if layer.rope is not None:
-        (q_rel, k_rel), (q_irrel, k_irrel) = layer.rope(q[0], k[0]), layer.rope(q[1], k[1])
-        q, k = (q_rel, q_irrel), (k_rel, k_irrel)
+        rel = layer.rope(q[0], k[0])
+        irrel = (None, None) if q[1] is None else layer.rope(q[1], k[1])
+        q, k = (rel[0], irrel[0]), (rel[1], irrel[1])
     repeats = layer.w_q.shape[0] // layer.w_k.shape[0]
     if repeats > 1:  # grouped-query attention: a KV head's parts are shared by its group of query heads
-        k = tuple(t.repeat_interleave(repeats, dim=1) for t in k)
-        v = tuple(t.repeat_interleave(repeats, dim=1) for t in v)
+        k = tuple(None if t is None else t.repeat_interleave(repeats, dim=1) for t in k)
+        v = tuple(None if t is None else t.repeat_interleave(repeats, dim=1) for t in v)
     z = rules.attention(q, k, v, layer.scale, layer.mask, None if total is None else total.transpose(1, 2))
     return z[0].transpose(1, 2), z[1].transpose(1, 2)
 

@@ -89,14 +89,18 @@ def sign_conflict(parts: Parts) -> Parts:
     return rel_out, irrel_out
 
 
-def attention(q: Parts, k: Parts, v: Parts, scale: float, mask: Optional[Tensor],
+MaybeParts = tuple[Tensor, Optional[Tensor]]  # irrel may be absent where the rule does not need it
+
+
+def attention(q: MaybeParts, k: MaybeParts, v: MaybeParts, scale: float, mask: Optional[Tensor],
               total: Optional[Tensor] = None) -> Parts:
     """Attention from q/k/v parts ``[batch, head, pos, d_head]`` (k and v already expanded to one per query
     head). The total pattern P = softmax(q k^T * scale + mask); the rel pattern uses rel-only scores,
     softmax(q_rel k_rel^T * scale + mask), cross terms going to irrel (a query with no rel part gets a
     uniform rel pattern over the positions it may see). z_rel = P_rel v_rel, z_irrel = P v - z_rel.
     `mask`: True where a query may not look (``[pos, pos]``). `total`: P v when already known (it is the
-    real z, the same for every source set). Returns z parts ``[batch, head, pos, d_head]``."""
+    real z, the same for every source set; the irrel q/k/v are then unused). Returns z parts
+    ``[batch, head, pos, d_head]``."""
     z_rel = attend(q[0], k[0], scale, mask) @ v[0]
     if total is None:
         total = attend(q[0] + q[1], k[0] + k[1], scale, mask) @ (v[0] + v[1])
