@@ -87,9 +87,12 @@ def agreement(n: int = 32) -> dict[str, float]:
         model = task.default_model()
         cdt = circuits.discover(model, task, engine="cdt", n=n, seed=0, receivers=0)
         patching = circuits.discover(model, task, engine="activation_patching", n=n, seed=0)
+        noising = circuits.discover(model, task, engine="activation_patching", n=n, seed=0, direction="noising")
         rho = spearman(cdt.matrix().flatten().tolist(), patching.matrix().flatten().tolist())
-        print(f"c  {name}: Spearman(CD-T, activation patching) over {cdt.matrix().numel()} heads = {rho:+.3f}; "
-              f"top heads CD-T {[h for h, _ in cdt.top(3)]}, patching {[h for h, _ in patching.top(3)]}", flush=True)
+        rho_noising = spearman(cdt.matrix().flatten().tolist(), noising.matrix().flatten().tolist())
+        print(f"c  {name}: Spearman(CD-T, activation patching) over {cdt.matrix().numel()} heads = {rho:+.3f} "
+              f"(noising: {rho_noising:+.3f}); top heads CD-T {[h for h, _ in cdt.top(3)]}, "
+              f"patching {[h for h, _ in patching.top(3)]}", flush=True)
         out[name] = rho
     return out
 

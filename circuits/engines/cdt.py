@@ -28,6 +28,7 @@ from circuits import _patching, hooks
 from circuits._patching import Baseline
 from circuits._task import Inputs
 from circuits.engines import base
+from circuits.engines._cdt_model import check_model
 from circuits.engines._cdt_propagation import Decomposition, Propagation
 from circuits.errors import IncompatibleModelError, InvalidOptionError
 from circuits.graph import LOGITS, Head, HeadGraph, all_heads
@@ -117,6 +118,7 @@ class CDT:
                 "reference's l1 share mean|rel| / (mean|rel| + mean|irrel|))")
 
     def run(self, model: Any, task: Any, n: int = 32, seed: int = 0) -> HeadGraph:
+        check_model(model)  # a model without a rule fails before any work
         with base.session(model):
             batch = base.prompts(model, task, n, seed)
             result = self.scores(model, task, batch)
