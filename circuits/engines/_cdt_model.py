@@ -207,8 +207,10 @@ def finish_block(layer: Layer, resid: Parts, z: Parts) -> Parts:
     normed = layer.ln2(mid)
     matmul = lambda w: (lambda t: t @ w)  # noqa: E731
     if mlp["gated"]:
-        gate = rules.sign_conflict(rules.linear(normed, matmul(mlp["w_gate"]), mlp["b_gate"]))
-        up = rules.sign_conflict(rules.linear(normed, matmul(mlp["w_in"]), mlp["b_in"]))
+        # No sign rule on the gate and up projections: the gated rule's irrel is a product of irrel parts,
+        # not a linear split (the rule stays after W_out and the residual add, as in plain MLPs).
+        gate = rules.linear(normed, matmul(mlp["w_gate"]), mlp["b_gate"])
+        up = rules.linear(normed, matmul(mlp["w_in"]), mlp["b_in"])
         hidden = rules.gated(gate, up, mlp["act"])
     else:
         pre = rules.sign_conflict(rules.linear(normed, matmul(mlp["w_in"]), mlp["b_in"]))

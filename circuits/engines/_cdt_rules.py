@@ -83,9 +83,8 @@ def sign_conflict(parts: Parts) -> Parts:
     conflict = rel * irrel < 0
     rel_wins = conflict & (rel.abs() >= irrel.abs())
     irrel_wins = conflict & ~rel_wins
-    zero = torch.zeros((), dtype=rel.dtype, device=rel.device)
-    rel_out = torch.where(rel_wins, total, torch.where(irrel_wins, zero, rel))
-    irrel_out = torch.where(irrel_wins, total, torch.where(rel_wins, zero, irrel))
+    rel_out = torch.where(rel_wins, total, rel).masked_fill_(irrel_wins, 0.0)
+    irrel_out = torch.where(irrel_wins, total, irrel).masked_fill_(rel_wins, 0.0)
     return rel_out, irrel_out
 
 
