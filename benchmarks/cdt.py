@@ -63,10 +63,19 @@ def timed(engine: Any, model: Any, task: Any, n: int, repeats: int) -> tuple[flo
     return best, graph
 
 
-def compare(label: str, model: Any, task: Any, n: int, receivers: int, repeats: int) -> dict[str, float]:
+def compare(label: str, model: Any, task: Any, n: int, receivers: int, repeats: int,
+            loop: bool = False) -> dict[str, float]:
     t_cdt, cdt = timed(CDT(receivers=receivers), model, task, n, repeats)
     top = sorted({r for _, r in cdt.nx.edges() if r != LOGITS})  # CD-T's top receivers outside layer 0
-    t_exact, exact = timed(PathPatching(receivers=tuple(top) + (LOGITS,), per_input=False), model, task, n, repeats)
+    path_patching = PathPatching(receivers=tuple(top) + (LOGITS,), per_input=False)
+    t_exact, exact = timed(path_patching, model, task, n, repeats)
+    if loop:  # the literal per-pair loop (two hooked full passes per edge), as the paper's baselines run
+        from tests.references import pair_loop
+
+        start = time.perf_counter()
+        pair_loop(model, task, task.batch(model, n=n, seed=0), path_patching)
+        t_loop = time.perf_counter() - start
+        print(f"  per-pair path-patching loop {t_loop:8.2f} s: CD-T {t_loop / t_cdt:.1f}x faster", flush=True)
     to_logits = [(h, LOGITS) for h in sorted(exact.nx.predecessors(LOGITS))]
     between = [(s, r) for s, r in exact.nx.edges() if r != LOGITS]
     rho_nodes = spearman(edge_scores(cdt, to_logits), edge_scores(exact, to_logits))
@@ -111,7 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
         task = RandomTokens(seq_len=16 if args.quick else 64)
         results["a"] = compare(f"a  4L x 8H d128 toy, 16 prompts of {task.seq_len}", task.default_model(), task, 16,
-                               RECEIVERS, repeats=3)
+                               RECEIVERS, repeats=3, loop=True)
     if "b" in cases:
         from benchmarks.patching import Remapped
         from tasks.induction import Induction
