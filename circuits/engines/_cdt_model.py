@@ -195,11 +195,24 @@ def attention_block(layer: Layer, parts: Parts, total: Optional[Tensor] = None) 
     return z[0].transpose(1, 2), z[1].transpose(1, 2)
 
 
-def finish_block(layer: Layer, resid: Parts, z: Parts) -> Parts:
-    """W_O (bias split on the output summed over heads), the residual add, and the MLP."""
+Totals = dict[str, Tensor]  # the real (total) output of each bias-free linear map of a block, by name
+
+
+def mapped(name: str, parts: Parts, apply: Callable[[Tensor], Tensor], bias: Optional[Tensor],
+           totals: Optional[Totals], record: Optional[Totals]) -> Parts:
+    """`rules.linear`, using the known total map (`totals`) or, on the real pass, recording it."""
+    if record is not None:
+        record[name] = apply(parts[0] + parts[1])
+        totals = record
+    return rules.linear(parts, apply, bias, None if totals is None else totals[name])
+
+
+def finish_block(layer: Layer, resid: Parts, z: Parts, totals: Optional[Totals] = None,
+                 record: Optional[Totals] = None) -> Parts:
+    """W_O (bias split on the output summed over heads), the residual add, and the MLP. `totals`: the
+    real outputs of the block's linear maps (from the real pass, which fills `record`)."""
     w_o = layer.w_o.reshape(-1, layer.w_o.shape[-1])  # [head * d_head, d_model]: the sum over heads in one matmul
-    apply = lambda t: t.flatten(-2) @ w_o  # noqa: E731
-    out = rules.linear(z, apply, layer.b_o)
+    out = mapped("o", z, lambda t: t.flatten(-2) @ w_o, layer.b_o, totals, record)
     mid = (resid[0] + out[0], resid[1] + out[1])
     if layer.mlp is None:
         return mid
@@ -209,22 +222,22 @@ def finish_block(layer: Layer, resid: Parts, z: Parts) -> Parts:
     if mlp["gated"]:
         # No sign rule on the gate and up projections: the gated rule's irrel is a product of irrel parts,
         # not a linear split (the rule stays after W_out and the residual add, as in plain MLPs).
-        gate = rules.linear(normed, matmul(mlp["w_gate"]), mlp["b_gate"])
-        up = rules.linear(normed, matmul(mlp["w_in"]), mlp["b_in"])
+        gate = mapped("gate", normed, matmul(mlp["w_gate"]), mlp["b_gate"], totals, record)
+        up = mapped("in", normed, matmul(mlp["w_in"]), mlp["b_in"], totals, record)
         hidden = rules.gated(gate, up, mlp["act"])
     else:
-        pre = rules.sign_conflict(rules.linear(normed, matmul(mlp["w_in"]), mlp["b_in"]))
+        pre = rules.sign_conflict(mapped("in", normed, matmul(mlp["w_in"]), mlp["b_in"], totals, record))
         hidden = rules.activation(pre, mlp["act"])
-    out = rules.sign_conflict(rules.linear(hidden, matmul(mlp["w_out"]), mlp["b_out"]))
+    out = rules.sign_conflict(mapped("out", hidden, matmul(mlp["w_out"]), mlp["b_out"], totals, record))
     return rules.sign_conflict((mid[0] + out[0], mid[1] + out[1]))
 
 
-def unembed(model: Any, parts: Parts) -> Parts:
+def unembed(model: Any, parts: Parts, totals: Optional[Totals] = None, record: Optional[Totals] = None) -> Parts:
     dtype = parts[0].dtype
     normed = read_norm(model.ln_final, dtype)(parts)
     unembedding = model.unembed
     w_u = unembedding.W_U.to(dtype)
-    return rules.linear(normed, lambda t: t @ w_u, cast(getattr(unembedding, "b_U", None), dtype))
+    return mapped("unembed", normed, lambda t: t @ w_u, cast(getattr(unembedding, "b_U", None), dtype), totals, record)
 
 
 def attention_mask(model: Any, attn: Any, n_pos: int, device: torch.device) -> Optional[Tensor]:

@@ -48,6 +48,8 @@ class Propagation:
         self.layers = [cdt_model.read_layer(model, layer, self.n_pos, self.device, dtype) for layer in range(model.cfg.n_layers)]
         self.real_resid = [embedded]  # residual entering each block, computed as far as needed
         self.real_z: list[Tensor] = []
+        self.real_totals: list[cdt_model.Totals] = []  # each block's real linear-map outputs
+        self.real_unembed: cdt_model.Totals = {}
 
     def real(self, upto: int) -> None:
         """Real residuals entering blocks ``0..upto`` and real z of blocks ``0..upto-1``."""
@@ -57,7 +59,8 @@ class Propagation:
             parts = (torch.zeros_like(resid), resid)
             z = cdt_model.attention_block(layer, parts)
             self.real_z.append(z[1])
-            self.real_resid.append(cdt_model.finish_block(layer, parts, z)[1])
+            self.real_totals.append({})
+            self.real_resid.append(cdt_model.finish_block(layer, parts, z, record=self.real_totals[-1])[1])
 
     def run(self, masks: Tensor, baseline: Optional[Tensor], keep_residual: bool = False,
             keep_z: bool = False) -> Decomposition:
@@ -81,10 +84,15 @@ class Propagation:
                 z = self._set_sources(z, masks[index], None if baseline is None else tile(baseline[:, index]))
             if keep_z:
                 kept_z.append(z)
-            parts = cdt_model.finish_block(layer, parts, z)
+            totals = {name: tile(t) for name, t in self.real_totals[index].items()}
+            parts = cdt_model.finish_block(layer, parts, z, totals)
         if keep_residual:
             kept_resid.append(parts)
-        logits = cdt_model.unembed(self.model, tuple(self._at_readout(t, n_sets) for t in parts))
+        if not self.real_unembed:
+            final = self._at_readout(self.real_resid[n_layers], 1)
+            cdt_model.unembed(self.model, (torch.zeros_like(final), final), record=self.real_unembed)
+        logits = cdt_model.unembed(self.model, tuple(self._at_readout(t, n_sets) for t in parts),
+                                   {name: tile(t) for name, t in self.real_unembed.items()})
         unstack = lambda t: t.view(n_sets, self.n_batch, *t.shape[1:])  # noqa: E731
         split = lambda kept, i: [unstack(self._at_readout(p[i], n_sets)) for p in kept]  # noqa: E731
         return Decomposition(

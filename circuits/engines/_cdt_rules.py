@@ -29,10 +29,13 @@ def split_bias(rel: Tensor, irrel: Tensor, bias: Optional[Tensor]) -> Parts:
     return rel + rel_bias, irrel + (bias - rel_bias)
 
 
-def linear(parts: Parts, apply: Callable[[Tensor], Tensor], bias: Optional[Tensor]) -> Parts:
-    """A linear map `apply` (no bias) on each part, then the bias split by the mapped magnitudes."""
+def linear(parts: Parts, apply: Callable[[Tensor], Tensor], bias: Optional[Tensor],
+           total: Optional[Tensor] = None) -> Parts:
+    """A linear map `apply` (no bias) on each part, then the bias split by the mapped magnitudes.
+    `total`: the map of the total, when known (then irrel's map is total - rel's: one matmul saved)."""
     rel, irrel = parts
-    return split_bias(apply(rel), apply(irrel), bias)
+    rel_t = apply(rel)
+    return split_bias(rel_t, apply(irrel) if total is None else total - rel_t, bias)
 
 
 def layer_norm(parts: Parts, weight: Optional[Tensor], bias: Optional[Tensor], eps: float) -> Parts:
