@@ -85,16 +85,20 @@ def test_top_layer_1_head_agrees_with_activation_patching_on_induction(induction
 
 @pytest.mark.slow
 def test_smollm2_runs_and_is_exact(bundled_model):
-    """Set 0 has no source: its irrel is our forward pass, which must be the model's (float32). With sources,
-    rel + irrel must equal it: to 1e-6 in float64; in float32 to 3e-3, the rounding of sums whose parts reach
-    the size of SmolLM2's residual stream (2e4; measured 1.5e-3 at 73 of 1.6M logits on these prompts)."""
+    """Set 0 has no source: its irrel is our forward pass, which must be the model's. With both parts through
+    every rule (real_totals=False), rel + irrel must equal the logits: to 1e-6 of our own pass in float64;
+    in float32 to 3e-3, the rounding of sums whose parts reach the size of SmolLM2's residual stream (2e4;
+    measured 1.5e-3). The default fast path must give the float64 rel to that float32 rounding."""
     tokens = torch.randint(1000, 20000, (1, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         logits = bundled_model(tokens)
     sources = [[], ["L3H2"], ["L20H7", ("L25H1", 5)]]
-    parts = decompose(bundled_model, tokens, sources, keep_residual=False, keep_z=False)
-    assert parts.rel[1:].abs().max() > 1e-2 and not parts.rel[0].any()
-    torch.testing.assert_close(parts.irrel[0], logits, atol=1e-5, rtol=0)
-    torch.testing.assert_close(parts.rel + parts.irrel, logits.expand_as(parts.rel), atol=3e-3, rtol=0)
-    wide = decompose(bundled_model, tokens, sources, keep_residual=False, keep_z=False, dtype=torch.float64)
+    options = dict(keep_residual=False, keep_z=False)
+    rules = decompose(bundled_model, tokens, sources, real_totals=False, **options)
+    assert rules.rel[1:].abs().max() > 1e-2 and not rules.rel[0].any()
+    torch.testing.assert_close(rules.irrel[0], logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(rules.rel + rules.irrel, logits.expand_as(rules.rel), atol=3e-3, rtol=0)
+    wide = decompose(bundled_model, tokens, sources, real_totals=False, dtype=torch.float64, **options)
     torch.testing.assert_close(wide.rel + wide.irrel, wide.irrel[:1].expand_as(wide.rel), atol=1e-6, rtol=0)
+    fast = decompose(bundled_model, tokens, sources, **options)
+    torch.testing.assert_close(fast.rel.double(), wide.rel, atol=3e-3, rtol=0)

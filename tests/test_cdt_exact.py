@@ -1,7 +1,8 @@
 """CD-T exactness: rel + irrel is the real activation, property-tested on random tiny models of both families
 (LayerNorm + GELU with and without MLPs, learned positions, non-zero biases; RMSNorm + SwiGLU + RoPE + GQA),
-against a plain forward of the bridge (``hook_resid_pre`` of every layer and the logits). Plus the rules
-on hand-made inputs, and the typed errors."""
+against a plain forward of the bridge (``hook_resid_pre`` of every layer and the logits), with both parts
+carried through every rule (``real_totals=False``); and the default fast path (totals from the real pass)
+gives the same rel and irrel. Plus the rules on hand-made inputs, and the typed errors."""
 
 from __future__ import annotations
 
@@ -56,11 +57,19 @@ def check_exact(fields, n_pos, n_batch, sources, baseline, seed):
     values = None if baseline is None else torch.randn(((n_batch,) if baseline == "per_example" else ()) + z_shape,
                                                        generator=g)
     logits, resid = real_run(model, tokens)
-    ours = decompose(model, tokens, sources, values)
+    # Both parts through every rule (real_totals=False): exactness is then a property of the rules.
+    ours = decompose(model, tokens, sources, values, real_totals=False)
     for layer in range(fields["n_layers"]):
         torch.testing.assert_close(ours.resid_rel[layer] + ours.resid_irrel[layer], resid[layer].expand_as(ours.resid_rel[layer]),
                                    atol=1e-4, rtol=0)
     torch.testing.assert_close(ours.rel + ours.irrel, logits.expand_as(ours.rel), atol=1e-4, rtol=0)
+    # The default (totals from the real pass, irrel = total - rel; exact by construction) gives the same parts.
+    fast = decompose(model, tokens, sources, values)
+    for name in ("rel", "irrel"):
+        torch.testing.assert_close(getattr(fast, name), getattr(ours, name), atol=1e-4, rtol=0)
+    for layer in range(fields["n_layers"]):
+        torch.testing.assert_close(fast.resid_rel[layer], ours.resid_rel[layer], atol=1e-4, rtol=0)
+        torch.testing.assert_close(fast.z_rel[layer], ours.z_rel[layer], atol=1e-4, rtol=0)
 
 
 @settings(max_examples=6, deadline=None)

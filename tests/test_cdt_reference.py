@@ -39,11 +39,13 @@ def test_weights_loaded_give_the_reference_models_logits(reference):
         assert torch.allclose(model(entry["tokens"]), entry["logits"], atol=1e-5)
 
 
+@pytest.mark.parametrize("real_totals", [True, False], ids=["fast", "every_rule"])
 @pytest.mark.parametrize("with_mean", [False, True], ids=["whole_z", "mean_baseline"])
-def test_decompose_equals_the_reference(reference, with_mean):
+def test_decompose_equals_the_reference(reference, with_mean, real_totals):
     model, entry = reference
     case = next(c for c in entry["cases"] if c["mean"] == with_mean)
-    ours = decompose(model, entry["tokens"], our_sources(FIXTURE["sets"]), entry["mean"] if with_mean else None)
+    ours = decompose(model, entry["tokens"], our_sources(FIXTURE["sets"]), entry["mean"] if with_mean else None,
+                     real_totals=real_totals)
     assert ours.rel.abs().max() > 0.1  # the sources matter: the comparison is not of zeros
     torch.testing.assert_close(ours.rel, case["rel"], atol=1e-4, rtol=0)
     torch.testing.assert_close(ours.irrel, case["irrel"], atol=1e-4, rtol=0)

@@ -38,9 +38,13 @@ class Propagation:
     """One model and one batch of inputs; `run` decomposes for any source masks and baseline."""
 
     def __init__(self, model: Any, inputs: Tensor, readout: Optional[Tensor] = None,
-                 dtype: Optional[torch.dtype] = None):
+                 dtype: Optional[torch.dtype] = None, real_totals: bool = True):
         cdt_model.check_model(model)
         self.model = model
+        # real_totals: take each total (attention output P v, every linear map's output) from the real pass,
+        # irrel = total - rel (fast; rel + irrel then equals the real activation by construction). False:
+        # both parts go through every rule, as in the reference, and exactness is a property to check.
+        self.use_real_totals = real_totals
         embedded = forward.embed(model, inputs)
         embedded = embedded if dtype is None else embedded.to(dtype)
         self.device, self.n_batch, self.n_pos = embedded.device, embedded.shape[0], embedded.shape[1]
@@ -79,12 +83,12 @@ class Propagation:
             if keep_residual:
                 kept_resid.append(parts)
             layer = self.layers[index]
-            z = cdt_model.attention_block(layer, parts, tile(self.real_z[index]))
+            z = cdt_model.attention_block(layer, parts, tile(self.real_z[index]) if self.use_real_totals else None)
             if has_source[index]:
                 z = self._set_sources(z, masks[index], None if baseline is None else tile(baseline[:, index]))
             if keep_z:
                 kept_z.append(z)
-            totals = {name: tile(t) for name, t in self.real_totals[index].items()}
+            totals = {name: tile(t) for name, t in self.real_totals[index].items()} if self.use_real_totals else None
             parts = cdt_model.finish_block(layer, parts, z, totals)
         if keep_residual:
             kept_resid.append(parts)
@@ -92,7 +96,7 @@ class Propagation:
             final = self._at_readout(self.real_resid[n_layers], 1)
             cdt_model.unembed(self.model, (torch.zeros_like(final), final), record=self.real_unembed)
         logits = cdt_model.unembed(self.model, tuple(self._at_readout(t, n_sets) for t in parts),
-                                   {name: tile(t) for name, t in self.real_unembed.items()})
+                                   {name: tile(t) for name, t in self.real_unembed.items()} if self.use_real_totals else None)
         unstack = lambda t: t.view(n_sets, self.n_batch, *t.shape[1:])  # noqa: E731
         split = lambda kept, i: [unstack(self._at_readout(p[i], n_sets)) for p in kept]  # noqa: E731
         return Decomposition(

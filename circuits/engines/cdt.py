@@ -40,7 +40,8 @@ __all__ = ["CDT", "Decomposition", "decompose", "source_masks"]
 
 def decompose(model: Any, tokens: Inputs, sources: Sequence[Sequence[Source]],
               baseline: Optional[Tensor] = None, *, readout: Optional[Tensor] = None,
-              keep_residual: bool = True, keep_z: bool = True, dtype: Optional[torch.dtype] = None) -> Decomposition:
+              keep_residual: bool = True, keep_z: bool = True, dtype: Optional[torch.dtype] = None,
+              real_totals: bool = True) -> Decomposition:
     """Decompose `model`'s run on `tokens` (token ids ``[batch, pos]`` or float inputs) for each source set.
 
     sources: a list of source sets, each a list of heads (``"L0H1"`` or `Head`: every position) or
@@ -50,9 +51,12 @@ def decompose(model: Any, tokens: Inputs, sources: Sequence[Sequence[Source]],
     readout: optional read-out position per prompt; the returned tensors are then taken there only.
     dtype: compute in this dtype (e.g. ``torch.float64``) instead of the model's; rel and irrel can each be far
         larger than their sum (SmolLM2's residual stream reaches 2e4), so float32 sums carry that much rounding.
+    real_totals: take every total (attention output, linear-map outputs) from one real pass and set
+        irrel = total - rel (default; fast, and rel + irrel is then the real activation by construction);
+        False: both parts through every rule, as the reference does (what the exactness tests check).
     """
     with torch.no_grad():
-        propagation = Propagation(model, tokens, readout, dtype)
+        propagation = Propagation(model, tokens, readout, dtype, real_totals)
         masks = source_masks(model, sources, propagation.n_pos)
         return propagation.run(masks, checked_baseline(model, baseline, propagation), keep_residual, keep_z)
 
