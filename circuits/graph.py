@@ -11,6 +11,7 @@ Engines build graphs through `add_head` and `add_edge`, never through networkx d
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import re
@@ -238,8 +239,6 @@ class HeadGraph:
         """`n` edges grown from ``"logits"`` backwards: each step adds the best-ranked edge whose receiver is
         already in the circuit (its sender joins the circuit), in the order they were added."""
         _check_count(n)
-        import heapq
-
         key, chosen, inside, frontier, tie = _rank_key(by), [], {LOGITS}, [], 0
 
         def push_into(node: str) -> None:

@@ -13,7 +13,8 @@ from circuits._state import preserved
 from tests.references import RandomTokens
 
 TASK = RandomTokens(seq_len=8)
-OPTIONS = {"path_patching": {"per_input": False}, "edge_attribution": {"steps": 2}}  # engine -> options that keep the test fast
+OPTIONS = {"path_patching": {"per_input": False}, "edge_attribution": {"steps": 2},  # engine -> options that keep
+           "cdt": {"receivers": 2}}  # the test fast
 
 
 def small_model():

@@ -9,6 +9,7 @@ from __future__ import annotations
 from circuits._registry import Registry
 from circuits.engines.activation_patching import ActivationPatching
 from circuits.engines.base import Engine
+from circuits.engines.cdt import CDT
 from circuits.engines.edge_attribution import EdgeAttribution
 from circuits.engines.path_patching import PathPatching
 
@@ -16,6 +17,7 @@ _ENGINES: Registry[Engine] = Registry("engine")
 _ENGINES.register("activation_patching", ActivationPatching)
 _ENGINES.register("path_patching", PathPatching)
 _ENGINES.register("edge_attribution", EdgeAttribution)
+_ENGINES.register("cdt", CDT)
 
 
 # The registry's own methods are the public functions (``register`` refuses a name already taken).
@@ -23,4 +25,4 @@ get = _ENGINES.get
 names = _ENGINES.names
 register = _ENGINES.register
 
-__all__ = ["ActivationPatching", "EdgeAttribution", "Engine", "PathPatching", "get", "names", "register"]
+__all__ = ["ActivationPatching", "CDT", "EdgeAttribution", "Engine", "PathPatching", "get", "names", "register"]

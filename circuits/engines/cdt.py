@@ -1,0 +1,232 @@
+"""CD-T: contextual decomposition for transformers (Hsu, Lin et al. 2024), on TransformerLens 4 bridges.
+
+Every activation is split into rel (caused by chosen source heads) and irrel (the rest), rel + irrel being
+the real activation, and both are carried through the network in one forward pass (the rules are in
+`circuits.engines._cdt_rules`, docs/cdt.md sets each next to the reference code's). `decompose` is the
+decomposition itself; the `CDT` engine scores heads with it:
+
+- node (and head -> logits edge): ``(m(rel + irrel) - m(irrel)) / (m_clean - m_corrupted)``, with the head's
+  z as the source at every position and the corrupted prompts' z as the baseline (rel = z_clean - z_corrupted);
+- head -> head edge into a receiver: the receiver's z at the read-out position, rel part projected on the
+  receiver's own change: ``sum_b <z_rel, dz> / sum_b <dz, dz>`` with dz = z_clean - z_corrupted (the
+  reference notebook's "dot" reduction, normalised; its "l1" reduction is attribute ``score_l1``).
+
+Each source set needs one decomposition; sets are stacked along the batch axis, chunked to `memory_mb`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import Any, Optional, Union
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from circuits import _patching, hooks
+from circuits._patching import Baseline
+from circuits._task import Inputs
+from circuits.engines import base
+from circuits.engines._cdt_model import check_model
+from circuits.engines._cdt_propagation import Decomposition, Propagation
+from circuits.errors import IncompatibleModelError, InvalidOptionError
+from circuits.graph import LOGITS, Head, HeadGraph, all_heads
+
+Source = Union[str, Head, tuple[Union[str, Head], int]]
+
+__all__ = ["CDT", "Decomposition", "decompose", "source_masks"]
+
+
+def decompose(model: Any, tokens: Inputs, sources: Sequence[Sequence[Source]],
+              baseline: Optional[Tensor] = None, *, readout: Optional[Tensor] = None,
+              keep_residual: bool = True, keep_z: bool = True, dtype: Optional[torch.dtype] = None,
+              real_totals: bool = True) -> Decomposition:
+    """Decompose `model`'s run on `tokens` (token ids ``[batch, pos]`` or float inputs) for each source set.
+
+    sources: a list of source sets, each a list of heads (``"L0H1"`` or `Head`: every position) or
+        ``(head, position)`` pairs.
+    baseline: None (a source's whole z is rel) or z values ``[n_layers, pos, head, d_head]`` (e.g. a mean)
+        or ``[batch, n_layers, pos, head, d_head]`` (per example): a source's rel = z - baseline, irrel = baseline.
+    readout: optional read-out position per prompt; the returned tensors are then taken there only.
+    dtype: compute in this dtype (e.g. ``torch.float64``) instead of the model's; rel and irrel can each be far
+        larger than their sum (SmolLM2's residual stream reaches 2e4), so float32 sums carry that much rounding.
+    real_totals: take every total (attention output, linear-map outputs) from one real pass and set
+        irrel = total - rel (default; fast, and rel + irrel is then the real activation by construction);
+        False: both parts through every rule, as the reference does (what the exactness tests check).
+    """
+    with torch.no_grad():
+        propagation = Propagation(model, tokens, readout, dtype, real_totals)
+        masks = source_masks(model, sources, propagation.n_pos)
+        return propagation.run(masks, checked_baseline(model, baseline, propagation), keep_residual, keep_z)
+
+
+def source_masks(model: Any, sources: Sequence[Sequence[Source]], n_pos: int) -> Tensor:
+    """``[n_layers, set, pos, head]`` booleans, True at each set's sources; typed errors on bad names."""
+    if isinstance(sources, (str, Head)) or not all(isinstance(s, (list, tuple)) for s in sources):
+        raise InvalidOptionError(f"sources={sources!r}; expected a list of source sets, e.g. [['L0H1'], ['L1H0', ('L1H2', 3)]]")
+    cfg = model.cfg
+    masks = torch.zeros(cfg.n_layers, len(sources), n_pos, cfg.n_heads, dtype=torch.bool)
+    for index, source_set in enumerate(sources):
+        for source in source_set:
+            if isinstance(source, tuple):
+                if len(source) != 2 or not isinstance(source[1], int) or not 0 <= source[1] < n_pos:
+                    raise InvalidOptionError(f"source {source!r}; expected (head, position) with a position in [0, {n_pos})")
+                head, position = Head.in_model(model, source[0]), source[1]
+                masks[head.layer, index, position, head.head] = True
+            else:
+                head = Head.in_model(model, source)
+                masks[head.layer, index, :, head.head] = True
+    return masks
+
+
+def checked_baseline(model: Any, baseline: Optional[Tensor], propagation: Propagation) -> Optional[Tensor]:
+    """The baseline as ``[batch, n_layers, pos, head, d_head]`` on the model's device."""
+    if baseline is None:
+        return None
+    cfg = model.cfg
+    shape = (cfg.n_layers, propagation.n_pos, cfg.n_heads, cfg.d_head)
+    if tuple(baseline.shape) == shape:
+        baseline = baseline[None].expand(propagation.n_batch, *shape)
+    if tuple(baseline.shape) != (propagation.n_batch, *shape):
+        raise InvalidOptionError(f"baseline has shape {tuple(baseline.shape)}; expected {shape} (a mean) or "
+                                 f"{(propagation.n_batch, *shape)} (per example)")
+    return baseline.to(propagation.device, propagation.real_resid[0].dtype)
+
+
+@dataclass(frozen=True)
+class CDT:
+    receivers: int = 10  # head -> head edges into the top receivers by |node score| (0: none)
+    iterative: bool = False  # the paper's discovery instead: from the logits, top_k sources per step
+    top_k: int = 2  # iterative: sources kept per step
+    memory_mb: float = 256.0  # budget for one stacked pass (sets x batch rows, both parts)
+
+    name = "cdt"
+
+    def __post_init__(self) -> None:
+        for field, low in (("receivers", 0), ("top_k", 1)):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise InvalidOptionError(f"{field}={value!r}; expected an integer >= {low}")
+        if not isinstance(self.iterative, bool):
+            raise InvalidOptionError(f"iterative={self.iterative!r}; expected True or False")
+        if not self.memory_mb > 0:
+            raise InvalidOptionError(f"memory_mb={self.memory_mb!r}; expected a positive number")
+
+    @property
+    def score_meaning(self) -> str:
+        return ("node and head->logits edge: (m(rel+irrel) - m(irrel)) / (m_clean - m_corrupted), the head's z "
+                "at every position as the CD-T source, the corrupted prompts' z as its baseline (clean run); "
+                "head->head edge: the receiver's z at the read-out position, its rel part for the sender projected "
+                "on the receiver's clean - corrupted change, sum<z_rel, dz> / sum<dz, dz> (score_l1: the "
+                "reference's l1 share mean|rel| / (mean|rel| + mean|irrel|))")
+
+    def run(self, model: Any, task: Any, n: int = 32, seed: int = 0) -> HeadGraph:
+        check_model(model)  # a model without a rule fails before any work
+        with base.session(model):
+            batch = base.prompts(model, task, n, seed)
+            result = self.scores(model, task, batch)
+            meta = base.graph_meta(self, model, task, n=n, seed=seed, score=self.score_meaning,
+                                   baseline=result["baseline"])
+            return self._graph(model, result, meta)
+
+    def scores(self, model: Any, task: Any, batch: Any) -> dict[str, Any]:
+        """Node scores ``[n_layers, n_heads]`` and edge scores ``[sender layer, head, receiver layer, head]``
+        (dot and l1 reductions) for a batch already on the model's device."""
+        batch = _patching.trimmed(batch, causal=model.cfg.attention_dir == "causal")
+        layers = range(model.cfg.n_layers)
+        z_names = [hooks.site(model, layer, "z") for layer in layers]
+        clean_logits, clean = _patching.read_out_and_cache(model, batch.clean, z_names, batch.position)
+        corrupted_logits, corrupted = _patching.read_out_and_cache(model, batch.corrupted, z_names, batch.position)
+        baseline = Baseline(clean=float(_patching.metric_mean(task, clean_logits, batch)),
+                            corrupted=float(_patching.metric_mean(task, corrupted_logits, batch)))
+        z_base = torch.stack([corrupted[name] for name in z_names], dim=1)  # [batch, layer, pos, head, d_head]
+        rows = torch.arange(batch.size, device=z_base.device)
+        position = batch.position.to(z_base.device)
+        change = torch.stack([clean[name][rows, position] - corrupted[name][rows, position] for name in z_names])
+        propagation = Propagation(model, batch.clean, batch.position)
+        heads = all_heads(model)
+        masks = source_masks(model, [[h] for h in heads], propagation.n_pos)
+        z_base = checked_baseline(model, z_base, propagation)
+        cfg = model.cfg
+        nodes = torch.zeros(len(heads))
+        dot = torch.zeros(len(heads), cfg.n_layers, cfg.n_heads)
+        l1 = torch.zeros(len(heads), cfg.n_layers, cfg.n_heads)
+        change = change.to(propagation.device)  # [layer, batch, head, d_head]
+        per_pass = self._sets_per_pass(model, propagation)
+        # Sets grouped by their head's layer: a pass starts at its sources' layer (below it rel is 0).
+        groups = [range(layer * cfg.n_heads, (layer + 1) * cfg.n_heads) for layer in range(cfg.n_layers)]
+        for chunk in (range(g.start + c.start, g.start + c.stop) for g in groups for c in _patching.chunks(len(g), per_pass)):
+            part = propagation.run(masks[:, chunk.start:chunk.stop], z_base, keep_z=True)
+            self._check_exact(part, clean_logits)
+            total = _patching.copies_metric(task, (part.rel + part.irrel).flatten(0, 1), batch, len(chunk))
+            rest = _patching.copies_metric(task, part.irrel.flatten(0, 1), batch, len(chunk))
+            nodes[chunk.start:chunk.stop] = (total - rest) / (baseline.clean - baseline.corrupted)
+            z_rel = torch.stack(part.z_rel, dim=1)  # [set, layer, batch, head, d_head]
+            z_irrel = torch.stack(part.z_irrel, dim=1)
+            dot[chunk.start:chunk.stop] = torch.einsum("slbhe,lbhe->slh", z_rel, change).cpu()
+            rel_size, irrel_size = z_rel.abs().mean((2, 4)), z_irrel.abs().mean((2, 4))
+            l1[chunk.start:chunk.stop] = (rel_size / (rel_size + irrel_size + 1e-12)).cpu()
+        dot = dot / change.pow(2).sum((1, 3)).cpu().clamp_min(1e-12)
+        shape = (cfg.n_layers, cfg.n_heads, cfg.n_layers, cfg.n_heads)
+        return {"baseline": baseline, "nodes": nodes.view(cfg.n_layers, cfg.n_heads),
+                "edges": dot.view(shape), "edges_l1": l1.view(shape)}
+
+    def _sets_per_pass(self, model: Any, propagation: Propagation) -> int:
+        cfg = model.cfg
+        d_mlp = 0 if cfg.attn_only else (cfg.d_mlp or 4 * cfg.d_model)
+        floats = 2 * propagation.n_batch * propagation.n_pos * (
+            8 * cfg.d_model + 4 * cfg.n_heads * (cfg.d_head + propagation.n_pos) + 3 * d_mlp)
+        return max(1, int(self.memory_mb * 2**20 // (4 * floats)))
+
+    @staticmethod
+    def _check_exact(part: Decomposition, clean_logits: Tensor) -> None:
+        """rel + irrel must be the model's own logits: a part of the model the rules misread would show here."""
+        total = (part.rel[0] + part.irrel[0]).to(clean_logits.device)
+        error = float((total - clean_logits).abs().max())
+        if error > 1e-3 * max(1.0, float(clean_logits.abs().max())):
+            raise IncompatibleModelError(f"CD-T's rel + irrel logits differ from the model's by {error:.3g}: this "
+                                         "model computes something the CD-T rules do not describe")
+
+    # --- the graph ------------------------------------------------------------------------------------
+    def _graph(self, model: Any, result: dict[str, Any], meta: dict[str, Any]) -> HeadGraph:
+        cfg = model.cfg
+        nodes, edges, edges_l1 = result["nodes"], result["edges"], result["edges_l1"]
+        graph = HeadGraph(n_layers=cfg.n_layers, n_heads=cfg.n_heads, meta=meta)
+        for head in all_heads(model):
+            score = float(nodes[head.layer, head.head])
+            graph.add_head(head, score)
+            graph.add_edge(head, LOGITS, score)
+        pairs = self._circuit(model, nodes, edges) if self.iterative else self._into_top(model, nodes)
+        for sender, receiver in pairs:
+            index = (sender.layer, sender.head, receiver.layer, receiver.head)
+            graph.add_edge(sender, receiver, float(edges[index]), score_l1=float(edges_l1[index]))
+        return graph
+
+    def _into_top(self, model: Any, nodes: Tensor) -> list[tuple[Head, Head]]:
+        receivers = ranked(nodes, all_heads(model))[: self.receivers]
+        return [(s, r) for r in receivers for s in all_heads(model) if s.layer < r.layer]
+
+    def _circuit(self, model: Any, nodes: Tensor, edges: Tensor) -> list[tuple[Head, Head]]:
+        """The paper's iterative discovery: the top_k heads for the logits are the first targets; each step
+        scores every head below a target by the sum of its edge scores into the targets and keeps the top_k
+        as the next targets, until no head lies below them."""
+        heads = all_heads(model)
+        targets = ranked(nodes, heads)[: self.top_k]
+        kept, pairs = set(targets), []
+        while True:
+            candidates = [s for s in heads if s not in kept and any(s.layer < t.layer for t in targets)]
+            if not candidates:
+                return pairs
+            sums = torch.tensor([sum(float(edges[s.layer, s.head, t.layer, t.head]) for t in targets if s.layer < t.layer)
+                                 for s in candidates])
+            chosen = [candidates[i] for i in sums.abs().argsort(descending=True)[: self.top_k].tolist()]
+            pairs += [(s, t) for s in chosen for t in targets if s.layer < t.layer]
+            kept.update(chosen)
+            targets = chosen
+
+
+def ranked(scores: Float[Tensor, "n_layers n_heads"], heads: list[Head]) -> list[Head]:
+    """Heads by decreasing |score| (ties: model order)."""
+    order = sorted(range(len(heads)), key=lambda i: -abs(float(scores[heads[i].layer, heads[i].head])))
+    return [heads[i] for i in order]
