@@ -60,7 +60,7 @@ class Settings:
 
 
 # The pipeline in well under a minute on two cores (after the model is loaded), not the figures' numbers.
-QUICK = Settings(n_find=12, n_paths=2, senders_from=23, n_eval=16, draws=1, ks=(1,), alphas=(0.0, 1.0, 2.0, 8.0))
+QUICK = Settings(n_find=8, n_paths=2, senders_from=26, n_eval=12, draws=1, ks=(1,), alphas=(0.0, 1.0, 8.0))
 
 
 def split(subjects: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -274,7 +274,7 @@ def report(summary: dict[str, Any]) -> None:
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer prompts, path patching from layer 20 on")
+    parser.add_argument("--quick", action="store_true", help="fewer prompts, alphas and draws; path patching from layer 26 on")
     parser.add_argument("--out", type=Path, default=Path("out/capitals"))
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

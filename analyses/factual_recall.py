@@ -56,7 +56,7 @@ class Settings:
     relations: tuple[str, ...] = ("capital", "language", "landmark")
 
 
-QUICK = Settings(n_paths=2, senders_from=24, relations=("capital",))
+QUICK = Settings(n_paths=2, senders_from=27, relations=("capital",))
 
 
 @dataclass(frozen=True)
@@ -281,7 +281,7 @@ def report(summary: dict[str, Any]) -> None:
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="capital relation only, path patching from layer 24 on")
+    parser.add_argument("--quick", action="store_true", help="capital relation only, path patching from layer 27 on")
     parser.add_argument("--out", type=Path, default=Path("out/factual_recall"))
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

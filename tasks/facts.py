@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 from weakref import WeakKeyDictionary
 
 import torch
@@ -150,25 +151,28 @@ class Known:
     relation: str
     template: str
     subjects: tuple[str, ...]  # right at top-1 (single-token answer)
-    total: int  # facts in the data
+    total: int  # facts asked about (every fact of the relation unless restricted to some subjects)
     single_token: int  # of those, with a single-token answer
 
     @property
     def report(self) -> str:
         return (f"{self.relation} / {self.template!r}: {len(self.subjects)} of {self.single_token} single-token "
-                f"facts right at top-1 ({self.total} facts in the data)")
+                f"facts right at top-1 ({self.total} facts asked)")
 
 
-def known_facts(model: Any, relation_name: str, template: Optional[str] = None, batch_size: int = 64) -> Known:
-    """Facts of `relation_name` with a single-token answer that `model` predicts at top-1 after
-    `template` (default: the relation's first template) with BOS prepended."""
+def known_facts(model: Any, relation_name: str, template: Optional[str] = None,
+                subjects: Optional[Sequence[str]] = None, batch_size: int = 64) -> Known:
+    """Facts of `relation_name` (only `subjects`, when given) with a single-token answer that `model`
+    predicts at top-1 after `template` (default: the relation's first template) with BOS prepended."""
     rel = relation(relation_name)
     template = check_template(template or rel.templates[0])
-    candidates = [s for s in rel.facts if is_single_token(model, rel.facts[s])]
+    check_subjects(rel, subjects)
+    asked = list(rel.facts) if subjects is None else list(dict.fromkeys(subjects))
+    candidates = [s for s in asked if is_single_token(model, rel.facts[s])]
     prompts = [encode(model, template.format(subject=s)) for s in candidates]
     top = top_tokens(model, prompts, batch_size).tolist()
     right = tuple(s for s, t in zip(candidates, top) if t == answer_token(model, rel.facts[s]))
-    return Known(rel.name, template, right, total=len(rel.facts), single_token=len(candidates))
+    return Known(rel.name, template, right, total=len(asked), single_token=len(candidates))
 
 
 # --- clean / corrupted pairs -----------------------------------------------------------------------------
@@ -225,9 +229,14 @@ def check_model(model: Any, task: str) -> None:
                                      f"(e.g. circuits.models.bundled()); got {type(model).__name__} without one")
 
 
-def check_subjects(rel: Relation, subjects: Optional[Sequence[str]]) -> None:
+def check_subjects(rel: Relation, subjects: Optional[Sequence[str]], min_facts: int = 0) -> None:
+    """Every subject in the data (`UnknownNameError` naming it) and at least `min_facts` of them
+    (`TooFewFactsError`, before any model work)."""
     for s in subjects or ():
-        rel.answer(s)  # UnknownNameError naming the subject
+        rel.answer(s)
+    if subjects is not None and len(set(subjects)) < min_facts:
+        raise TooFewFactsError(f"subjects={tuple(subjects)!r} give {len(set(subjects))} facts of relation "
+                               f"{rel.name!r}; expected at least min_facts={min_facts}")
 
 
 def known_per_template(cache: "WeakKeyDictionary[Any, dict]", model: Any, relation_name: str,
@@ -236,14 +245,12 @@ def known_per_template(cache: "WeakKeyDictionary[Any, dict]", model: Any, relati
     """`known_facts` for each template (kept in `cache`, one entry per model: the filter costs forward
     passes), restricted to `subjects` when given; `TooFewFactsError` when fewer than `min_facts` survive."""
     per_model = cache.setdefault(model, {})
+    key = None if subjects is None else tuple(subjects)
     out = []
     for template in templates:
-        if (relation_name, template) not in per_model:
-            per_model[(relation_name, template)] = known_facts(model, relation_name, template)
-        k = per_model[(relation_name, template)]
-        if subjects is not None:
-            k = replace(k, subjects=tuple(s for s in k.subjects if s in set(subjects)))
-        out.append(k)
+        if (relation_name, template, key) not in per_model:
+            per_model[(relation_name, template, key)] = known_facts(model, relation_name, template, subjects)
+        out.append(per_model[(relation_name, template, key)])
     best = max(len(k.subjects) for k in out)
     if best < min_facts:
         raise TooFewFactsError(f"relation {relation_name!r}: the model gets at most {best} facts right at top-1 "

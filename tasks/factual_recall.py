@@ -33,9 +33,9 @@ class FactualRecall:
         rel = facts.relation(self.relation)  # UnknownNameError naming the relation
         for template in self.templates or ():
             facts.check_template(template)
-        facts.check_subjects(rel, self.subjects)
         if self.min_facts < 2:
             raise InvalidOptionError(f"min_facts={self.min_facts}; a pair needs at least 2 facts")
+        facts.check_subjects(rel, self.subjects, self.min_facts)
 
     @property
     def template_list(self) -> tuple[str, ...]:

@@ -49,6 +49,8 @@ def test_typed_errors_name_the_bad_value():
         FactualRecall(templates=("no subject here",))
     with pytest.raises(InvalidOptionError, match=r"\{other\}"):
         Capitals(templates=("The capital of {subject} is",))
+    with pytest.raises(facts.TooFewFactsError, match="min_facts=8"):  # before any model work
+        FactualRecall(subjects=("France", "Germany", "Italy"))
     assert {"factual_recall", "capitals"} <= set(tasks.names())
 
 
@@ -63,18 +65,25 @@ def test_padded_keeps_each_prompt_and_its_last_position(prompts):
 
 
 # --- on the bundled model -----------------------------------------------------------------------------------
+# One instance of each task per module: each keeps its filter's result per model (the filter costs passes).
 @pytest.fixture(scope="module")
 def recall():
-    return FactualRecall(templates=facts.TEMPLATES["capital"][:2])  # two templates: the filter costs passes
+    return FactualRecall(templates=facts.TEMPLATES["capital"][:2])
+
+
+@pytest.fixture(scope="module")
+def capitals():
+    return Capitals(templates=Capitals().templates[:1])
 
 
 @pytest.mark.slow
-def test_answer_tokens_and_the_filter(bundled_model):
+def test_answer_tokens_and_the_filter(bundled_model, recall):
     model = bundled_model
     assert facts.answer_token(model, "Paris") == facts.encode(model, " Paris", bos=False)[0]
     with pytest.raises(facts.MultiTokenAnswerError, match="New Delhi"):
         facts.answer_token(model, "New Delhi")
-    known = facts.known_facts(model, "capital")
+    known = recall.known(model)[0]
+    assert known.template == facts.TEMPLATES["capital"][0]
     rel = facts.relation("capital")
     assert 20 <= len(known.subjects) <= known.single_token < known.total == len(rel.facts)
     # Reference: TransformerLens's own forward pass (not circuits.forward), one prompt at a time.
@@ -106,9 +115,9 @@ def test_factual_recall_pairs_have_equal_lengths_and_differ_only_in_the_subject(
 
 
 @pytest.mark.slow
-def test_capitals_prompts_put_the_other_city_in_context(bundled_model):
+def test_capitals_prompts_put_the_other_city_in_context(bundled_model, capitals):
     model = bundled_model
-    task = Capitals(templates=Capitals().templates[:1])
+    task = capitals
     capital = facts.relation("capital").facts
     for p in task.counterfactuals(model, 12, seed=0):
         clean, corrupted = model.tokenizer.decode(p.clean), model.tokenizer.decode(p.corrupted)
@@ -120,22 +129,86 @@ def test_capitals_prompts_put_the_other_city_in_context(bundled_model):
 
 @pytest.mark.slow
 def test_too_few_known_facts_is_a_typed_error(bundled_model):
-    with pytest.raises(facts.TooFewFactsError, match="min_facts=8"):
-        FactualRecall(subjects=("France", "Germany", "Italy"), templates=facts.TEMPLATES["capital"][:1]).batch(
-            bundled_model, 4, 0)
-    with pytest.raises(facts.TooFewFactsError, match="same length"):  # both answer London: no pair
-        FactualRecall(relation="landmark", subjects=("Big Ben", "Westminster Abbey", "the Tower of London"),
-                      templates=facts.TEMPLATES["landmark"][:1], min_facts=2).batch(bundled_model, 4, 0)
+    # New Delhi and Mexico City are two tokens: only France can survive the filter.
+    task = FactualRecall(subjects=("France", "India", "Mexico"), templates=facts.TEMPLATES["capital"][:1], min_facts=2)
+    with pytest.raises(facts.TooFewFactsError, match="at most 1 facts"):
+        task.batch(bundled_model, 4, 0)
+    template = facts.TEMPLATES["landmark"][0]
+    both_london = facts.Known("landmark", template, ("Big Ben", "Westminster Abbey"), total=2, single_token=2)
+    with pytest.raises(facts.TooFewFactsError, match="same length"):  # equal answers make no pair
+        facts.pair_prompts(bundled_model, [both_london], 4, 0)
 
 
 @pytest.mark.slow
-def test_both_tasks_through_discover(bundled_model, recall):
+def test_both_tasks_through_discover(bundled_model, recall, capitals):
     graph = circuits.discover(bundled_model, recall, engine="activation_patching", n=2, seed=0)
     assert graph.meta["task"] == "factual_recall" and graph.meta["metric_clean"] > graph.meta["metric_corrupted"]
     assert torch.isfinite(graph.matrix()).all()
     late = tuple(f"L{l}H{h}" for l in range(26, 30) for h in range(9))
-    graph = circuits.discover(bundled_model, Capitals(templates=Capitals().templates[:1]), engine="path_patching",
-                              n=2, seed=0, receivers=("logits",), senders=late)
+    graph = circuits.discover(bundled_model, capitals, engine="path_patching", n=2, seed=0, receivers=("logits",),
+                              senders=late)
     assert graph.meta["task"] == "capitals"
     assert graph.meta["metric_clean"] > graph.meta["metric_corrupted"]  # the context moves the answer
     assert len([e for e in graph.nx.edges if e[1] == circuits.LOGITS]) == len(late)
+
+
+# --- the analyses ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_scaled_runs_match_a_full_forward_with_hooks(bundled_model, capitals):
+    """`scaled_top1` restarts at the scaled layer on cached residuals; the reference runs the whole model
+    with TransformerLens's own hook context."""
+    from analyses import _readout
+
+    model = bundled_model
+    batch = capitals.batch(model, 3, seed=5)
+    cached = _readout.read_out(model, batch.clean, batch.position, keep_resid=True)
+    conditions = [{(23, 4): 0.0}, {(23, 1): 4.0, (25, 2): 0.5}]
+    for readout_only in (False, True):
+        got = _readout.scaled_top1(model, cached, batch.position, conditions, readout_only)
+        for row, condition in enumerate(conditions):
+            def scale(z, hook, layer):
+                z = z.clone()
+                for (l, h), alpha in condition.items():
+                    if l == layer:
+                        if readout_only:
+                            z[torch.arange(3), batch.position, h] *= alpha
+                        else:
+                            z[:, :, h] *= alpha
+                return z
+            fwd = [(circuits.hooks.site(model, l, "z"), lambda z, hook, l=l: scale(z, hook, l))
+                   for l in {l for l, _ in condition}]
+            with torch.no_grad(), model.hooks(fwd_hooks=fwd):
+                logits = model(batch.clean)
+            expected = logits[torch.arange(3), batch.position].argmax(-1)
+            assert got[row].tolist() == expected.tolist()
+
+
+@pytest.mark.slow
+def test_capitals_analysis_quick(bundled_model, tmp_path):
+    from analyses import capitals
+
+    summary = capitals.run(quick=True, out=tmp_path, model=bundled_model)
+    assert {p.name for p in tmp_path.iterdir()} >= {"heads.png", "scaling.png", "pruning.png", "summary.json"}
+    base = summary["baseline"]
+    assert base["n"] == capitals.QUICK.n_eval and base["in_context"] + base["memorised"] <= 1
+    assert set(summary["find_countries"]).isdisjoint(summary["held_out_countries"])
+    for mode in capitals.MODES:
+        curve = summary["scaling"][mode]["top context head"]
+        assert curve["rates"][curve["alpha"].index(1.0)]["in_context"] == base["in_context"]
+    assert summary["attribution_top"]["context"][0][1] > 0 > summary["attribution_top"]["memory"][0][1]
+
+
+@pytest.mark.slow
+def test_factual_recall_analysis_quick(bundled_model, tmp_path):
+    from analyses import factual_recall
+
+    summary = factual_recall.run(quick=True, out=tmp_path, model=bundled_model)
+    assert {p.name for p in tmp_path.iterdir()} >= {"layers.png", "topic_heads.png", "regression.png", "paths.png",
+                                                    "paths.json", "summary.json"}
+    capital = summary["relations"]["capital"]
+    # The components' direct contributions add up to the full run's centred answer logit.
+    assert capital["decomposition_max_error"] < 1e-3 * max(1.0, capital["centred_answer_logit_mean"])
+    assert len(capital["attn_mean"]) == bundled_model.cfg.n_layers and capital["n"] >= 20
+    assert len(summary["topic_heads"]) == factual_recall.QUICK.top_heads
+    graph = circuits.HeadGraph.from_json(tmp_path / "paths.json")
+    assert graph.meta["task"] == "factual_recall"
