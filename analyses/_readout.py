@@ -100,14 +100,19 @@ def scaled_top1(model: Any, readout: ReadOut, position: Int[Tensor, " batch"],
     assert readout.resid_pre is not None, "read_out(..., keep_resid=True) keeps the residuals restarts need"
     if not all(conditions):
         raise ValueError("every condition must scale at least one head")
-    # Grouped by first scaled layer, so each stacked pass restarts as late as it can.
+    # Passes never mix first layers, so each restarts as late as its conditions allow.
     order = sorted(range(len(conditions)), key=lambda i: min(l for l, _ in conditions[i]))
-    conditions = [conditions[i] for i in order]
     n = position.shape[0]
     per_pass = max(1, max_rows // n)
+    passes: list[list[dict[tuple[int, int], float]]] = []
+    for i in order:
+        first = min(l for l, _ in conditions[i])
+        if passes and len(passes[-1]) < per_pass and min(l for l, _ in passes[-1][0]) == first:
+            passes[-1].append(conditions[i])
+        else:
+            passes.append([conditions[i]])
     out = []
-    for start in range(0, len(conditions), per_pass):
-        group = conditions[start:start + per_pass]
+    for group in passes:
         layers = sorted({l for c in group for l, _ in c})
         fwd = []
         for layer in layers:

@@ -25,7 +25,7 @@ import argparse
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -97,10 +97,11 @@ def run(quick: bool = False, out: Path = Path("out/capitals"), model: Any = None
     settings = settings or (QUICK if quick else Settings())
     model = model if model is not None else circuits.models.bundled()
     out.mkdir(parents=True, exist_ok=True)
-    template = CONTEXT_TEMPLATES[:1]  # the prototype's prompt, so the rates compare
-    known = Capitals(templates=template).known(model)
+    task = Capitals(templates=CONTEXT_TEMPLATES[:1])  # the prototype's prompt, so the rates compare
+    known = task.known(model)
     find, held = split(known.subjects)
-    find_task, eval_task = Capitals(templates=template, subjects=find), Capitals(templates=template, subjects=held)
+    # `replace` keeps the task's filter result (its `_known` cache): the filter runs once.
+    find_task, eval_task = replace(task, subjects=find), replace(task, subjects=held)
 
     # Heads, found on the first half: attribution and path patching to the logits.
     batch = find_task.batch(model, settings.n_find, seed=0)

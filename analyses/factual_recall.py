@@ -69,10 +69,9 @@ class Prompts:
     subject_position: torch.Tensor  # where that token sits (-1 likewise)
 
 
-def known_prompts(model: Any, relation: str) -> tuple[facts.Known, Prompts]:
-    """One prompt per known fact of `relation` under its first template."""
-    rel = facts.relation(relation)
-    known = facts.known_facts(model, relation, rel.templates[0])
+def known_prompts(model: Any, known: facts.Known) -> Prompts:
+    """One prompt per fact in `known` (the filter's survivors under its template)."""
+    rel = facts.relation(known.relation)
     template = known.template
     prefix = facts.encode(model, template.split(facts.PLACEHOLDER)[0].rstrip())
     ids, subject_token, subject_position = [], [], []
@@ -86,8 +85,8 @@ def known_prompts(model: Any, relation: str) -> tuple[facts.Known, Prompts]:
         ids.append(prompt)
     tokens, position = facts.padded(ids, facts.pad_token(model))
     answers = torch.tensor([facts.answer_token(model, rel.facts[s]) for s in known.subjects])
-    return known, Prompts(known.subjects, tokens, position, answers, torch.tensor(subject_token),
-                          torch.tensor(subject_position))
+    return Prompts(known.subjects, tokens, position, answers, torch.tensor(subject_token),
+                   torch.tensor(subject_position))
 
 
 def contributions(model: Any, prompts: Prompts, readout: _readout.ReadOut) -> dict[str, torch.Tensor]:
@@ -143,10 +142,13 @@ def run(quick: bool = False, out: Path = Path("out/factual_recall"), model: Any 
     out.mkdir(parents=True, exist_ok=True)
     n_layers = model.cfg.n_layers
 
+    # One task per relation, on its first template; the path patching below reuses the first one's filter.
+    recall = {r: FactualRecall(relation=r, templates=facts.relation(r).templates[:1]) for r in settings.relations}
     per_relation: dict[str, Any] = {}
     main: dict[str, Any] = {}
     for relation in settings.relations:
-        known, prompts = known_prompts(model, relation)
+        known = recall[relation].known(model)[0]
+        prompts = known_prompts(model, known)
         readout = _readout.read_out(model, prompts.tokens, prompts.position)
         parts = contributions(model, prompts, readout)
         total = parts["embed"] + parts["attn"].sum(0) + parts["mlp"].sum(0)
@@ -179,7 +181,7 @@ def run(quick: bool = False, out: Path = Path("out/factual_recall"), model: Any 
     layers = sorted({l for l, _ in top})
     regression = [mlp_regression(readout, l) for l in layers]
 
-    task = FactualRecall(relation=settings.relations[0], templates=facts.relation(settings.relations[0]).templates[:1])
+    task = recall[settings.relations[0]]
     senders = tuple(f"L{l}H{h}" for l in range(settings.senders_from, n_layers) for h in range(model.cfg.n_heads))
     graph = circuits.discover(model, task, engine="path_patching", n=settings.n_paths, seed=0, receivers=("logits",),
                               senders=senders)

@@ -68,7 +68,7 @@ def test_padded_keeps_each_prompt_and_its_last_position(prompts):
 # One instance of each task per module: each keeps its filter's result per model (the filter costs passes).
 @pytest.fixture(scope="module")
 def recall():
-    return FactualRecall(templates=facts.TEMPLATES["capital"][:2])
+    return FactualRecall(templates=facts.TEMPLATES["capital"][:1])
 
 
 @pytest.fixture(scope="module")
