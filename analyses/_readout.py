@@ -18,6 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from circuits import forward, hooks
+from circuits.errors import InvalidOptionError
 
 
 @dataclass
@@ -99,7 +100,7 @@ def scaled_top1(model: Any, readout: ReadOut, position: Int[Tensor, " batch"],
     stacked along the batch (at most `max_rows` rows per pass)."""
     assert readout.resid_pre is not None, "read_out(..., keep_resid=True) keeps the residuals restarts need"
     if not all(conditions):
-        raise ValueError("every condition must scale at least one head")
+        raise InvalidOptionError(f"conditions={list(conditions)!r}; expected every condition to scale at least one head")
     # Passes never mix first layers, so each restarts as late as its conditions allow.
     order = sorted(range(len(conditions)), key=lambda i: min(l for l, _ in conditions[i]))
     n = position.shape[0]
