@@ -5,12 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from circuits._registry import Registry
+from tasks.capitals import Capitals
+from tasks.factual_recall import FactualRecall
 from tasks.icl_regression import ICLRegression
 from tasks.induction import Induction
 
 _TASKS: Registry[Any] = Registry("task")
 _TASKS.register("induction", Induction)
 _TASKS.register("icl_regression", ICLRegression)
+_TASKS.register("factual_recall", FactualRecall)
+_TASKS.register("capitals", Capitals)
 
 
 # The registry's own methods are the public functions (``register`` refuses a name already taken).
@@ -18,4 +22,4 @@ get = _TASKS.get
 names = _TASKS.names
 register = _TASKS.register
 
-__all__ = ["ICLRegression", "Induction", "get", "names", "register"]
+__all__ = ["Capitals", "FactualRecall", "ICLRegression", "Induction", "get", "names", "register"]
