@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from circuits._registry import Registry
+from circuits import Registry
 from tasks.capitals import Capitals
 from tasks.factual_recall import FactualRecall
 from tasks.icl_regression import ICLRegression
