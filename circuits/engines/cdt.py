@@ -110,8 +110,7 @@ class CDT:
                 raise InvalidOptionError(f"{field}={value!r}; expected an integer >= {low}")
         if not isinstance(self.iterative, bool):
             raise InvalidOptionError(f"iterative={self.iterative!r}; expected True or False")
-        if not self.memory_mb > 0:
-            raise InvalidOptionError(f"memory_mb={self.memory_mb!r}; expected a positive number")
+        _patching.check_memory(self.memory_mb)
 
     @property
     def score_meaning(self) -> str:

@@ -118,8 +118,7 @@ class EdgeAttribution:
         if self.quadrature not in QUADRATURES:
             raise InvalidOptionError(f"quadrature={self.quadrature!r}; expected one of {QUADRATURES}")
         _patching.check_direction(self.direction)
-        if not self.memory_mb > 0:
-            raise InvalidOptionError(f"memory_mb={self.memory_mb!r}; expected a positive number")
+        _patching.check_memory(self.memory_mb)
 
     @property
     def score_meaning(self) -> str:
