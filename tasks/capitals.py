@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 from weakref import WeakKeyDictionary
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -90,12 +89,8 @@ class Capitals:
 
     def batch(self, model: Any, n: int, seed: int) -> PromptBatch:
         pairs = self.counterfactuals(model, n, seed)
-        pad = facts.pad_token(model)
-        clean, position = facts.padded([p.clean for p in pairs], pad)
-        corrupted, _ = facts.padded([p.corrupted for p in pairs], pad)
-        return PromptBatch(clean=clean, corrupted=corrupted, position=position,
-                           answer=torch.tensor([p.in_context for p in pairs]),
-                           foil=torch.tensor([p.memorised for p in pairs]))
+        return facts.prompt_batch(model, [p.clean for p in pairs], [p.corrupted for p in pairs],
+                                  answer=[p.in_context for p in pairs], foil=[p.memorised for p in pairs])
 
     def metric(self, logits: Float[Tensor, "batch d_vocab"], batch: PromptBatch) -> Float[Tensor, " batch"]:
         """logit(in-context city) - logit(memorised capital)."""

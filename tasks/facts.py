@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from circuits import forward
+from circuits import PromptBatch, forward
 from circuits.errors import IncompatibleModelError, InvalidOptionError, UnknownNameError
 
 PLACEHOLDER = "{subject}"
@@ -126,6 +126,16 @@ def padded(prompts: Sequence[Sequence[int]], pad: int) -> tuple[Int[Tensor, "bat
     for i, p in enumerate(prompts):
         tokens[i, : len(p)] = torch.tensor(p, dtype=torch.long)
     return tokens, torch.tensor([len(p) - 1 for p in prompts], dtype=torch.long)
+
+
+def prompt_batch(model: Any, clean: Sequence[Sequence[int]], corrupted: Sequence[Sequence[int]],
+                 answer: Sequence[int], foil: Sequence[int]) -> PromptBatch:
+    """A batch of equal-length clean/corrupted token prompts, right-padded, read out at each prompt's end."""
+    pad = pad_token(model)
+    clean_tokens, position = padded(clean, pad)
+    corrupted_tokens, _ = padded(corrupted, pad)
+    return PromptBatch(clean=clean_tokens, corrupted=corrupted_tokens, position=position,
+                       answer=torch.tensor(list(answer)), foil=torch.tensor(list(foil)))
 
 
 def pad_token(model: Any) -> int:

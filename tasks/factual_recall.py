@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 from weakref import WeakKeyDictionary
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -52,11 +51,8 @@ class FactualRecall:
 
     def batch(self, model: Any, n: int, seed: int) -> PromptBatch:
         pairs = self.pairs(model, n, seed)
-        pad = facts.pad_token(model)
-        clean, position = facts.padded([p.clean for p in pairs], pad)
-        corrupted, _ = facts.padded([p.corrupted for p in pairs], pad)
-        return PromptBatch(clean=clean, corrupted=corrupted, position=position,
-                           answer=torch.tensor([p.answer for p in pairs]), foil=torch.tensor([p.foil for p in pairs]))
+        return facts.prompt_batch(model, [p.clean for p in pairs], [p.corrupted for p in pairs],
+                                  answer=[p.answer for p in pairs], foil=[p.foil for p in pairs])
 
     def metric(self, logits: Float[Tensor, "batch d_vocab"], batch: PromptBatch) -> Float[Tensor, " batch"]:
         return metrics.logit_difference(logits, batch.answer, batch.foil)
