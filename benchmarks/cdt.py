@@ -21,31 +21,15 @@ import time
 from collections.abc import Sequence
 from typing import Any, Optional
 
-import numpy as np
 import torch
 
+from benchmarks._agreement import spearman
 import circuits
 from circuits import LOGITS, models
 from circuits.engines import CDT, PathPatching
 from circuits.graph import HeadGraph
 
 RECEIVERS = 10
-
-
-def ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks with ties averaged (as Spearman's rho needs)."""
-    order = np.argsort(values, kind="stable")
-    ranked = np.empty(len(values))
-    ranked[order] = np.arange(len(values), dtype=float)
-    for value in np.unique(values):
-        tied = values == value
-        ranked[tied] = ranked[tied].mean()
-    return ranked
-
-
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
 
 
 def edge_scores(graph: HeadGraph, edges: list[tuple[str, str]]) -> list[float]:

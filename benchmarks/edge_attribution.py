@@ -24,18 +24,12 @@ from typing import Any, Optional
 
 import torch
 
+from benchmarks._agreement import spearman
 from circuits import models
 from circuits.engines import EdgeAttribution, PathPatching
 from circuits.engines.path_patching import top_receivers
 from circuits.graph import LOGITS, HeadGraph
 from tests.references import RandomTokens
-
-
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman's rank correlation (Pearson's on ranks; ties are measure-zero for these float scores)."""
-    ranks = [torch.tensor(x, dtype=torch.float64).argsort().argsort().double() for x in (a, b)]
-    x, y = (r - r.mean() for r in ranks)
-    return float((x * y).sum() / (x.norm() * y.norm()))
 
 
 def compare(exact: dict[tuple[str, str], float], graph: HeadGraph, top_fraction: float = 0.05) -> dict[str, float]:
