@@ -38,7 +38,7 @@ class Recipe:
     train_dfas: int = 5000
     test_dfas: int = 500
     batch: int = 32
-    schedule: tuple[tuple[float, int], ...] = ((2e-3, 4000), (1e-3, 4000), (4e-4, 2500), (1e-4, 1500))
+    schedule: tuple[tuple[float, int], ...] = ((2e-3, 3000), (1e-3, 3000), (4e-4, 2000), (1e-4, 1000))
     eval_every: int = 250
     seed: int = 0
 
