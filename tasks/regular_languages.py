@@ -24,12 +24,12 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from circuits import PromptBatch, models, training
+from circuits import PromptBatch, forward, hooks, models, training
 from circuits.errors import IncompatibleModelError, InvalidOptionError
 from tasks import dfa_training
 from tasks.dfa import DFA, LETTERS, PAD, SEP, VOCAB, sequence, states_along
 from tasks.dfa_training import Recipe
-from tasks.ngram import ngram_predictor
+from tasks.ngram import head_scores, ngram_predictor
 
 ORDERS = (1, 2, 3, 4)
 
@@ -162,6 +162,14 @@ class RegularLanguages:
             out[f"{order}gram_tv_dfa"] = total_variation(prediction, truth, data.scored)
         return out
 
+    def head_scores(self, model: Any, n: int, data: Optional[Evaluation] = None) -> tuple[Float[Tensor, "layer head"], float]:
+        """Every head's n-gram score (`tasks.ngram.head_scores`) over the scored positions of held-out
+        sequences, and the uniform-attention baseline."""
+        data = data or self.evaluation()
+        patterns = attention_patterns(model, data.tokens)
+        scores = [head_scores(patterns[layer], data.tokens, n, data.scored)[0] for layer in range(len(patterns))]
+        return torch.stack(scores), head_scores(patterns[0], data.tokens, n, data.scored)[1]
+
     # --- models -------------------------------------------------------------------------------------
     def model(self, progress: bool = True) -> Any:
         """This task's model (bridge), trained on first use and cached under $CIRCUITS_CACHE."""
@@ -203,3 +211,18 @@ def distribution_measures(probs: Float[Tensor, "n pos vocab"], data: Evaluation,
         out[f"{prefix}tv_{order}gram"] = total_variation(probs, ngram_predictor(data.tokens, order, VOCAB),
                                                         data.scored)
     return out
+
+
+def attention_patterns(model: Any, tokens: Int[Tensor, "batch pos"]) -> list[Float[Tensor, "batch head query key"]]:
+    """The attention pattern of every layer on `tokens` (CPU)."""
+    patterns: dict[int, Tensor] = {}
+
+    def grab(layer: int) -> Any:
+        def hook(pattern: Tensor, hook: Any) -> None:
+            patterns[layer] = pattern.detach().float().cpu()
+        return hook
+
+    layers = range(model.cfg.n_layers)
+    with torch.no_grad(), hooks.attached(model, [(hooks.site(model, l, "pattern"), grab(l)) for l in layers]):
+        forward.logits(model, tokens.to(forward.input_device(model)))
+    return [patterns[layer] for layer in layers]
