@@ -150,7 +150,7 @@ def test_ngram_predictor_is_a_back_off_count(seed, n):
 
 def test_head_scores_on_hand_built_patterns():
     tokens = torch.tensor([[0, 1, 0, 1, 2, 0, 1, 0, 2, 1]])
-    matching = ngram.NGramAttention(2).pattern(tokens)
+    matching = ngram.NGramAttention(2).pattern(tokens)[0]
     uniform = torch.tril(torch.ones(10, 10)) / torch.arange(1, 11)[:, None]
     previous = torch.diag(torch.ones(9), -1)
     previous[0, 0] = 1.0
