@@ -136,7 +136,8 @@ def table(summary: dict[str, Any]) -> str:
     for engine, result in summary["patching"].items():
         top = " ".join(f"{h}={s:.2f}" for h, s in result["top"])
         rows.append((f"{engine} top-{k}", top, ""))
-        rows.append((f"{engine} top-{k} among top-{k} n-gram heads", f"{result['agree']}/{k}", ""))
+        rows.append((f"{engine} top-{k} among top-{k} n-gram heads", f"{result['agree']}/{k} (chance "
+                     f"{k * k / summary['n_heads_total']:.2f})", ""))
     trained = summary["training_seconds"]
     rows.append(("training steps / seconds", f"{summary['steps']} / " + (f"{trained:.0f}" if trained else "cached"),
                  "4391 / 900"))
@@ -161,12 +162,14 @@ def run(quick: bool = False, out: Path = Path("out/regular_languages"), k: int =
     ngram_top = top_heads(best, k)
     n_heads = model.cfg.n_heads
     summary = {
-        "quick": quick, "k": k, "steps": task.recipe.steps, "recipe": str(task.recipe),
+        "quick": quick, "k": k, "n_heads_total": model.cfg.n_layers * n_heads, "steps": task.recipe.steps,
+        "recipe": str(task.recipe),
         "training_seconds": seconds if seconds > 5 else None,  # None: read from the cache
         "evaluation_sequences": int(data.tokens.shape[0]),
         "model": task.measure(model, data), "predictors": task.predictor_measures(data),
         "head_scores": {str(o): {"baseline": baselines[o],
-                                 "per_head": {head_name(i, n_heads): v for i, v in enumerate(scores[o].flatten().tolist())}}
+                                 "per_head": {head_name(i, n_heads): v
+                                              for i, v in enumerate(scores[o].flatten().tolist())}}
                         for o in scores},
         "ngram_top": ngram_top,
         "patching": patching(model, task, n=16 if quick else 128, k=k, ngram_top=ngram_top),

@@ -51,7 +51,8 @@ class NGramAttention(torch.nn.Module):
         mask = match_mask(tokens, self.n).float()
         return mask / mask.sum(-1, keepdim=True).clamp(min=1.0)
 
-    def forward(self, tokens: Int[Tensor, "batch pos"], values: Float[Tensor, "batch pos d"]) -> Float[Tensor, "batch pos d"]:
+    def forward(self, tokens: Int[Tensor, "batch pos"],
+                values: Float[Tensor, "batch pos d"]) -> Float[Tensor, "batch pos d"]:
         if values.shape[:2] != tokens.shape:
             raise InvalidOptionError(f"values {tuple(values.shape)} must be [batch, pos, d] with [batch, pos] = "
                                      f"tokens {tuple(tokens.shape)}")

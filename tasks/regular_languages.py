@@ -162,7 +162,8 @@ class RegularLanguages:
             out[f"{order}gram_tv_dfa"] = total_variation(prediction, truth, data.scored)
         return out
 
-    def head_scores(self, model: Any, n: int, data: Optional[Evaluation] = None) -> tuple[Float[Tensor, "layer head"], float]:
+    def head_scores(self, model: Any, n: int,
+                    data: Optional[Evaluation] = None) -> tuple[Float[Tensor, "layer head"], float]:
         """Every head's n-gram score (`tasks.ngram.head_scores`) over the scored positions of held-out
         sequences, and the uniform-attention baseline."""
         data = data or self.evaluation()
