@@ -86,9 +86,11 @@ def test_minimised_dfa_has_the_same_language_and_is_minimal(seed):
     assert DFA.build(permuted).minimised().key == small.key
 
 
-def test_bank_is_distinct_and_train_test_disjoint():
-    train, test = tasks.dfa_training.banks(tasks.dfa_training.Recipe(train_dfas=300, test_dfas=100))
-    assert len({d.key for d in train}) == 300 and len({d.key for d in test}) == 100
+@settings(max_examples=5, deadline=None)
+@given(st.integers(0, 10**6))
+def test_bank_is_distinct_and_train_test_disjoint(seed):
+    train, test = tasks.dfa_training.banks(tasks.dfa_training.Recipe(train_dfas=200, test_dfas=60, seed=seed))
+    assert len({d.key for d in train}) == 200 and len({d.key for d in test}) == 60
     assert not {d.key for d in train} & {d.key for d in test}
     assert not any(d.has_self_loop() for d in train + test)
     assert all(d.minimised().key == d.key for d in test)
