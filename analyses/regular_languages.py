@@ -48,6 +48,19 @@ def top_heads(scores: torch.Tensor, k: int) -> list[str]:
     return [head_name(i, scores.shape[1]) for i in scores.flatten().argsort(descending=True)[:k].tolist()]
 
 
+def previous_token_mass(model: Any, data: Any) -> dict[str, float]:
+    """Each head's mean attention on the position just before the query (a previous-token head: near 1)."""
+    patterns = attention_patterns(model, data.tokens)
+    queries = data.scored.clone()
+    queries[:, 0] = False
+    out = {}
+    for layer, pattern in enumerate(patterns):
+        previous = pattern.diagonal(offset=-1, dim1=-2, dim2=-1)  # [batch, head, query - 1]: pattern[i, i-1]
+        for head in range(pattern.shape[1]):
+            out[circuits.Head(layer, head).name] = previous[:, head][queries[:, 1:]].mean().item()
+    return out
+
+
 def patching(model: Any, task: RegularLanguages, n: int, k: int, ngram_top: list[str]) -> dict[str, Any]:
     out = {}
     for engine in ENGINES:
@@ -132,13 +145,17 @@ def table(summary: dict[str, Any]) -> str:
         flat = [f"{h}={v:.2f}" for h, v in sorted(scores["per_head"].items(), key=lambda kv: -kv[1])]
         rows.append((f"{order}-gram head scores (uniform {scores['baseline']:.2f})", " ".join(flat),
                      proto["2gram_head_scores"] + f", uniform {proto['2gram_baseline']}" if order == "2" else ""))
+    previous = sorted(summary["previous_token_mass"].items(), key=lambda kv: -kv[1])
+    rows.append(("previous-token attention", " ".join(f"{h}={v:.2f}" for h, v in previous),
+                 "no sharp previous-token head in layer 0"))
     k = summary["k"]
     for engine, result in summary["patching"].items():
         top = " ".join(f"{h}={s:.2f}" for h, s in result["top"])
         rows.append((f"{engine} top-{k}", top, ""))
         rows.append((f"{engine} top-{k} among top-{k} n-gram heads", f"{result['agree']}/{k} (chance "
                      f"{k * k / summary['n_heads_total']:.2f})", ""))
-    trained = summary["training_seconds"]
+    history = summary["history"] or [{}]
+    trained = summary["training_seconds"] or history[-1].get("seconds")
     rows.append(("training steps / seconds", f"{summary['steps']} / " + (f"{trained:.0f}" if trained else "cached"),
                  "4391 / 900"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -171,7 +188,7 @@ def run(quick: bool = False, out: Path = Path("out/regular_languages"), k: int =
                                  "per_head": {head_name(i, n_heads): v
                                               for i, v in enumerate(scores[o].flatten().tolist())}}
                         for o in scores},
-        "ngram_top": ngram_top,
+        "ngram_top": ngram_top, "previous_token_mass": previous_token_mass(model, data),
         "patching": patching(model, task, n=16 if quick else 128, k=k, ngram_top=ngram_top),
         "history": history,
     }
