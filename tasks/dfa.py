@@ -203,7 +203,7 @@ def dfa_bank(count: int, seed: int, exclude: frozenset = frozenset(), **generato
 
 
 @dataclass(frozen=True)
-class Sequence_:
+class DFASequence:
     """One sequence: tokens (letters and separators, unpadded) and the DFA state before each next token."""
 
     tokens: list[int]
@@ -211,7 +211,7 @@ class Sequence_:
 
 
 def sequence(dfa: DFA, rng: random.Random, strings: tuple[int, int] = (10, 19),
-             length: tuple[int, int] = (1, 49), max_tokens: Optional[int] = None) -> Sequence_:
+             length: tuple[int, int] = (1, 49), max_tokens: Optional[int] = None) -> DFASequence:
     """`strings` strings of `length` letters (both uniform, inclusive) joined by SEP, cut at `max_tokens`."""
     tokens: list[int] = []
     for i in range(rng.randint(*strings)):
@@ -219,7 +219,7 @@ def sequence(dfa: DFA, rng: random.Random, strings: tuple[int, int] = (10, 19),
             tokens.append(SEP)
         tokens += dfa.sample(rng.randint(*length), rng)
     tokens = tokens[:max_tokens]
-    return Sequence_(tokens, states_along(dfa, tokens))
+    return DFASequence(tokens, states_along(dfa, tokens))
 
 
 def states_along(dfa: DFA, tokens: Sequence[int]) -> list[int]:
