@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import circuits  # noqa: E402
-from tasks.dfa import LETTERS, SEP  # noqa: E402
+from tasks.dfa import PAD, SEP  # noqa: E402
 from tasks.ngram import match_mask  # noqa: E402
 from tasks.regular_languages import ORDERS, RegularLanguages, attention_patterns  # noqa: E402
 
@@ -74,7 +74,7 @@ def patching(model: Any, task: RegularLanguages, n: int, k: int, ngram_top: list
 
 def plot_attention(model: Any, task: RegularLanguages, heads: list[str], order: int, path: Path) -> None:
     data = task.evaluation(n=1, seed=7)
-    length = int((data.tokens[0] != LETTERS + 1).sum())
+    length = int((data.tokens[0] != PAD).sum())
     length = min(length, 48)  # a readable window
     tokens = data.tokens[:, :length]
     patterns = attention_patterns(model, data.tokens)

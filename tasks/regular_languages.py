@@ -97,7 +97,9 @@ class RegularLanguages:
         rng, test = random.Random(seed), banks(self.recipe)[1]
         r, width = self.recipe, self.recipe.seq_len
         clean, corrupted, allowed, position = [], [], [], []
-        while len(clean) < n:
+        for _ in range(100 * n):
+            if len(clean) == n:
+                break
             a, b = rng.sample(test, 2)
             x = sequence(a, rng, r.strings, r.length, width).tokens
             y = sequence(b, rng, r.strings, r.length, width).tokens
@@ -112,6 +114,9 @@ class RegularLanguages:
             corrupted.append(y)
             allowed.append(allowed_mask(a, x, width)[p])
             position.append(p)
+        if len(clean) < n:
+            raise InvalidOptionError(f"sequences of {r.strings} strings of {r.length} letters rarely reach the "
+                                     f"second half of seq_len={width}: found {len(clean)} of {n} read-out positions")
         return PromptBatch(clean=dfa_training.padded(clean, width, PAD),
                            corrupted=dfa_training.padded(corrupted, width, PAD),
                            answer=torch.stack(allowed).float(), position=torch.tensor(position))

@@ -16,7 +16,7 @@ import circuits
 import tasks
 from circuits.errors import IncompatibleModelError, InvalidOptionError
 from tasks import ngram
-from tasks.dfa import DFA, LETTERS, PAD, SEP, VOCAB, RejectedStringError, dfa_bank, random_dfa, sequence, states_along
+from tasks.dfa import DFA, LETTERS, SEP, VOCAB, RejectedStringError, dfa_bank, random_dfa, sequence, states_along
 from tasks.regular_languages import (RegularLanguages, distribution_measures, greedy_accuracy, truth_distribution)
 
 seeds = st.integers(0, 2**32 - 1)
@@ -189,6 +189,10 @@ def test_errors_name_the_bad_value():
         ngram.ngram_predictor(torch.tensor([[0, 20]]), 2, VOCAB)
     with pytest.raises(InvalidOptionError, match="0"):
         ngram.NGramAttention(0)
+    recipe = tasks.dfa_training.Recipe(strings=(1, 1), length=(1, 2), train_dfas=20, test_dfas=5)
+    short = RegularLanguages(recipe=recipe)
+    with pytest.raises(InvalidOptionError, match="found 0 of 3"):
+        short.sample_batch(3, seed=0)
 
 
 # --- the task ----------------------------------------------------------------------------------------
