@@ -24,6 +24,7 @@ from torch import Tensor
 
 from circuits import forward, hooks
 from circuits._patching import Baseline, chunks, copies_metric, copies_per_pass, read_out_and_cache, trimmed
+from circuits._ranking import Numbers
 from circuits._task import PromptBatch
 from circuits.errors import InvalidOptionError
 from circuits.graph import Head
@@ -138,17 +139,17 @@ def circuit_sizes(total: int, sizes: Sequence[int] | None = None) -> list[int]:
     return sorted({0, total, *(int(s) for s in sizes)})
 
 
-def trapezoid(x: Sequence[float], y: Sequence[float]) -> float:
+def trapezoid(x: Numbers, y: Numbers) -> float:
     """The trapezoid rule: sum over intervals of (x[i+1] − x[i]) · (y[i] + y[i+1]) / 2."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2))
 
 
-def cpr(fraction: Sequence[float], faithfulness: Sequence[float]) -> float:
+def cpr(fraction: Numbers, faithfulness: Numbers) -> float:
     """MIB's CPR: the area under the faithfulness curve over the fraction of heads kept (higher is better)."""
     return trapezoid(fraction, faithfulness)
 
 
-def cmd(fraction: Sequence[float], faithfulness: Sequence[float]) -> float:
+def cmd(fraction: Numbers, faithfulness: Numbers) -> float:
     """MIB's CMD: the area between the curve and 1, i.e. of |1 − faithfulness| (lower is better)."""
     return trapezoid(fraction, np.abs(1.0 - np.asarray(faithfulness, dtype=float)))

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Sequence
+from typing import Union
 
 import numpy as np
 
 from circuits.errors import InvalidOptionError
 from circuits.graph import Head, HeadGraph
 
+Numbers = Union[Sequence[Union[int, float]], np.ndarray]
 
-def ranks(values: Sequence[float]) -> np.ndarray:
+
+def ranks(values: Numbers) -> np.ndarray:
     """0-based ranks, ascending, with ties given the mean of the ranks they share (as Spearman's rho needs)."""
     values = np.asarray(values, dtype=float)
     order = np.argsort(values, kind="stable")
@@ -27,7 +30,7 @@ def ranks(values: Sequence[float]) -> np.ndarray:
     return ranked
 
 
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+def spearman(a: Numbers, b: Numbers) -> float:
     """Spearman's rank correlation with ties averaged: Pearson's r of the two rank vectors. NaN when either
     side is constant or has fewer than two values (the correlation is undefined there)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)

@@ -104,7 +104,7 @@ class Comparison:
         return draw_comparison(self, path)
 
 
-def compare(graphs: Union[Sequence[HeadGraph], Mapping[str, HeadGraph]], model: Any, task: Any, *, n: int = 32,
+def compare(graphs: Union[Sequence[Any], Mapping[str, Any]], model: Any, task: Any, *, n: int = 32,
             seed: int = 1, reference_seed: Optional[int] = None, sizes: Optional[Sequence[int]] = None,
             draws: int = 5, k: Optional[int] = None, memory_mb: float = 256.0) -> Comparison:
     """Compare engines' HeadGraphs of `task` on `model`.
@@ -113,8 +113,9 @@ def compare(graphs: Union[Sequence[HeadGraph], Mapping[str, HeadGraph]], model: 
     n, seed: the clean prompts faithfulness is measured on (default seed 1: held out from engines' default 0).
     reference_seed: the prompts whose mean ``hook_z`` replaces ablated heads (default ``seed + 1``, also `n`).
     sizes: circuit sizes in heads (0 and all heads are always added; default: see `circuit_sizes`).
-    draws: random circuits per size, the baseline (all of them where a size has no more than `draws`). k: the top-k of the Jaccard overlap (default: 5% of the
-    heads, at least 2). Bad input raises a typed error before any forward pass.
+    draws: random circuits per size, the baseline (all of them where a size has no more than `draws`).
+    k: the top-k of the Jaccard overlap (default: 5% of the heads, at least 2, fewer than all).
+    Bad input raises a typed error before any forward pass.
     """
     labelled = _labelled(graphs, model, task)
     cfg = model.cfg
@@ -122,7 +123,7 @@ def compare(graphs: Union[Sequence[HeadGraph], Mapping[str, HeadGraph]], model: 
     sizes = circuit_sizes(total, sizes)
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
         raise InvalidOptionError(f"draws={draws!r}; expected a positive number of random circuits per size")
-    k = max(2, round(0.05 * total)) if k is None else k
+    k = max(1, min(total - 1, max(2, round(0.05 * total)))) if k is None else k
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= total:
         raise InvalidOptionError(f"k={k!r}; expected a number of heads in [1, {total}]")
     reference_seed = seed + 1 if reference_seed is None else reference_seed
