@@ -45,7 +45,7 @@ class Settings:
 
 
 FULL = {"induction": Settings(128, 128, 20), "icl_regression": Settings(512, 512, 20),
-        "factual_recall": Settings(8, 16, 5), "capitals": Settings(8, 16, 5)}
+        "factual_recall": Settings(4, 8, 5), "capitals": Settings(4, 8, 5)}
 QUICK = {"induction": Settings(32, 32, 10), "icl_regression": Settings(128, 256, 10),
          "factual_recall": Settings(2, 4, 3), "capitals": Settings(2, 4, 3)}
 DEFAULT = Settings(32, 32, 10)  # a task registered later

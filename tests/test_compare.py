@@ -4,8 +4,10 @@ engines find on the default induction model (and, slow, on SmolLM2)."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -252,10 +254,81 @@ def test_draw_and_rows(induction_comparison, tmp_path):
 def test_smollm2_top_heads_beat_random(bundled_model, task_name):
     """Edge attribution's top heads (EAP, the engine fast enough for a test on SmolLM2) against random circuits
     of the same size; the analysis compares all four engines (docs/compare.md)."""
-    import tasks
+    from tasks import capitals, facts, factual_recall
 
-    task = tasks.get(task_name)
+    # One template each: the known-facts filter runs on fewer prompts (it dominates the time otherwise).
+    task = (factual_recall.FactualRecall(templates=facts.TEMPLATES["capital"][:1]) if task_name == "factual_recall"
+            else capitals.Capitals(templates=capitals.CONTEXT_TEMPLATES[:1]))
     graph = circuits.discover(bundled_model, task, engine="edge_attribution", method="eap", n=4, seed=0)
     result = circuits.compare([graph], bundled_model, task, n=4, sizes=[14], draws=3, k=14)
-    assert result.curves["edge_attribution"].at(14) > max(result.random_draws[1]) + 0.2
-    assert result.curves["edge_attribution"].cpr > result.random.cpr
+    curve = result.curves["edge_attribution"]
+    # On capitals the top heads overshoot (f > 1: the memory heads are ablated), so CMD (|1 - f|) is the measure
+    # that says "closer to the model"; both areas favour the engine on both tasks.
+    assert curve.at(14) > max(result.random_draws[1]) + 0.2
+    assert curve.cmd < result.random.cmd and curve.cpr > result.random.cpr
+
+
+# --- the analysis, the CLI and `make figures` -------------------------------------------------------------------
+def test_cli_compare_writes_one_png_per_task_and_one_table(tmp_path, capsys):
+    from analyses import cli
+
+    engines = ["activation_patching", "cdt"]
+    argv = ["compare", "--task", "icl_regression", "--quick", "--out", str(tmp_path)]
+    assert cli.main(argv + [arg for engine in engines for arg in ("--engine", engine)]) == 0
+    assert (tmp_path / "compare_icl_regression.png").stat().st_size > 10_000
+    lines = (tmp_path / "compare.csv").read_text().splitlines()
+    assert lines[0].startswith("task,model,engine,cpr,cmd") and len(lines) == 1 + len(engines) + 1
+    assert "| icl_regression | random |" in (tmp_path / "compare.md").read_text()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["headline"]) == {f"icl_regression/{e}" for e in [*engines, "random"]}
+    assert cli.main(["compare", "--task", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown task 'nope'" in capsys.readouterr().err
+
+
+def test_every_figure_script_takes_quick_and_out(capsys):
+    import importlib
+
+    from analyses import figures
+
+    for script in figures.SCRIPTS:
+        with pytest.raises(SystemExit) as exit_:
+            importlib.import_module(script).main(["--help"])
+        assert exit_.value.code == 0
+        usage = capsys.readouterr().out
+        assert "--quick" in usage and "--out" in usage, script
+
+
+FAKE_SCRIPT = '''
+import argparse, json, sys
+from pathlib import Path
+parser = argparse.ArgumentParser()
+parser.add_argument("--quick", action="store_true")
+parser.add_argument("--out", type=Path)
+args = parser.parse_args()
+args.out.mkdir(parents=True, exist_ok=True)
+(args.out / "a.png").write_bytes(b"png")
+(args.out / "sub").mkdir(exist_ok=True)
+(args.out / "sub" / "b.png").write_bytes(b"png")
+summary = {"headline": {"quick": args.quick}} if "{name}" == "with_headline" else {"x": 1.5, "nested": {"y": 2, "s": "no"}, "deep": {"a": {"b": 3}}}
+(args.out / "summary.json").write_text(json.dumps(summary))
+sys.exit(3 if "{name}" == "failing" else 0)
+'''
+
+
+def test_manifest_lists_every_figure_with_its_script_config_seconds_and_headline(tmp_path):
+    from analyses import figures
+
+    for name in ("with_headline", "numbers_only", "failing"):
+        (tmp_path / f"{name}.py").write_text(FAKE_SCRIPT.replace("{name}", name))
+    env = {"PYTHONPATH": str(tmp_path)}
+    manifest = figures.build(["with_headline", "numbers_only", "failing"], quick=True, out=tmp_path / "figs", env=env)
+    assert json.loads((tmp_path / "figs" / "manifest.json").read_text()) == manifest
+    by_figure = {Path(f["figure"]).relative_to(tmp_path / "figs").as_posix(): f for f in manifest["figures"]}
+    assert set(by_figure) == {"with_headline/a.png", "with_headline/sub/b.png", "numbers_only/a.png",
+                              "numbers_only/sub/b.png"}
+    assert by_figure["with_headline/a.png"]["headline"] == {"quick": True}
+    assert by_figure["numbers_only/a.png"]["headline"] == {"x": 1.5, "nested/y": 2}
+    entry = by_figure["numbers_only/sub/b.png"]
+    assert entry["script"] == "numbers_only" and entry["config"]["quick"] and "--quick" in entry["config"]["argv"]
+    assert entry["seconds"] > 0
+    assert [s["returncode"] for s in manifest["scripts"]] == [0, 0, 3]
