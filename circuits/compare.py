@@ -32,7 +32,7 @@ from circuits._faithfulness import MeanAblation, circuit_sizes, cmd, cpr, masks
 from circuits._ranking import jaccard, ranked_heads, score_agreement, spearman, top_heads
 from circuits.engines.base import prompts, session
 from circuits.errors import InvalidOptionError, MismatchedGraphsError, UnknownNameError
-from circuits.graph import HeadGraph
+from circuits.graph import Head, HeadGraph
 
 __all__ = ["Comparison", "Curve", "compare", "jaccard", "ranked_heads", "spearman", "top_heads"]
 
@@ -135,16 +135,18 @@ def compare(graphs: Union[Sequence[Any], Mapping[str, Any]], model: Any, task: A
     overlap = {(a, b): jaccard(top_heads(labelled[a], k), top_heads(labelled[b], k)) for a, b in pairs}
 
     generator = torch.Generator().manual_seed(seed)
-    every = ranked[names[0]]
+    every = [Head(layer, head).name for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
     with session(model):
         batch, reference = prompts(model, task, n, seed), prompts(model, task, n, reference_seed)
         ablation = MeanAblation.prepare(model, task, batch, reference, memory_mb=memory_mb)
         empty = float(ablation.metrics(masks([[]], cfg.n_layers, cfg.n_heads))[0])
         engine_values, random_values = [], []
         for size in sizes:
-            chosen = random_circuits(every, size, draws, generator)
-            circuits = [ranked[name][:size] for name in names] + chosen
-            values = ablation.faithfulness(masks(circuits, cfg.n_layers, cfg.n_heads), empty).tolist()
+            stacked = [ranked[name][:size] for name in names] + random_circuits(every, size, draws, generator)
+            if size == 0:  # every circuit is the empty one: m_C = m_∅ by definition
+                values = [0.0] * len(stacked)
+            else:
+                values = ablation.faithfulness(masks(stacked, cfg.n_layers, cfg.n_heads), empty).tolist()
             engine_values.append(values[: len(names)])
             random_values.append(values[len(names):])
     fraction = [size / total for size in sizes]
