@@ -42,6 +42,7 @@ def draw_comparison(result: "Comparison", path: Optional[Union[str, Path]] = Non
     smallest = min(f for f in fraction if f > 0)
     if smallest < 0.02:  # MIB's fractions of a large model: 0.1% .. 100%
         ax_curve.set_xscale("symlog", linthresh=smallest)
+    ax_curve.set_xlim(0, 1.02)
     ax_curve.set_xlabel("fraction of heads kept (top by |score|; the rest mean-ablated)")
     ax_curve.set_ylabel("faithfulness (m_C − m_∅) / (m_full − m_∅)")
     ax_curve.legend(fontsize=7)
