@@ -48,7 +48,7 @@ def run_script(script: str, quick: bool, out: Path, env: Optional[dict[str, str]
     print(f"== {' '.join(argv[1:])}", flush=True)
     start = time.perf_counter()
     returncode = subprocess.call(argv, env=env)
-    seconds = round(time.perf_counter() - start, 1)
+    seconds = round(time.perf_counter() - start, 2)
     summary_path = folder / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() and returncode == 0 else {}
     return {"script": script, "config": {"quick": quick, "argv": argv[1:]}, "seconds": seconds,
