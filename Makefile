@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: demo test test-fast bench mutation docs clean
+.PHONY: demo test test-fast bench figures mutation docs clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,6 +26,9 @@ test-fast: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks.patching
+
+figures: $(VENV)/.installed  # every paper figure from analyses/ into figures/ with figures/manifest.json; QUICK=1: quick configurations
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m analyses.figures $(if $(QUICK),--quick) --out figures
 
 mutation: $(VENV)/.installed  # mutation testing of the patching core (~1 hour on 2 cores; not part of make test)
 	$(PIP) install -q -e '.[mutation]'

@@ -1,4 +1,4 @@
-"""The `circuits` console command: discover circuits, list tasks and engines."""
+"""The `circuits` console command: discover circuits, compare engines, list tasks and engines."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Optional
 
 import circuits
 import tasks
+from analyses import compare as analyses_compare
 from circuits.errors import CircuitsError, InvalidOptionError
 
 
@@ -40,6 +41,11 @@ def _discover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    analyses_compare.run(args.task, quick=args.quick, out=args.out, engine_names=args.engine)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="circuits", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -53,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     discover.add_argument("--top", type=int, default=10, help="rows of the printed table")
     discover.add_argument("--direction", choices=["denoising", "noising"], default=None)
     discover.set_defaults(run=_discover)
+    compare = commands.add_parser("compare", help="every engine side by side: rank agreement, faithfulness curves")
+    analyses_compare.add_arguments(compare)
+    compare.set_defaults(run=_compare)
     commands.add_parser("tasks", help="list tasks").set_defaults(run=lambda a: print("\n".join(tasks.names())) or 0)
     commands.add_parser("engines", help="list engines").set_defaults(
         run=lambda a: print("\n".join(circuits.engines.names())) or 0)

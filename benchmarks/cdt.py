@@ -23,9 +23,9 @@ from typing import Any, Optional
 
 import torch
 
-from benchmarks._agreement import spearman
 import circuits
 from circuits import LOGITS, models
+from circuits.compare import spearman
 from circuits.engines import CDT, PathPatching
 from circuits.graph import HeadGraph
 

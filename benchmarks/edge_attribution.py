@@ -24,8 +24,8 @@ from typing import Any, Optional
 
 import torch
 
-from benchmarks._agreement import spearman
 from circuits import models
+from circuits.compare import spearman
 from circuits.engines import EdgeAttribution, PathPatching
 from circuits.engines.path_patching import top_receivers
 from circuits.graph import LOGITS, HeadGraph

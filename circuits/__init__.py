@@ -12,8 +12,9 @@ from circuits import engines, errors, forward, hooks, metrics, models, training
 from circuits._discovery import discover
 from circuits._registry import Registry
 from circuits._task import PromptBatch, Task
+from circuits.compare import compare
 from circuits.engines.base import Engine
 from circuits.graph import EMBED, LOGITS, Head, HeadGraph
 
-__all__ = ["EMBED", "LOGITS", "Engine", "Head", "HeadGraph", "PromptBatch", "Registry", "Task", "discover", "engines", "errors",
+__all__ = ["EMBED", "LOGITS", "Engine", "Head", "HeadGraph", "PromptBatch", "Registry", "Task", "compare", "discover", "engines", "errors",
            "forward", "hooks", "metrics", "models", "training"]

@@ -30,6 +30,10 @@ class InvalidOptionError(CircuitsError, ValueError):
     """An engine or task option outside its allowed values."""
 
 
+class MismatchedGraphsError(CircuitsError, ValueError):
+    """Graphs compared together that belong to another task or model than the one given."""
+
+
 class MetricError(CircuitsError, ValueError):
     """A task metric that returned NaN/inf or the wrong shape."""
 

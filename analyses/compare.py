@@ -1,0 +1,173 @@
+"""Every engine on each task, side by side: rank agreement and MIB faithfulness curves (`circuits.compare`).
+
+    python -m analyses.compare [--task T ...] [--quick] [--out DIR]     (also: circuits compare --task T)
+
+For each task (default: every registered task) it runs every registered engine on the task's default model, then
+compares their HeadGraphs: Spearman of |head scores| and top-k Jaccard per engine pair, and faithfulness curves
+(top heads by |score| kept, the rest mean-ablated at hook_z over reference prompts; CPR = area under the curve,
+CMD = area between it and 1) against random circuits of each size. Writes into DIR:
+
+- compare_<task>.png: the curves beside the Spearman and Jaccard matrices; compare_<task>.json: every number;
+- compare.md and compare.csv: one table of CPR/CMD for all tasks x engines (and the random baseline), then
+  each task's detailed table; summary.json: the headline numbers (for `make figures`' manifest).
+
+Engines run with their defaults, except path patching only to the logits and CD-T with no head -> head edges:
+their head scores are the same (what reaches the logits), the edges they skip are not compared here.
+Faithfulness is measured on prompts held out from the engines' (seed 1, reference means seed 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+import circuits
+import tasks
+from circuits.compare import Comparison
+from circuits.errors import InvalidOptionError
+
+ENGINE_OPTIONS = {"path_patching": {"receivers": "logits", "per_input": False}, "cdt": {"receivers": 0}}
+BUNDLED = ("factual_recall", "capitals")  # tasks on SmolLM2: loaded once, smaller settings
+
+
+@dataclass(frozen=True)
+class Settings:
+    n: int  # prompts the engines score heads on (seed 0)
+    n_eval: int  # prompts faithfulness is measured on (seed 1) and the reference means (seed 2)
+    draws: int  # random circuits per size
+
+
+FULL = {"induction": Settings(128, 128, 20), "icl_regression": Settings(512, 512, 20),
+        "factual_recall": Settings(4, 8, 5), "capitals": Settings(4, 8, 5)}
+QUICK = {"induction": Settings(32, 32, 10), "icl_regression": Settings(128, 256, 10),
+         "factual_recall": Settings(2, 4, 3), "capitals": Settings(2, 4, 3)}
+DEFAULT = Settings(32, 32, 10)  # a task registered later
+
+
+def task_for(name: str, quick: bool) -> Any:
+    """The registered task; under --quick its small variant where it has one (e.g. regular_languages: a model
+    trained in seconds instead of 36 minutes)."""
+    task = tasks.get(name)
+    return task.quick() if quick and hasattr(task, "quick") else task
+
+
+def compare_task(task: Any, model: Any, settings: Settings, engine_names: Sequence[str]) -> dict[str, Any]:
+    graphs, seconds = {}, {}
+    for engine in engine_names:
+        start = time.perf_counter()
+        graphs[engine] = circuits.discover(model, task, engine=engine, n=settings.n, seed=0,
+                                           **ENGINE_OPTIONS.get(engine, {}))
+        seconds[engine] = round(time.perf_counter() - start, 2)
+        print(f"  {engine}: {seconds[engine]} s; top {graphs[engine].top(3, by_magnitude=True)}", flush=True)
+    start = time.perf_counter()
+    result = circuits.compare(graphs, model, task, n=settings.n_eval, seed=1, draws=settings.draws)
+    seconds["compare"] = round(time.perf_counter() - start, 2)
+    return {"result": result, "seconds": seconds, "settings": settings}
+
+
+def record(result: Comparison, seconds: dict[str, float],
+           settings: Settings) -> dict[str, Any]:
+    """Everything about one task's comparison, JSON-ready."""
+    return {"task": result.task, "model": result.model, "settings": vars(settings) | result.settings,
+            "seconds": seconds, "k": result.k, "metric_full": result.metric_full, "metric_empty": result.metric_empty,
+            "rows": result.rows(), "top": result.top,
+            "spearman": {f"{a} · {b}": rho for (a, b), rho in result.spearman.items()},
+            "jaccard": {f"{a} · {b}": value for (a, b), value in result.jaccard.items()},
+            "curves": {name: {"sizes": c.sizes, "faithfulness": c.faithfulness} for name, c in result.curves.items()},
+            "random": {"sizes": result.random.sizes, "faithfulness": result.random.faithfulness,
+                       "draws": result.random_draws}}
+
+
+def overall_table(records: list[dict[str, Any]]) -> str:
+    lines = ["| task | engine | CPR ↑ | CMD ↓ | top-k faithfulness | k |", "|---|---|---|---|---|---|"]
+    for rec in records:
+        k = rec["k"]
+        for row in rec["rows"]:
+            lines.append(f"| {rec['task']} | {row['engine']} | {row['cpr']:.3f} | {row['cmd']:.3f} | "
+                         f"{row[f'faithfulness_top{k}']:.3f} | {k} |")
+    return "\n".join(lines)
+
+
+def write_tables(records: list[dict[str, Any]], details: list[str], out: Path) -> None:
+    (out / "compare.md").write_text("# Engines compared: CPR and CMD per task\n\n" + overall_table(records)
+                                    + "\n\n" + "\n\n".join(details) + "\n")
+    with (out / "compare.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["task", "model", "engine", "cpr", "cmd", "k", "faithfulness_top_k", "top_k_heads"])
+        for rec in records:
+            for row in rec["rows"]:
+                top_k = row[f"faithfulness_top{rec['k']}"]
+                writer.writerow([rec["task"], rec["model"], row["engine"], f"{row['cpr']:.4f}", f"{row['cmd']:.4f}",
+                                 rec["k"], f"{top_k:.4f}", row["top_heads"]])
+
+
+def run(task_names: Optional[Sequence[str]] = None, quick: bool = False, out: Path = Path("out/compare"),
+        engine_names: Optional[Sequence[str]] = None, models: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Compare `engine_names` (default: all) on `task_names` (default: all); `models` maps a task name to a model
+    already loaded (else the task's default model; SmolLM2 is loaded once for its tasks)."""
+    start = time.perf_counter()
+    task_names = list(task_names or tasks.names())
+    for name in task_names:
+        tasks.get(name)  # an unknown task fails here, before any model loads
+    engine_names = list(engine_names or circuits.engines.names())
+    for name in engine_names:
+        circuits.engines.get(name)
+    if out.exists() and not out.is_dir():  # say so before the run, not after it
+        raise InvalidOptionError(f"--out {str(out)!r} is a file; expected a folder (made if missing)")
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = dict(models or {})
+    records, details = [], []
+    for name in task_names:
+        task = task_for(name, quick)
+        settings = (QUICK if quick else FULL).get(name, DEFAULT)
+        key = "bundled" if name in BUNDLED and name not in loaded else name
+        if key not in loaded:
+            print(f"loading the default model of {name!r}...", flush=True)
+            loaded[key] = task.default_model()
+        print(f"{name}: {len(engine_names)} engines on {settings.n} prompts, faithfulness on {settings.n_eval}",
+              flush=True)
+        done = compare_task(task, loaded[key], settings, engine_names)
+        result = done["result"]
+        result.draw(out / f"compare_{name}.png")
+        rec = record(result, done["seconds"], settings)
+        (out / f"compare_{name}.json").write_text(json.dumps(rec, indent=1))
+        records.append(rec)
+        details.append(result.table())
+        print(result.table(), flush=True)
+    write_tables(records, details, out)
+    summary = {"quick": quick, "tasks": task_names, "engines": engine_names,
+               "headline": {f"{rec['task']}/{row['engine']}": {"cpr": round(row["cpr"], 4), "cmd": round(row["cmd"], 4)}
+                            for rec in records for row in rec["rows"]},
+               "spearman": {rec["task"]: rec["spearman"] for rec in records},
+               "seconds": round(time.perf_counter() - start, 1)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"wrote {out}/compare_*.png, compare.md, compare.csv, summary.json in {summary['seconds']} s")
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", action="append", default=None,
+                        help=f"a task to compare on (repeatable; default: all of {', '.join(tasks.names())})")
+    parser.add_argument("--engine", action="append", default=None,
+                        help=f"an engine to compare (repeatable; default: all of {', '.join(circuits.engines.names())})")
+    parser.add_argument("--quick", action="store_true", help="fewer prompts and random draws (SmolLM2: 2 prompts)")
+    parser.add_argument("--out", type=Path, default=Path("out/compare"), help="output folder")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    return run(args.task, quick=args.quick, out=args.out, engine_names=args.engine)
+
+
+if __name__ == "__main__":
+    main()

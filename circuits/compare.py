@@ -1,0 +1,201 @@
+"""`compare`: several engines' HeadGraphs for one task and model, side by side.
+
+    graphs = [circuits.discover(model, task, engine=name) for name in circuits.engines.names()]
+    result = circuits.compare(graphs, model, task)
+    result.spearman        # {("activation_patching", "cdt"): 0.93, ...}  rank agreement of |head scores|
+    result.jaccard         # {(a, b): overlap of the top-k heads}
+    result.curves          # {engine: Curve}: faithfulness of the top heads under mean ablation, CPR and CMD
+    result.random          # the same for random circuits of each size (mean over draws)
+    print(result.table()); result.draw("compare.png")
+
+Heads are ranked by |score| (a head that hurts the behaviour matters as much as one that helps); heads an engine
+did not score rank last. Faithfulness curves follow the MIB benchmark (Mueller et al. 2025) at the level of heads:
+keep the top fraction x of heads, mean-ablate the rest over a reference batch (`circuits._faithfulness`),
+faithfulness = (m_C − m_∅) / (m_full − m_∅); CPR is the area under the curve (higher is better), CMD the area
+between the curve and 1 (lower is better), both by the trapezoid rule over the fraction kept.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from circuits import engines
+from circuits._faithfulness import MeanAblation, circuit_sizes, cmd, cpr, masks
+from circuits._ranking import jaccard, ranked_heads, score_agreement, spearman, top_heads
+from circuits.engines.base import prompts, session
+from circuits.errors import InvalidOptionError, MismatchedGraphsError, UnknownNameError
+from circuits.graph import Head, HeadGraph
+
+__all__ = ["Comparison", "Curve", "compare", "jaccard", "ranked_heads", "spearman", "top_heads"]
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Faithfulness against the number (and fraction) of heads kept, with its MIB areas."""
+
+    sizes: list[int]
+    fraction: list[float]
+    faithfulness: list[float]
+
+    @property
+    def cpr(self) -> float:
+        return cpr(self.fraction, self.faithfulness)
+
+    @property
+    def cmd(self) -> float:
+        return cmd(self.fraction, self.faithfulness)
+
+    def at(self, size: int) -> float:
+        return self.faithfulness[self.sizes.index(size)]
+
+
+@dataclass
+class Comparison:
+    task: str
+    model: str
+    engines: list[str]
+    k: int  # the top-k of `jaccard`
+    top: dict[str, list[str]]  # engine -> its heads, best first
+    spearman: dict[tuple[str, str], float]
+    jaccard: dict[tuple[str, str], float]
+    curves: dict[str, Curve]
+    random: Curve  # mean over the random circuits of each size
+    random_draws: list[list[float]]  # [size][draw] (every circuit of a size when there are at most `draws`)
+    metric_full: float
+    metric_empty: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per engine and one for the random baseline: CPR, CMD, the top heads, and faithfulness at k."""
+        out = []
+        for name in [*self.engines, "random"]:
+            curve = self.random if name == "random" else self.curves[name]
+            out.append({"task": self.task, "engine": name, "cpr": curve.cpr, "cmd": curve.cmd,
+                        f"faithfulness_top{self.k}": curve.at(self.k) if self.k in curve.sizes else float("nan"),
+                        "top_heads": "" if name == "random" else " ".join(self.top[name][: self.k])})
+        return out
+
+    def table(self) -> str:
+        """Markdown: per engine CPR, CMD and its top-k heads; then Spearman and top-k Jaccard per engine pair."""
+        lines = [f"**{self.task}** on {self.model}: metric full {self.metric_full:.3f}, all heads mean-ablated "
+                 f"{self.metric_empty:.3f}", "",
+                 f"| engine | CPR ↑ | CMD ↓ | faithfulness of top {self.k} | top {self.k} heads (by abs. score) |",
+                 "|---|---|---|---|---|"]
+        for row in self.rows():
+            lines.append(f"| {row['engine']} | {row['cpr']:.3f} | {row['cmd']:.3f} | "
+                         f"{row[f'faithfulness_top{self.k}']:.3f} | {row['top_heads']} |")
+        if self.spearman:
+            lines += ["", f"| engine pair | Spearman of abs. scores | Jaccard of top {self.k} |", "|---|---|---|"]
+            lines += [f"| {a} · {b} | {rho:.3f} | {self.jaccard[a, b]:.3f} |" for (a, b), rho in self.spearman.items()]
+        return "\n".join(lines)
+
+    def draw(self, path: Optional[Union[str, Path]] = None) -> Any:
+        """Faithfulness curves (random draws as a band) beside the Spearman and Jaccard matrices."""
+        from circuits._compare_drawing import draw_comparison
+
+        return draw_comparison(self, path)
+
+
+def compare(graphs: Union[Sequence[Any], Mapping[str, Any]], model: Any, task: Any, *, n: int = 32,
+            seed: int = 1, reference_seed: Optional[int] = None, sizes: Optional[Sequence[int]] = None,
+            draws: int = 5, k: Optional[int] = None, memory_mb: float = 256.0) -> Comparison:
+    """Compare engines' HeadGraphs of `task` on `model`.
+
+    graphs: HeadGraphs from registered engines (labelled by ``meta["engine"]``), or a mapping label -> graph.
+    n, seed: the clean prompts faithfulness is measured on (default seed 1: held out from engines' default 0).
+    reference_seed: the prompts whose mean ``hook_z`` replaces ablated heads (default ``seed + 1``, also `n`).
+    sizes: circuit sizes in heads (0 and all heads are always added; default: see `circuit_sizes`).
+    draws: random circuits per size, the baseline (all of them where a size has no more than `draws`).
+    k: the top-k of the Jaccard overlap (default: 5% of the heads, at least 2, fewer than all).
+    Bad input raises a typed error before any forward pass.
+    """
+    labelled = _labelled(graphs, model, task)
+    cfg = model.cfg
+    total = cfg.n_layers * cfg.n_heads
+    sizes = circuit_sizes(total, sizes)
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise InvalidOptionError(f"draws={draws!r}; expected a positive number of random circuits per size")
+    k = max(1, min(total - 1, max(2, round(0.05 * total)))) if k is None else k
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= total:
+        raise InvalidOptionError(f"k={k!r}; expected a number of heads in [1, {total}]")
+    reference_seed = seed + 1 if reference_seed is None else reference_seed
+
+    names = list(labelled)
+    ranked = {name: ranked_heads(graph) for name, graph in labelled.items()}
+    pairs = list(itertools.combinations(names, 2))
+    rho = {(a, b): score_agreement(labelled[a], labelled[b]) for a, b in pairs}
+    overlap = {(a, b): jaccard(top_heads(labelled[a], k), top_heads(labelled[b], k)) for a, b in pairs}
+
+    generator = torch.Generator().manual_seed(seed)
+    every = [Head(layer, head).name for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
+    with session(model):
+        batch, reference = prompts(model, task, n, seed), prompts(model, task, n, reference_seed)
+        ablation = MeanAblation.prepare(model, task, batch, reference, memory_mb=memory_mb)
+        empty = float(ablation.metrics(masks([[]], cfg.n_layers, cfg.n_heads))[0])
+        engine_values, random_values = [], []
+        for size in sizes:
+            stacked = [ranked[name][:size] for name in names] + random_circuits(every, size, draws, generator)
+            if size == 0:  # every circuit is the empty one: m_C = m_∅ by definition
+                values = [0.0] * len(stacked)
+            else:
+                values = ablation.faithfulness(masks(stacked, cfg.n_layers, cfg.n_heads), empty).tolist()
+            engine_values.append(values[: len(names)])
+            random_values.append(values[len(names):])
+    fraction = [size / total for size in sizes]
+    curves = {name: Curve(sizes, fraction, [row[i] for row in engine_values]) for i, name in enumerate(names)}
+    random = Curve(sizes, fraction, [float(np.mean(row)) for row in random_values])
+    return Comparison(task=task.name, model=_model_name(model), engines=names, k=k, top=ranked, spearman=rho,
+                      jaccard=overlap, curves=curves, random=random, random_draws=random_values,
+                      metric_full=ablation.full, metric_empty=empty,
+                      settings=dict(n=n, seed=seed, reference_seed=reference_seed, draws=draws, sizes=sizes,
+                                    ranking="absolute score, unscored heads last", ablation="mean of hook_z"))
+
+
+def random_circuits(heads: list[str], size: int, draws: int, generator: torch.Generator) -> list[list[str]]:
+    """`draws` uniformly random circuits of `size` heads; every circuit of that size instead when there are
+    no more than `draws` of them (then their mean is the exact expectation, not an estimate)."""
+    if math.comb(len(heads), size) <= draws:
+        return [list(c) for c in itertools.combinations(heads, size)]
+    return [[heads[i] for i in torch.randperm(len(heads), generator=generator)[:size].tolist()] for _ in range(draws)]
+
+
+def _model_name(model: Any) -> str:
+    return getattr(model.cfg, "model_name", None) or type(model).__name__
+
+
+def _labelled(graphs: Any, model: Any, task: Any) -> dict[str, HeadGraph]:
+    """Graphs by label, checked: at least one, all HeadGraphs of this task, shaped like this model, from
+    registered engines."""
+    items = list(graphs.items()) if isinstance(graphs, Mapping) else [(None, g) for g in graphs]
+    if not items:
+        raise InvalidOptionError(f"graphs={graphs!r}; expected at least one HeadGraph to compare")
+    cfg, model_name = model.cfg, _model_name(model)
+    labelled: dict[str, HeadGraph] = {}
+    for index, (label, graph) in enumerate(items):
+        if not isinstance(graph, HeadGraph):
+            raise InvalidOptionError(f"graphs[{index}] is a {type(graph).__name__}; expected a HeadGraph")
+        meta = graph.meta
+        engine = meta.get("engine")
+        if engine not in engines.names():
+            raise UnknownNameError("engine", engine, engines.names())
+        if meta.get("task") != task.name:
+            raise MismatchedGraphsError(f"graphs[{index}] ({engine}) is of task {meta.get('task')!r}; "
+                                        f"expected {task.name!r}, the task compared")
+        shape = (graph.n_layers, graph.n_heads)
+        if shape != (cfg.n_layers, cfg.n_heads) or meta.get("model", model_name) != model_name:
+            raise MismatchedGraphsError(
+                f"graphs[{index}] ({engine}) is of model {meta.get('model')!r} with {shape[0]} layers x {shape[1]} "
+                f"heads; expected {model_name!r} with {cfg.n_layers} x {cfg.n_heads}, the model compared")
+        label = label or engine
+        if label in labelled:
+            label = f"{label}#{index}"
+        labelled[label] = graph
+    return labelled
