@@ -44,19 +44,24 @@ class Objective:
 
     sample: Sampler
     loss: Callable[[Tensor, Tensor], Tensor]
+    held_out_sample: Optional[Callable[[int, int], tuple[Tensor, Tensor]]] = None  # the task's test set, if any
 
     @classmethod
     def of(cls, task: Any, model: Any, batch_size: Optional[int] = None) -> "Objective":
         loss = getattr(task, "training_loss", None) or getattr(task, "loss", None) or next_token_loss
         sample = getattr(task, "training_sample", None)
+        test = getattr(task, "held_out_sample", None)
         if sample is not None and batch_size is None:
-            return cls(sample, loss)
+            return cls(sample, loss, test)
         if sample is not None:
-            return cls(_resized(task, batch_size), loss)
+            return cls(_resized(task, batch_size), loss, test)
         return cls(_from_prompts(task, model, batch_size or 32), next_token_loss)
 
     def held_out(self, n: int, seed: int) -> tuple[Tensor, Tensor]:
-        """At least `n` rows from a generator no training batch uses, cut to `n`."""
+        """The task's ``held_out_sample(n, seed)`` if it has one (e.g. held-out label pairs), else at least `n`
+        rows from a generator no training batch uses, cut to `n`."""
+        if self.held_out_sample is not None:
+            return self.held_out_sample(n, seed + HELD_OUT_OFFSET)
         generator = torch.Generator().manual_seed(seed + HELD_OUT_OFFSET)
         parts = [self.sample(generator)]
         while sum(p[0].shape[0] for p in parts) < n:

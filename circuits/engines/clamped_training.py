@@ -85,8 +85,7 @@ class ClampedTraining:
             clamp_lib.check_all([clamp_lib.Ablate(h, self.mode) for h in heads], initial.cfg, held_out[0])
             if reference is not initial:
                 _check_parity(reference, initial, batch)
-            settings = Settings(steps=self.steps, lr=self.lr or getattr(task, "lr", 1e-3),
-                                eval_every=self.eval_every, seed=seed)
+            settings = training_settings(task, self.steps, self.eval_every, seed, self.lr)
             jobs = {"": ()} | {h: (clamp_lib.Ablate(h, self.mode),) for h in heads}
             runs = self._train(initial, objective, settings, held_out, jobs)
             baseline = runs.pop("")
@@ -144,6 +143,13 @@ class ClampedTraining:
         finally:
             bar.close()
         return dict(zip(jobs, results))
+
+
+def training_settings(task: Any, steps: int, eval_every: int, seed: int, lr: Optional[float] = None) -> Settings:
+    """The task's own optimiser settings where it names them (``lr``, ``weight_decay``, ``grad_clip``), else
+    those of `circuits.training.train`."""
+    return Settings(steps=steps, lr=lr or getattr(task, "lr", 1e-3), weight_decay=getattr(task, "weight_decay", 0.01),
+                    grad_clip=getattr(task, "grad_clip", 1.0), eval_every=eval_every, seed=seed)
 
 
 def _train_job(args: tuple) -> Run:
