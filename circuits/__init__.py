@@ -8,12 +8,12 @@
 The public API is what this module exports; modules whose names start with an underscore are internal.
 """
 
-from circuits import clamps, engines, errors, forward, hooks, metrics, models, training
+from circuits import clamped_runs, clamps, engines, errors, forward, hooks, metrics, models, training
 from circuits._discovery import discover
 from circuits._registry import Registry
 from circuits._task import PromptBatch, Task
 from circuits.engines.base import Engine
 from circuits.graph import EMBED, LOGITS, Head, HeadGraph
 
-__all__ = ["EMBED", "LOGITS", "Engine", "Head", "HeadGraph", "PromptBatch", "Registry", "Task", "clamps", "discover", "engines", "errors",
+__all__ = ["EMBED", "LOGITS", "Engine", "Head", "HeadGraph", "PromptBatch", "Registry", "Task", "clamped_runs", "clamps", "discover", "engines", "errors",
            "forward", "hooks", "metrics", "models", "training"]

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from circuits import clamps as clamp_lib
 from circuits import forward, models
-from circuits._clamped_runs import Objective, Run, Settings, train_clamped
+from circuits.clamped_runs import Objective, Run, Settings, train_clamped
 from circuits.engines import base
 from circuits.errors import IncompatibleModelError, InvalidOptionError, UndefinedScoreError
 from circuits.graph import Head, HeadGraph, all_heads
