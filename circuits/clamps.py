@@ -258,7 +258,7 @@ class Layer0:
 
 
 # --- installing -----------------------------------------------------------------------------------------
-def check_all(clamps: Sequence[Clamp], cfg: Any, inputs: Tensor) -> None:
+def check_all(clamps: Sequence[Any], cfg: Any, inputs: Tensor) -> None:
     """Every clamp checked against the config and a batch of inputs (typed errors, before any training)."""
     for clamp in clamps:
         if not isinstance(clamp, Clamp):

@@ -98,7 +98,11 @@ class ClampedTraining:
                 self, reference, task, n=n, seed=seed, score=self.score_meaning, initial_loss=baseline.loss[0],
                 final_loss=baseline.final_loss, plateau=2 * threshold, threshold=threshold,
                 crossing_step=baseline.crossing(threshold), steps=baseline.steps, curve=baseline.loss))
-            for head, run in runs.items():
+            for head in all_heads(_Config(initial.cfg)):
+                run = runs.get(str(head))
+                if run is None:
+                    graph.add_head(head)  # not ablated: unmeasured, no score
+                    continue
                 graph.add_head(head, (run.final_loss - baseline.final_loss) / scale,
                                **_summary(run, baseline, threshold))
             top = sorted(runs, key=lambda h: -abs(graph.nx.nodes[h]["score"]))[: self.top_k]
