@@ -17,7 +17,7 @@ the plateau loss (the task's ``plateau_loss``, log 2 for few-shot; else the uncl
   layer-1 head kept, the others ablated after training).
 
 ``--quick`` runs the token-induction setting only, on a smaller config (sequences of 32 with 10-16 token
-segments, batch 32, 400 steps, 2 seeds) in about a minute; the full run adds the few-shot setting.
+segments, batch 32, 360 steps, 2 seeds) in about a minute; the full run adds the few-shot setting.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def induction_setting(quick: bool) -> Setting:
     if not quick:
         named |= {"match L1H0": (clamps.Match("L1H0"),), "copy L1H0": (clamps.Copy("L1H0"),)}
     return Setting("induction", task, lambda seed: dataclasses.replace(base, seed=seed),
-                   steps=400 if quick else 600, eval_every=20 if quick else 10, held_out=256, clamps=named,
+                   steps=360 if quick else 600, eval_every=20 if quick else 10, held_out=192 if quick else 256, clamps=named,
                    ablate_layer0=True)
 
 
