@@ -16,7 +16,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/circuits discover --task induction --engine activation_patching --out out/demo
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests --nbmake notebooks
+	CIRCUITS_QUICK=1 $(PY) -m pytest -q tests --nbmake notebooks  # notebooks shrink their runs
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow"
