@@ -67,7 +67,8 @@ def induction_setting(quick: bool) -> Setting:
     if not quick:
         named |= {"match L1H0": (clamps.Match("L1H0"),), "copy L1H0": (clamps.Copy("L1H0"),)}
     return Setting("induction", task, lambda seed: dataclasses.replace(base, seed=seed),
-                   steps=360 if quick else 600, eval_every=20 if quick else 10, held_out=192 if quick else 256, clamps=named,
+                   steps=360 if quick else 600, eval_every=20 if quick else 10, held_out=192 if quick else 256,
+                   clamps=named,
                    ablate_layer0=True)
 
 

@@ -34,7 +34,8 @@ from tasks.few_shot import model_config as few_shot_model
 from tasks.induction import Induction
 
 
-def step_timer(model: Any, context: Callable[[], Any], inputs: torch.Tensor, targets: torch.Tensor) -> Callable[[int], float]:
+def step_timer(model: Any, context: Callable[[], Any], inputs: torch.Tensor,
+               targets: torch.Tensor) -> Callable[[int], float]:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
 
     def run(steps: int) -> float:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Protocol, Union, runtime_checkable
 
 import torch
@@ -97,20 +97,22 @@ class PatternClamp:
         head_of(cfg, self.head, type(self).__name__)
         check_inputs(cfg, inputs, type(self).__name__)
 
-    def apply(self, pattern: Pattern, state: ClampState) -> Pattern:
-        h = Head.parse(self.head).head
+    def apply(self, pattern: Pattern, state: ClampState, h: int) -> Pattern:
+        """`pattern` with head `h`'s rows replaced where ``keep`` (a new tensor: autograd sees the fixed rows as
+        constants and the other heads and rows unchanged)."""
         fixed, keep = self.rows(state, pattern.shape[-1], pattern.device)
         clamped = torch.where(keep[..., None], fixed.to(pattern.dtype), pattern[:, h])
         return torch.cat([pattern[:, :h], clamped[:, None], pattern[:, h + 1:]], dim=1)
 
     def install(self, module: Any, state: ClampState) -> list[RemovableHandle]:
-        attention = _attention(module, Head.parse(self.head).layer)
+        head = Head.parse(self.head)
+        attention = _attention(module, head.layer)
 
         def inject(_module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
             earlier = kwargs.get("pattern_fn")  # another clamp on this layer, or the bridge's hook_pattern
 
             def pattern_fn(pattern: Tensor) -> Tensor:
-                clamped = self.apply(pattern, state)
+                clamped = self.apply(pattern, state, head.head)
                 return earlier(clamped) if earlier is not None else clamped
 
             return args, {**kwargs, "pattern_fn": pattern_fn}

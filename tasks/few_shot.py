@@ -178,12 +178,15 @@ class FewShot:
         return (query_row[rows, :, right] - query_row[rows, :, 4 - right]).mean(0)
 
     def train(self, module: Any, progress: bool = True) -> list[dict[str, Any]]:
-        loss = lambda out, targets: F.cross_entropy(out.flatten(0, 1), targets.flatten(), ignore_index=-100)  # noqa: E731
+        def loss(out: Tensor, targets: Tensor) -> Tensor:
+            return F.cross_entropy(out.flatten(0, 1), targets.flatten(), ignore_index=-100)
+
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
             return training.train(module, self.training_sample, loss, steps=self.train_steps, lr=self.lr,
-                                  weight_decay=self.weight_decay, grad_clip=self.grad_clip, seed=self.seed, eval_every=500,
+                                  weight_decay=self.weight_decay, grad_clip=self.grad_clip, seed=self.seed,
+                                  eval_every=500,
                                   evaluate=lambda m: {"accuracy": self.accuracy(m, n=512)}, progress=progress,
                                   description="training few_shot model")
         finally:
