@@ -116,7 +116,7 @@ def run(task_names: Optional[Sequence[str]] = None, quick: bool = False, out: Pa
     task_names = list(task_names or tasks.names())
     for name in task_names:
         tasks.get(name)  # an unknown task fails here, before any model loads
-    engine_names = list(engine_names or circuits.engines.names())
+    engine_names = list(engine_names or circuits.engines.for_trained_models())
     for name in engine_names:
         circuits.engines.get(name)
     if out.exists() and not out.is_dir():  # say so before the run, not after it
@@ -156,7 +156,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", action="append", default=None,
                         help=f"a task to compare on (repeatable; default: all of {', '.join(tasks.names())})")
     parser.add_argument("--engine", action="append", default=None,
-                        help=f"an engine to compare (repeatable; default: all of {', '.join(circuits.engines.names())})")
+                        help=f"an engine to compare (repeatable; default: all of {', '.join(circuits.engines.for_trained_models())})")
     parser.add_argument("--quick", action="store_true", help="fewer prompts and random draws (SmolLM2: 2 prompts)")
     parser.add_argument("--out", type=Path, default=Path("out/compare"), help="output folder")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 SCRIPTS = ["analyses.induction_paths", "analyses.icl_regression", "analyses.capitals", "analyses.factual_recall",
-           "analyses.regular_languages", "analyses.compare"]
+           "analyses.regular_languages", "analyses.induction_formation", "analyses.compare"]
 
 
 def headline(summary: dict[str, Any]) -> dict[str, Any]:

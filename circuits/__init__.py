@@ -8,7 +8,7 @@
 The public API is what this module exports; modules whose names start with an underscore are internal.
 """
 
-from circuits import engines, errors, forward, hooks, metrics, models, training
+from circuits import clamped_runs, clamps, engines, errors, forward, hooks, metrics, models, training
 from circuits._discovery import discover
 from circuits._registry import Registry
 from circuits._task import PromptBatch, Task
@@ -16,5 +16,6 @@ from circuits.compare import compare
 from circuits.engines.base import Engine
 from circuits.graph import EMBED, LOGITS, Head, HeadGraph
 
-__all__ = ["EMBED", "LOGITS", "Engine", "Head", "HeadGraph", "PromptBatch", "Registry", "Task", "compare", "discover", "engines", "errors",
+__all__ = ["EMBED", "LOGITS", "Engine", "Head", "HeadGraph", "PromptBatch", "Registry", "Task", "clamped_runs", "clamps",
+           "compare", "discover", "engines", "errors",
            "forward", "hooks", "metrics", "models", "training"]

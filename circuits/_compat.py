@@ -5,7 +5,10 @@ If a TransformerLens release moves one of these, this is the only module to chan
 
 from __future__ import annotations
 
+import copy
 from typing import Any
+
+import torch
 
 # The native ("TransformerLensNative") architecture's pieces. `build_bridge_from_module` wraps a torch module
 # we trained ourselves; the documented `boot_native` would build a fresh, untrained one.
@@ -62,3 +65,29 @@ def unembedding(model: Any) -> Any:
 def native_module(bridge: Any) -> Any:
     """The native torch module inside a bridge built by `build_bridge_from_module`."""
     return bridge.original_model
+
+
+def is_wrapped(module: Any) -> bool:
+    """Whether a native module's submodules have been replaced by bridge components (it was wrapped)."""
+    return any(hasattr(m, "original_component") for m in module.modules())
+
+
+def unwrapped_copy(model: Any) -> Any:
+    """A plain `NativeModel` with the weights, ``requires_grad`` flags and causal masks of a toy bridge (or of a
+    native module): training it skips the bridge's components (about 4x faster). The wrapped module's state
+    dict names each tensor with ``._original_component`` segments (and repeats some under both paths);
+    removing them gives the plain module's names."""
+    native = model.original_model if hasattr(model, "original_model") else model
+    if not isinstance(native, NativeModel):
+        raise TypeError(f"not a toy native model: {type(native).__name__}")
+    fresh = NativeModel(copy.deepcopy(native.cfg))
+    plain = lambda name: name.replace("._original_component", "")  # noqa: E731
+    state = {plain(k): v for k, v in native.state_dict().items()}
+    fresh.load_state_dict({k: state[k] for k in fresh.state_dict()})
+    flags = {plain(k): p.requires_grad for k, p in native.named_parameters()}
+    for name, parameter in fresh.named_parameters():
+        parameter.requires_grad_(flags.get(name, True))
+    for source, target in zip(native_attention_modules(native), native_attention_modules(fresh)):
+        target.causal_mask = source.causal_mask.detach().clone()
+    device = next((p.device for p in native.parameters() if p.device.type != "meta"), torch.device("cpu"))
+    return fresh.to(device)

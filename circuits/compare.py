@@ -1,6 +1,6 @@
 """`compare`: several engines' HeadGraphs for one task and model, side by side.
 
-    graphs = [circuits.discover(model, task, engine=name) for name in circuits.engines.names()]
+    graphs = [circuits.discover(model, task, engine=name) for name in circuits.engines.for_trained_models()]
     result = circuits.compare(graphs, model, task)
     result.spearman        # {("activation_patching", "cdt"): 0.93, ...}  rank agreement of |head scores|
     result.jaccard         # {(a, b): overlap of the top-k heads}

@@ -28,7 +28,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from circuits import _compat, training
 from circuits._compat import NativeModel
-from circuits.errors import DamagedCacheWarning, InvalidOptionError, MissingDependencyError
+from circuits.errors import DamagedCacheWarning, IncompatibleModelError, InvalidOptionError, MissingDependencyError
 
 BUNDLED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -126,6 +126,16 @@ def toy(config: Optional[ToyConfig] = None, **fields: Any) -> TransformerBridge:
 def native_module(bridge: TransformerBridge) -> NativeModel:
     """The native torch module a toy bridge wraps (train it directly: about 4x faster than the bridge)."""
     return _compat.native_module(bridge)
+
+
+def unwrapped(model: Any) -> NativeModel:
+    """A plain native module with the weights (and frozen flags, causal masks) of a toy bridge or native
+    module: a copy to train fast, with torch hooks on its own submodules (`circuits.clamps`)."""
+    try:
+        return _compat.unwrapped_copy(model)
+    except TypeError as error:
+        raise IncompatibleModelError(f"{error}; expected a toy model (models.toy / models.native / "
+                                     "a task's default toy model)") from None
 
 
 def native_attention(model: Any) -> list[Any]:

@@ -7,6 +7,7 @@ from typing import Any
 from circuits import Registry
 from tasks.capitals import Capitals
 from tasks.factual_recall import FactualRecall
+from tasks.few_shot import FewShot
 from tasks.icl_regression import ICLRegression
 from tasks.induction import Induction
 from tasks.regular_languages import RegularLanguages
@@ -17,6 +18,7 @@ _TASKS.register("icl_regression", ICLRegression)
 _TASKS.register("factual_recall", FactualRecall)
 _TASKS.register("capitals", Capitals)
 _TASKS.register("regular_languages", RegularLanguages)
+_TASKS.register("few_shot", FewShot)
 
 
 # The registry's own methods are the public functions (``register`` refuses a name already taken).
@@ -24,4 +26,5 @@ get = _TASKS.get
 names = _TASKS.names
 register = _TASKS.register
 
-__all__ = ["Capitals", "FactualRecall", "ICLRegression", "Induction", "RegularLanguages", "get", "names", "register"]
+__all__ = ["Capitals", "FactualRecall", "FewShot", "ICLRegression", "Induction", "RegularLanguages", "get", "names",
+           "register"]

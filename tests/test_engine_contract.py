@@ -14,7 +14,8 @@ from tests.references import RandomTokens
 
 TASK = RandomTokens(seq_len=8)
 OPTIONS = {"path_patching": {"per_input": False}, "edge_attribution": {"steps": 2},  # engine -> options that keep
-           "cdt": {"receivers": 2}}  # the test fast
+           "cdt": {"receivers": 2},  # the test fast
+           "clamped_training": {"steps": 3, "eval_every": 1, "top_k": 2, "progress": False}}
 
 
 def small_model():

@@ -1,0 +1,203 @@
+"""Clamped training ("artificial optogenetics", Singh et al. 2024): ablate each head throughout training.
+
+Instead of intervening on a trained model, train copies of the model from its current (initial) weights, one
+per head with that head ablated from the first step to the last (`circuits.clamps.Ablate`), plus one without,
+all on the task's training objective with the same seed and the same batches in the same order; then compare
+the held-out losses. A head whose absence leaves the final loss high is one the solution cannot do without;
+a head whose absence moves the phase change (the step where the held-out loss first falls below half its
+plateau) is one the circuit's formation leans on. For the `top_k` heads, runs with both ablated give
+interaction edges (effect of both minus the sum of each).
+
+`model` is a toy bridge or plain native module (its weights are the starting point; it is never trained
+itself), or a `models.ToyConfig` (a fresh seeded initialisation). Extra `clamps` (e.g. a previous-token
+pattern) apply in every run. Runs are independent: ``workers > 1`` trains them in parallel processes.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from itertools import combinations
+from multiprocessing import get_context
+from typing import Any, ClassVar, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from circuits import clamps as clamp_lib
+from circuits import forward, models
+from circuits.clamped_runs import Objective, Run, Settings, train_clamped
+from circuits.engines import base
+from circuits.errors import IncompatibleModelError, InvalidOptionError, UndefinedScoreError
+from circuits.graph import Head, HeadGraph, all_heads
+
+PARITY_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class ClampedTraining:
+    steps: int = 1500
+    lr: Optional[float] = None  # None: the task's ``lr`` if it has one, else 1e-3
+    eval_every: int = 25
+    batch_size: Optional[int] = None  # None: the task's own training batch
+    heads: Optional[tuple[str, ...]] = None  # heads to ablate, one run each; None: every head
+    mode: str = "zero"  # Ablate mode: "zero" or "mean"
+    top_k: int = 3  # pairwise runs among the top_k heads by |score|
+    clamps: tuple = ()  # clamps applied in every run, baseline included
+    plateau: Optional[float] = None  # None: the task's plateau_loss, else the baseline's loss at 10% of steps
+    workers: int = 1
+    progress: bool = True
+
+    name: ClassVar[str] = "clamped_training"
+    trains: ClassVar[bool] = True  # scores come from training copies, not from the model as it is
+
+    def __post_init__(self) -> None:
+        Settings(steps=self.steps, eval_every=self.eval_every)  # validates both
+        if self.lr is not None and not self.lr > 0:
+            raise InvalidOptionError(f"lr must be > 0; got {self.lr}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InvalidOptionError(f"batch_size must be >= 1; got {self.batch_size}")
+        if self.mode not in ("zero", "mean"):
+            raise InvalidOptionError(f"mode={self.mode!r}; expected 'zero' or 'mean'")
+        if self.top_k < 0 or self.workers < 1:
+            raise InvalidOptionError(f"top_k must be >= 0 and workers >= 1; got {self.top_k}, {self.workers}")
+        if self.plateau is not None and not self.plateau > 0:
+            raise InvalidOptionError(f"plateau must be a positive loss; got {self.plateau}")
+        if self.heads is not None:
+            object.__setattr__(self, "heads", tuple(str(Head.parse(h)) for h in self.heads))
+        object.__setattr__(self, "clamps", tuple(self.clamps))
+
+    @property
+    def score_meaning(self) -> str:
+        return ("node score: (final held-out loss with the head ablated throughout training - final loss without) / "
+                "|initial loss - final loss without|; 1 = training without the head ends as bad as untrained. "
+                "Node attributes: final_loss, crossing_step (first step with held-out loss < half the plateau; None: "
+                "never) and crossing_delay (vs. no ablation). Edge score: interaction of two ablated heads, "
+                "(effect of both - effect of each summed), normalised the same way.")
+
+    def run(self, model: Any, task: Any, n: int = 32, seed: int = 0) -> HeadGraph:
+        initial, reference = _starting_point(model)
+        with base.session(reference, grad=True):
+            batch = base.prompts(reference, task, n, seed)
+            objective = Objective.of(task, reference, self.batch_size)
+            held_out = objective.held_out(max(n, 2), seed)
+            clamp_lib.check_all(self.clamps, initial.cfg, held_out[0])
+            heads = self._heads(initial.cfg)
+            clamp_lib.check_all([clamp_lib.Ablate(h, self.mode) for h in heads], initial.cfg, held_out[0])
+            if reference is not initial:
+                _check_parity(reference, initial, batch)
+            settings = training_settings(task, self.steps, self.eval_every, seed, self.lr)
+            jobs = {"": ()} | {h: (clamp_lib.Ablate(h, self.mode),) for h in heads}
+            runs = self._train(initial, objective, settings, held_out, jobs)
+            baseline = runs.pop("")
+            threshold = 0.5 * self._plateau(task, baseline, settings)
+            scale = abs(baseline.loss[0] - baseline.final_loss)
+            if not scale > 0:
+                raise UndefinedScoreError(f"training left the held-out loss at {baseline.final_loss:.6g}: no loss "
+                                          "change to normalise the scores by")
+            graph = HeadGraph(n_layers=initial.cfg.n_layers, n_heads=initial.cfg.n_heads, meta=base.graph_meta(
+                self, reference, task, n=n, seed=seed, score=self.score_meaning, initial_loss=baseline.loss[0],
+                final_loss=baseline.final_loss, plateau=2 * threshold, threshold=threshold,
+                crossing_step=baseline.crossing(threshold), steps=baseline.steps, curve=baseline.loss))
+            for head in all_heads(_Config(initial.cfg)):
+                run = runs.get(str(head))
+                if run is None:
+                    graph.add_head(head)  # not ablated: unmeasured, no score
+                    continue
+                graph.add_head(head, (run.final_loss - baseline.final_loss) / scale,
+                               **_summary(run, baseline, threshold))
+            top = sorted(runs, key=lambda h: -abs(graph.nx.nodes[h]["score"]))[: self.top_k]
+            pairs = {f"{a}+{b}": (clamp_lib.Ablate(a, self.mode), clamp_lib.Ablate(b, self.mode))
+                     for a, b in combinations(sorted(top, key=Head.parse), 2)}
+            for key, run in self._train(initial, objective, settings, held_out, pairs).items():
+                a, b = key.split("+")
+                both = run.final_loss - baseline.final_loss
+                each = runs[a].final_loss + runs[b].final_loss - 2 * baseline.final_loss
+                graph.add_edge(a, b, (both - each) / scale, **_summary(run, baseline, threshold))
+            return graph
+
+    def _heads(self, cfg: Any) -> list[str]:
+        if self.heads is None:
+            return [str(h) for h in all_heads(_Config(cfg))]
+        return [str(clamp_lib.head_of(cfg, h, "clamped_training heads")) for h in self.heads]
+
+    def _plateau(self, task: Any, baseline: Run, settings: Settings) -> float:
+        if self.plateau is not None:
+            return self.plateau
+        if getattr(task, "plateau_loss", None) is not None:
+            return float(task.plateau_loss)
+        at = next(i for i, s in enumerate(baseline.steps) if s >= 0.1 * settings.steps and s > 0)
+        return baseline.loss[at]
+
+    def _train(self, initial: Any, objective: Objective, settings: Settings, held_out: Any,
+               jobs: dict[str, tuple]) -> dict[str, Run]:
+        """One run per job (extra clamps first), in order, or in `workers` processes; a progress bar over runs."""
+        arguments = [(initial, objective, (*self.clamps, *extra), settings, held_out) for extra in jobs.values()]
+        bar = tqdm(total=len(arguments), desc="clamped runs", disable=not self.progress, leave=False)
+        results: list[Run] = []
+        try:
+            if self.workers == 1 or len(arguments) == 1:
+                for args in arguments:
+                    results.append(train_clamped(*args))
+                    bar.update()
+            else:
+                with ProcessPoolExecutor(self.workers, mp_context=get_context("spawn")) as pool:
+                    for run in pool.map(_train_job, arguments):
+                        results.append(run)
+                        bar.update()
+        finally:
+            bar.close()
+        return dict(zip(jobs, results))
+
+
+def training_settings(task: Any, steps: int, eval_every: int, seed: int, lr: Optional[float] = None) -> Settings:
+    """The task's own optimiser settings where it names them (``lr``, ``weight_decay``, ``grad_clip``), else
+    those of `circuits.training.train`."""
+    return Settings(steps=steps, lr=lr or getattr(task, "lr", 1e-3), weight_decay=getattr(task, "weight_decay", 0.01),
+                    grad_clip=getattr(task, "grad_clip", 1.0), eval_every=eval_every, seed=seed)
+
+
+def _train_job(args: tuple) -> Run:
+    return train_clamped(*args)
+
+
+class _Config:
+    """`all_heads` reads ``model.cfg``; this lends it a bare config."""
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+
+
+def _summary(run: Run, baseline: Run, threshold: float) -> dict[str, Any]:
+    crossing, reference = run.crossing(threshold), baseline.crossing(threshold)
+    delay = None if crossing is None or reference is None else crossing - reference
+    return {"final_loss": run.final_loss, "crossing_step": crossing, "crossing_delay": delay, "curve": run.loss}
+
+
+def _starting_point(model: Any) -> tuple[Any, Any]:
+    """(plain native module to copy for every run, the model prompts are validated against)."""
+    if isinstance(model, models.ToyConfig):
+        module = models.native(model)
+        return module, module
+    initial = models.unwrapped(model)  # IncompatibleModelError for models that are not toys
+    return initial, model
+
+
+def _check_parity(reference: Any, initial: Any, batch: Any) -> None:
+    """The plain copy computes what the given model computes (clean and corrupted prompts, read-out logits)."""
+    with torch.no_grad():
+        for inputs in (batch.clean, batch.corrupted):
+            expected = forward.logits(reference, inputs, batch.position)
+            rows = torch.arange(inputs.shape[0], device=inputs.device)
+            got = _plain_logits(initial, inputs)[rows, batch.position.to(inputs.device)]
+            gap = (expected - got.to(expected.device)).abs().max().item()
+            if gap > PARITY_TOLERANCE:
+                raise IncompatibleModelError(f"the plain copy of the model differs from it by {gap:.3g} in the logits "
+                                             f"(expected <= {PARITY_TOLERANCE}); is it a modified toy model?")
+
+
+def _plain_logits(module: Any, inputs: torch.Tensor) -> torch.Tensor:
+    device = next(p.device for p in module.parameters() if p.device.type != "meta")
+    inputs = inputs.to(device)
+    return module(inputs_embeds=inputs) if inputs.is_floating_point() else module(inputs)
+
