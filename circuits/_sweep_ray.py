@@ -63,3 +63,4 @@ def _run_actors(ray: Any, groups: dict[str, list[Cell]], on_result: Callable[[Ce
         left[group] -= 1
         if not left[group]:  # free its CPUs/GPUs (and the model's memory) for groups still waiting
             ray.kill(actors.pop(group))
+

@@ -33,14 +33,23 @@ def ray_cluster():
     ray.shutdown()
 
 
-def logged(task: str, log: Path) -> dict:
-    return {"name": "tests.sweep_tasks:Logged", "options": {"inner": task, "log": str(log)}}
+def logged(task: str, log: Path, dies_once: Path = None) -> dict:
+    """A task run through `tests.sweep_tasks` (counted in `log`; killing its process once with `dies_once`)."""
+    if dies_once is None:
+        return {"name": "tests.sweep_tasks:Logged", "options": {"inner": task, "log": str(log)}}
+    return {"name": "tests.sweep_tasks:DiesOnce", "options": {"inner": task, "log": str(log),
+                                                              "marker": str(dies_once)}}
 
 
-def two_by_two_by_two(log: Path) -> dict:
-    """2 tasks (their trained default models) x 2 engines x 2 seeds, 8 prompts each: 8 fast cells."""
-    return {"tasks": [logged("induction", log), logged("icl_regression", log)], "models": ["default"],
-            "engines": ["activation_patching", FAST_PATHS], "seeds": [0, 1], "n": 8}
+# path patching at a position past the prompts' end: a typed error that only shows once the prompts exist
+BAD_POSITIONS = {"name": "path_patching", "label": "bad", "options": {"per_input": False, "positions": [999]}}
+
+
+def spec_2x2x2(log: Path, dies_once: Path = None) -> dict:
+    """2 tasks (their trained default models) x 2 engines x 2 seeds, 8 prompts each: 8 fast cells; plus the
+    4 cells of an engine option that fails at run time."""
+    return {"tasks": [logged("induction", log, dies_once), logged("icl_regression", log)], "models": ["default"],
+            "engines": ["activation_patching", FAST_PATHS, BAD_POSITIONS], "seeds": [0, 1], "n": 8}
 
 
 def graphs(out: Path) -> dict[str, HeadGraph]:
@@ -122,89 +131,98 @@ def test_example_spec_and_dry_run(tmp_path, capsys):
 # --- a real local Ray cluster ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def swept(ray_cluster, tmp_path_factory):
-    """The 8-cell sweep run by both backends, each counting its runs in its own log."""
+    """The same sweep run by both backends, each counting its runs in its own log. Under Ray the induction
+    cells run on a task that kills its worker process the first time it is asked for prompts."""
     root = tmp_path_factory.mktemp("sweep")
-    runs = {}
+    reports = {}
     for backend in ("local", "ray"):
-        log = root / f"{backend}.log"
-        report = circuits.sweep(two_by_two_by_two(log), root / backend, backend=backend, progress=False)
-        runs[backend] = (report, log)
-    return root, runs
+        dies_once = root / "died" if backend == "ray" else None
+        reports[backend] = circuits.sweep(spec_2x2x2(root / f"{backend}.log", dies_once), root / backend,
+                                          backend=backend, retries=2, progress=False)
+    return root, reports
+
+
+def by_run(out: Path) -> dict[tuple, HeadGraph]:
+    """Graphs keyed by what they ran (the logs are task options, so folder keys differ between backends)."""
+    return {(g.meta["task"], g.meta["engine"], g.meta["seed"]): g for g in graphs(out).values()}
 
 
 def test_ray_gives_the_same_graphs_as_local(swept):
-    root, runs = swept
-    local, ray = graphs(root / "local"), graphs(root / "ray")
-    assert len(local) == 8 and runs["local"][0].ok and runs["ray"][0].ok
-    # the logs are task options, so the keys differ: line the cells up by what they ran
-    ran = lambda found: {(g.meta["task"], g.meta["engine"], g.meta["seed"]): g for g in found.values()}  # noqa: E731
-    assert len(ran(local)) == 8 and ran(local) == ran(ray)
-    assert {g.meta["task"] for g in local.values()} == {"induction", "icl_regression"}
+    root, reports = swept
+    local, ray = by_run(root / "local"), by_run(root / "ray")
+    assert len(local) == 8 and local == ray
+    assert {task for task, _, _ in local} == {"induction", "icl_regression"}
     meta = json.loads(next((root / "ray").glob("*/meta.json")).read_text())
     assert meta["backend"] == "ray" and meta["device"] == "cpu" and meta["seconds"] > 0
     assert meta["peak_rss_mb"] > 0 and meta["versions"]["ray"] and meta["versions"]["torch"]
     assert meta["pid"] != json.loads(next((root / "local").glob("*/meta.json")).read_text())["pid"]
     rows = list(csv.DictReader((root / "ray" / "results.csv").open()))
-    assert len(rows) == 8 and {r["status"] for r in rows} == {"done"}
-    by_folder = {r["folder"]: r for r in rows}
-    for folder, graph in ray.items():
-        assert by_folder[folder]["top_heads"].split()[0].split("=")[0] == graph.top(1)[0][0]
-        gap = graph.meta["metric_clean"] - graph.meta["metric_corrupted"]
-        assert float(by_folder[folder]["metric_gap"]) == pytest.approx(gap, rel=1e-5)
+    assert len(rows) == 12 and sorted(r["status"] for r in rows) == ["done"] * 8 + ["failed"] * 4
+    for row in rows:
+        if row["status"] == "done":
+            graph = HeadGraph.from_json(root / "ray" / row["folder"] / "graph.json")
+            assert row["top_heads"].split()[0].split("=")[0] == graph.top(1)[0][0]
+            gap = graph.meta["metric_clean"] - graph.meta["metric_corrupted"]
+            assert float(row["metric_gap"]) == pytest.approx(gap, rel=1e-5)
 
 
-def test_rerun_after_deleting_one_cell_recomputes_only_that_cell(swept):
-    root, runs = swept
-    report, log = runs["ray"]
-    out = root / "ray"
-    runs_per_cell = len(lines(log)) // 8
-    assert runs_per_cell >= 1 and len(lines(log)) == 8 * runs_per_cell
-    victim = next(p.parent for p in out.glob("*/graph.json")
-                  if (HeadGraph.from_json(p).meta["task"], p.parent.name.split(".")[2:4]) == ("induction",
-                                                                                         ["path_patching", "seed1"]))
-    kept = {p: p.stat().st_mtime_ns for p in out.glob("*/meta.json") if p.parent != victim}
+def test_a_worker_that_dies_is_restarted_and_its_cells_retried(swept):
+    root, reports = swept
+    dead_pid = int((root / "died").read_text())
+    induction = [json.loads(p.read_text()) for p in (root / "ray").glob("*/meta.json")
+                 if json.loads(p.read_text())["cell"]["task"]["options"]["inner"] == "induction"]
+    assert len(induction) == 4 and dead_pid not in {m["pid"] for m in induction}
+    assert len({m["pid"] for m in induction}) == 1  # the restarted actor ran them all, the model loaded once
+    assert sum(m["load_seconds"] > 0 for m in induction) == 1
+
+
+def test_typed_errors_are_recorded_once_not_retried(swept):
+    """Each cell asks for its prompts once per run, so equal logs mean no cell ran twice: not the cells
+    that raised `InvalidOptionError` (recorded in error.json), not the cells of the restarted actor."""
+    root, reports = swept
+    local_log, ray_log = lines(root / "local.log"), lines(root / "ray.log")
+    assert len(ray_log) == len(local_log) and len(local_log) % 12 == 0 and local_log
+    for backend in ("local", "ray"):
+        failed = reports[backend].failed
+        assert len(failed) == 4 and all(".bad." in folder for folder in failed)
+        for folder, error in failed.items():
+            on_disk = json.loads((root / backend / folder / "error.json").read_text())["error"]
+            assert on_disk == error and error["type"] == "InvalidOptionError" and error["deterministic"]
+            assert "999" in error["message"] and not (root / backend / folder / "graph.json").exists()
+
+
+def test_rerun_recomputes_only_a_deleted_cell_and_exits_non_zero_on_failed_cells(swept, capsys):
+    root, reports = swept
+    out, log = root / "ray", root / "ray.log"
+    spec_path = root / "ray.toml"
+    spec_path.write_text(toml(spec_2x2x2(log, root / "died")))
+    runs_per_cell = len(lines(log)) // 12
+    victim = next(p.parent for p in out.glob("*/graph.json") if ".path_patching.seed1." in p.parent.name
+                  and HeadGraph.from_json(p).meta["task"] == "induction")
+    kept = {p: p.stat().st_mtime_ns for p in out.glob("*/*.json") if p.parent != victim}
     before = HeadGraph.from_json(victim / "graph.json")
     shutil.rmtree(victim)
-    spec = two_by_two_by_two(log)
-    again = circuits.sweep(spec, out, backend="ray", progress=False)
-    assert again.ok and len(again.ran) == 1 and len(again.skipped) == 7
-    new_lines = lines(log)[8 * runs_per_cell:]
+    code = cli.main(["sweep", str(spec_path), "--out", str(out), "--backend", "ray"])
+    err = capsys.readouterr().err
+    new_lines = lines(log)[12 * runs_per_cell:]
     assert len(new_lines) == runs_per_cell and all(line.startswith("induction seed1") for line in new_lines)
     assert HeadGraph.from_json(victim / "graph.json") == before
-    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # the other cells were not rewritten
-    nothing = circuits.sweep(spec, out, backend="ray", progress=False)
-    assert nothing.ran == [] and len(lines(log)) == 9 * runs_per_cell
-
-
-def test_dead_worker_is_retried_and_a_typed_error_is_recorded_once(ray_cluster, tmp_path, capsys):
-    """One actor (a toy model shared by the cells). The first cell kills its process (``os._exit``): Ray
-    restarts the actor and sends both cells again. The second cell's path patching asks for a position past
-    the prompts' end, which only shows once the prompts exist: `InvalidOptionError`, recorded, never retried."""
-    log, marker = tmp_path / "runs.log", tmp_path / "died"
-    tiny = ", ".join(f"{k} = {v}" for k, v in TINY.items())
-    spec_path = tmp_path / "spec.toml"
-    spec_path.write_text(f"""
-tasks = [{{ name = "tests.sweep_tasks:DiesOnce", options = {{ inner = "induction", log = "{log}", marker = "{marker}" }} }}]
-n = 4
-models = [{{ name = "tiny", toy = {{ {tiny} }} }}]
-[[engines]]
-name = "activation_patching"
-[[engines]]
-name = "path_patching"
-options = {{ per_input = false, positions = [999] }}
-""")
-    out = tmp_path / "out"
-    code = cli.main(["sweep", str(spec_path), "--out", str(out), "--backend", "ray", "--retries", "2"])
-    captured = capsys.readouterr()
-    assert code == 1
-    spec = Spec.load(spec_path)
-    done, failed = spec.cells()
-    assert status(out, done) == "done" and status(out, failed) == "failed"
-    assert json.loads((out / done.folder / "meta.json").read_text())["pid"] != int(marker.read_text())
-    error = json.loads((out / failed.folder / "error.json").read_text())["error"]
-    assert error["type"] == "InvalidOptionError" and error["deterministic"] and "999" in error["message"]
-    assert failed.folder in captured.err and "InvalidOptionError" in captured.err
-    assert len(lines(log)) == 2  # one batch per cell after the restart: the failing cell ran once
-    # --retry-failed reruns only the failed cell (here in-process), which fails the same way
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # no other cell was rewritten
+    # the failed cells were left alone but still fail the run, named in a table
+    assert code == 1 and "4 failed cells" in err and all(folder in err for folder in reports["ray"].failed)
+    # --retry-failed reruns only them (here in-process); they fail the same way
     code = cli.main(["sweep", str(spec_path), "--out", str(out), "--retry-failed"])
-    assert code == 1 and len(lines(log)) == 3 and status(out, done) == "done"
+    assert code == 1 and len(lines(log)) == 17 * runs_per_cell
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/meta.json") if p.parent != victim} == {
+        p: t for p, t in kept.items() if p.name == "meta.json"}
+
+
+def toml(spec: dict) -> str:
+    """A spec dict as TOML (inline tables; enough for these specs)."""
+    def value(v):
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return "true" if v is True else "false" if v is False else json.dumps(v)
+    return "\n".join(f"{k} = {value(v)}" for k, v in spec.items()) + "\n"
