@@ -1,7 +1,7 @@
 """The Ray backend of `circuits.sweep` (the ``[ray]`` extra; imported only when ``backend="ray"``).
 
-One actor per group of cells that share a model (`Cell.group`): it loads the model on its first cell and keeps
-it for the rest. Retries are Ray's own: an actor whose process dies is restarted (``max_restarts``) and the
+One actor per group of cells that share a model (`Cell.group`; ``replicas`` actors where the model asks for
+them): it loads the model on its first cell and keeps it for the rest. Retries are Ray's own: an actor whose process dies is restarted (``max_restarts``) and the
 calls it had not finished are sent again (``max_task_retries``). Exceptions inside a cell are not retried: the
 actor returns them as error records (`CellRunner.run`). Results come back to the driver as they finish
 (``ray.wait``), which writes each cell's folder, so workers need no shared filesystem.
@@ -39,13 +39,23 @@ def run(groups: dict[str, list[Cell]], on_result: Callable[[Cell, dict[str, Any]
             ray.shutdown()
 
 
+def replicated(groups: dict[str, list[Cell]]) -> dict[str, list[Cell]]:
+    """Each group split over its model's ``replicas`` actors, cells dealt round-robin."""
+    split: dict[str, list[Cell]] = {}
+    for group, cells in groups.items():
+        replicas = min(cells[0].model.replicas, len(cells))
+        for i, cell in enumerate(cells):
+            split.setdefault(f"{group}#{i % replicas}", []).append(cell)
+    return split
+
+
 def _run_actors(ray: Any, groups: dict[str, list[Cell]], on_result: Callable[[Cell, dict[str, Any]], None],
                 retries: int) -> None:
     worker_class = ray.remote(CellRunner)
     pending: dict[Any, tuple[Cell, str]] = {}
     actors: dict[str, Any] = {}
     left: dict[str, int] = {}
-    for group, cells in groups.items():
+    for group, cells in replicated(groups).items():
         model = cells[0].model
         actors[group] = worker_class.options(num_cpus=model.num_cpus, num_gpus=model.num_gpus,
                                              max_restarts=retries, max_task_retries=retries).remote()

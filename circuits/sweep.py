@@ -47,7 +47,7 @@ from circuits.graph import HeadGraph
 BACKENDS = ("local", "ray")
 SPEC_KEYS = ("tasks", "models", "engines", "seeds", "n")
 MODEL_SOURCES = ("default", "bundled", "toy", "hub")
-PLACEMENT_KEYS = ("device", "n_devices", "device_map", "num_cpus", "num_gpus")  # not in the key: same result
+PLACEMENT_KEYS = ("device", "n_devices", "device_map", "num_cpus", "num_gpus", "replicas")  # not in the key
 MODEL_KEYS = ("name", "toy", "hub", "dtype", *PLACEMENT_KEYS)
 
 
@@ -107,7 +107,8 @@ class ModelSpec:
     """``name="default"`` (each task's default model), ``"bundled"`` (SmolLM2), a toy (``toy={...}``, the
     fields of `circuits.models.ToyConfig`) or a hub model (``hub="org/name"`` with optional ``n_devices``,
     ``device_map``, ``dtype``; loaded by TransformerLens's ``boot_transformers``). ``device`` moves a default,
-    toy or bundled model; ``num_cpus``/``num_gpus`` are the Ray resources of the model's actor."""
+    toy or bundled model; ``num_cpus``/``num_gpus`` are the Ray resources of each of the model's ``replicas``
+    actors."""
 
     name: str
     toy: Optional[dict[str, Any]] = None
@@ -118,6 +119,7 @@ class ModelSpec:
     device_map: Union[str, dict[str, Any], None] = None
     num_cpus: Union[int, float] = 1
     num_gpus: Union[int, float] = 0
+    replicas: int = 1  # Ray: this many actors share the model's cells (e.g. one per GPU of a node)
 
     def __post_init__(self) -> None:
         if self.toy is not None and self.hub is not None:
@@ -131,6 +133,8 @@ class ModelSpec:
             value = getattr(self, resource_name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise InvalidOptionError(f"model {self.name!r}: {resource_name}={value!r}; expected a number >= 0")
+        if isinstance(self.replicas, bool) or not isinstance(self.replicas, int) or self.replicas < 1:
+            raise InvalidOptionError(f"model {self.name!r}: replicas={self.replicas!r}; expected an integer >= 1")
         if (self.n_devices or self.device_map or self.dtype) and self.source != "hub":
             raise InvalidOptionError(f"model {self.name!r}: n_devices, device_map and dtype apply to hub models")
 
@@ -173,7 +177,7 @@ class ModelSpec:
         if self.source == "bundled":
             return models.bundled(device=self.device)
         model = task.default_model() if self.source == "default" else models.toy(self.toy_config())
-        return model if self.device is None else model.to(self.device)
+        return model if self.device is None else model.to(self.device, print_details=False)
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,20 @@ def test_cells_are_the_product_and_keys_follow_the_config(monkeypatch):
     assert groups["induction", "tiny"] == groups["icl_regression", "tiny"]
 
 
+def test_replicas_share_a_models_cells_round_robin():
+    from circuits._sweep_ray import replicated
+
+    spec = Spec.load({"tasks": ["induction", "icl_regression"], "engines": ["activation_patching", FAST_PATHS],
+                      "models": [{"name": "tiny", "toy": TINY, "replicas": 3}], "seeds": [0, 1]})
+    cells = spec.cells()
+    split = replicated({cells[0].group: cells})
+    assert sorted(map(len, split.values())) == [2, 3, 3]
+    assert sorted(c.key for part in split.values() for c in part) == sorted(c.key for c in cells)
+    single = Spec.load({"tasks": ["induction", "icl_regression"], "engines": ["activation_patching", FAST_PATHS],
+                        "models": [{"name": "tiny", "toy": TINY}], "seeds": [0, 1]})
+    assert [c.key for c in single.cells()] == [c.key for c in cells]  # replicas are not part of the key
+
+
 @pytest.mark.parametrize("bad, error, words", [
     ({"tasks": ["nope"], "models": ["default"], "engines": ["cdt"]}, UnknownNameError, "nope"),
     ({"tasks": ["induction"], "models": ["default"], "engines": ["nope"]}, UnknownNameError, "activation_patching"),
