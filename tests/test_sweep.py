@@ -16,7 +16,7 @@ import circuits
 from analyses import cli
 from circuits.errors import InvalidOptionError, UnknownNameError
 from circuits.graph import HeadGraph
-from circuits.sweep import ModelSpec, Spec, status
+from circuits.sweep import ModelSpec, Spec
 from tests.sweep_tasks import lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def test_cells_are_the_product_and_keys_follow_the_config(monkeypatch):
                         "engines": ["activation_patching"]})
     assert on_gpu.cells()[0].key == plain.cells()[0].key
     before = plain.cells()[0].key
-    monkeypatch.setattr(importlib.import_module("circuits.sweep"), "package_version", lambda: "99.0")
+    monkeypatch.setattr(importlib.import_module("circuits._sweep_spec"), "package_version", lambda: "99.0")
     assert plain.cells()[0].key != before
     # a default model belongs to its task (one actor each); a named model is shared by every task
     groups = {(c.task.name, c.model.name): c.group for c in cells}
