@@ -240,3 +240,18 @@ def toml(spec: dict) -> str:
             return "[" + ", ".join(value(x) for x in v) + "]"
         return "true" if v is True else "false" if v is False else json.dumps(v)
     return "\n".join(f"{k} = {value(v)}" for k, v in spec.items()) + "\n"
+
+
+def test_a_worker_that_dies_on_every_allowed_attempt_fails_its_cell(ray_cluster, tmp_path):
+    """With no retries allowed, the cell whose worker died is recorded as failed (not deterministic);
+    ``retry_failed`` then reruns it, and the task (which dies only once) gives its graph."""
+    log, marker = tmp_path / "runs.log", tmp_path / "died"
+    spec = {"tasks": [logged("induction", log, dies_once=marker)], "models": [{"name": "tiny", "toy": TINY}],
+            "engines": ["activation_patching"], "n": 4}
+    report = circuits.sweep(spec, tmp_path / "out", backend="ray", retries=0, progress=False)
+    [(folder, error)] = report.failed.items()
+    assert "died" in error["message"] and not error["deterministic"] and marker.exists() and not lines(log)
+    again = circuits.sweep(spec, tmp_path / "out", backend="local", retry_failed=True, progress=False)
+    assert again.ok and again.ran == [report.cells[0].key] and len(lines(log)) >= 1
+    assert not (tmp_path / "out" / folder / "error.json").exists()
+    assert (tmp_path / "out" / folder / "graph.json").exists()
