@@ -128,7 +128,8 @@ class SweepReport:
 
     def failure_table(self) -> str:
         rows = [f"{'cell':<60}  {'error':<22}  message", "-" * 110]
-        rows += [f"{folder:<60}  {e['type']:<22}  {e['message'][:200]}" for folder, e in sorted(self.failed.items())]
+        rows += [f"{folder:<60}  {e['type']:<22}  {' '.join(e['message'].split())[:200]}"
+                 for folder, e in sorted(self.failed.items())]
         return "\n".join(rows)
 
 
@@ -163,7 +164,7 @@ def write_result(out: Path, cell: Cell, result: dict[str, Any], backend: str) ->
 
 def crash_result(cell: Cell, error: BaseException, attempts: int) -> dict[str, Any]:
     """The record of a cell whose worker died on every attempt."""
-    record = {"type": type(error).__name__, "message": f"the worker died {attempts} times: {error}",
+    record = {"type": type(error).__name__, "message": f"the worker died on each of {attempts} attempt(s): {error}",
               "deterministic": False, "traceback": ""}
     return {"error": record, "meta": {"key": cell.key, "cell": cell.config(), "seconds": None}}
 
