@@ -15,8 +15,9 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/circuits discover --task induction --engine activation_patching --out out/demo
 
+# Two pytest-xdist workers of one thread each (2 cores); the SmolLM2 tests share one worker (tests/conftest.py).
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests --nbmake notebooks
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup tests --nbmake notebooks
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow"

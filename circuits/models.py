@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 import torch
+from filelock import FileLock
 from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge import TransformerBridge
 
@@ -149,20 +150,22 @@ def cached(config: ToyConfig, train: Callable[[NativeModel], Any], **training_sp
     """
     key = config.key(recipe=recipe_fingerprint(train), **training_spec)
     path = cache_dir() / f"{config.name}-{key}.pt"
-    module = native(config)
-    if path.exists():
-        try:
-            module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            return wrap(module, config)
-        except Exception as error:  # truncated or corrupt file, or weights that do not fit the config
-            warnings.warn(DamagedCacheWarning(f"cache file {path} is damaged ({type(error).__name__}: {error}); "
-                                              "training the model again"), stacklevel=2)
-            module = native(config)
-    train(module)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(module.state_dict(), tmp)
-    tmp.replace(path)  # atomic: a killed run leaves no half-written cache entry
+    # Processes that want the same entry (test workers, sweep cells) wait for the one that trains it.
+    with FileLock(path.with_suffix(".lock")):
+        module = native(config)
+        if path.exists():
+            try:
+                module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+                return wrap(module, config)
+            except Exception as error:  # truncated or corrupt file, or weights that do not fit the config
+                warnings.warn(DamagedCacheWarning(f"cache file {path} is damaged ({type(error).__name__}: "
+                                                  f"{error}); training the model again"), stacklevel=2)
+                module = native(config)
+        train(module)
+        tmp = path.with_suffix(".tmp")
+        torch.save(module.state_dict(), tmp)
+        tmp.replace(path)  # atomic: a killed run leaves no half-written cache entry
     return wrap(module, config)
 
 

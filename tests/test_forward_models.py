@@ -1,6 +1,8 @@
 """Running models from any layer, float inputs, toy construction and the trained-model cache."""
 
 import importlib
+import threading
+import time
 
 import pytest
 import torch
@@ -56,10 +58,33 @@ def test_cache_trains_once(tmp_path, monkeypatch):
 
     first = models.cached(config, train, steps=1)
     second = models.cached(config, train, steps=1)
-    assert len(calls) == 1 and len(list(tmp_path.iterdir())) == 1
+    assert len(calls) == 1 and len(list(tmp_path.glob("*.pt"))) == 1
     assert torch.equal(first.W_U, second.W_U) and torch.all(second.W_U == 0.25)
     models.cached(config, train, steps=2)  # a different training spec is a different entry
     assert len(calls) == 2
+
+
+def test_concurrent_callers_train_once(tmp_path, monkeypatch):
+    """Two callers that want the same entry at once: the second waits for the first's file, then reads it."""
+    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path))
+    config = models.ToyConfig(n_layers=1, n_heads=2, d_model=8, d_vocab=6, name="tiny")
+    calls, started = [], threading.Event()
+
+    def train(module):
+        calls.append(1)
+        started.set()
+        time.sleep(0.5)  # long enough that the other caller arrives while this one trains
+        with torch.no_grad():
+            module.head.weight.fill_(0.75)
+
+    results = []
+    first = threading.Thread(target=lambda: results.append(models.cached(config, train, steps=1)))
+    first.start()
+    started.wait(timeout=30)
+    second = models.cached(config, train, steps=1)
+    first.join()
+    assert len(calls) == 1
+    assert torch.all(second.W_U == 0.75) and torch.equal(results[0].W_U, second.W_U)
 
 
 def test_toy_config_errors_name_the_value():
@@ -99,7 +124,7 @@ def test_damaged_cache_file_is_reported_and_rebuilt(tmp_path, monkeypatch):
             module.head.weight.fill_(0.5)
 
     models.cached(config, train, steps=1)
-    (entry,) = tmp_path.iterdir()
+    (entry,) = tmp_path.glob("*.pt")
     entry.write_bytes(entry.read_bytes()[:100])  # truncated, as by a full disk
     with pytest.warns(DamagedCacheWarning, match=f"{entry.name}.*damaged"):
         rebuilt = models.cached(config, train, steps=1)
@@ -128,7 +153,7 @@ def test_cache_key_follows_the_training_code(tmp_path, monkeypatch):
         module = importlib.import_module(name)
         weights.append(models.cached(config, module.train, steps=1).W_U[0, 0].item())
     assert weights == [0.25, 0.75, 0.25]
-    assert len(list((tmp_path / "cache").iterdir())) == 2  # recipes a and c are the same code
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2  # recipes a and c are the same code
 
 
 def test_documentation_does_not_change_the_recipe(tmp_path, monkeypatch):
