@@ -1,5 +1,5 @@
 """`circuits sweep`: cells, keys, resume, retries and typed errors, on a real local Ray cluster
-(``ray.init(num_cpus=2)``, once per test session) against the in-process ``local`` backend."""
+(``ray.init(num_cpus=2)``, in one test) against the in-process ``local`` backend."""
 
 from __future__ import annotations
 
@@ -22,15 +22,6 @@ from tests.sweep_tasks import lines
 ROOT = Path(__file__).resolve().parents[1]
 FAST_PATHS = {"name": "path_patching", "options": {"per_input": False}}
 TINY = {"n_layers": 2, "n_heads": 2, "d_model": 16, "d_vocab": 64, "n_ctx": 64, "seed": 3}
-
-
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """One local Ray cluster with 2 CPUs for the whole test session (workers import this checkout)."""
-    ray = pytest.importorskip("ray", reason="the [ray] extra is not installed (make test installs it)")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 def logged(task: str, log: Path, dies_once: Path = None) -> dict:
@@ -143,17 +134,35 @@ def test_example_spec_and_dry_run(tmp_path, capsys):
 
 
 # --- a real local Ray cluster ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def swept(ray_cluster, tmp_path_factory):
+def test_on_a_local_ray_cluster(tmp_path_factory, capsys):
+    """Against a real local Ray cluster (``ray.init(num_cpus=2)``): the same graphs as the local backend, a
+    dead worker restarted and its cells retried, typed errors recorded once, a rerun that recomputes only a
+    deleted cell and exits non-zero on failed cells, and a worker that dies with no retries left.
+    One test, so that one cluster starts: under pytest 9 here, pytest-xdist's ``xdist_group`` does not keep
+    tests on one worker, and each worker would start its own cluster."""
+    ray = pytest.importorskip("ray", reason="the [ray] extra is not installed (make test installs it)")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False)
+    try:
+        root = tmp_path_factory.mktemp("sweep")
+        reports = sweep_both(root)
+        check_ray_gives_the_same_graphs_as_local(root, reports)
+        check_a_worker_that_dies_is_restarted_and_its_cells_retried(root, reports)
+        check_typed_errors_are_recorded_once_not_retried(root, reports)
+        check_rerun_recomputes_only_a_deleted_cell_and_exits_non_zero_on_failed_cells(root, reports, capsys)
+        check_a_worker_that_dies_on_every_allowed_attempt_fails_its_cell(tmp_path_factory.mktemp("no_retries"))
+    finally:
+        ray.shutdown()
+
+
+def sweep_both(root: Path) -> dict:
     """The same sweep run by both backends, each counting its runs in its own log. Under Ray the induction
     cells run on a task that kills its worker process the first time it is asked for prompts."""
-    root = tmp_path_factory.mktemp("sweep")
     reports = {}
     for backend in ("local", "ray"):
         dies_once = root / "died" if backend == "ray" else None
         reports[backend] = circuits.sweep(spec_2x2x2(root / f"{backend}.log", dies_once), root / backend,
                                           backend=backend, retries=2, progress=False)
-    return root, reports
+    return reports
 
 
 def by_run(out: Path) -> dict[tuple, HeadGraph]:
@@ -161,8 +170,7 @@ def by_run(out: Path) -> dict[tuple, HeadGraph]:
     return {(g.meta["task"], g.meta["engine"], g.meta["seed"]): g for g in graphs(out).values()}
 
 
-def test_ray_gives_the_same_graphs_as_local(swept):
-    root, reports = swept
+def check_ray_gives_the_same_graphs_as_local(root, reports):
     local, ray = by_run(root / "local"), by_run(root / "ray")
     assert len(local) == 8 and local == ray
     assert {task for task, _, _ in local} == {"induction", "icl_regression"}
@@ -180,20 +188,18 @@ def test_ray_gives_the_same_graphs_as_local(swept):
             assert float(row["metric_gap"]) == pytest.approx(gap, rel=1e-5)
 
 
-def test_a_worker_that_dies_is_restarted_and_its_cells_retried(swept):
-    root, reports = swept
+def check_a_worker_that_dies_is_restarted_and_its_cells_retried(root, reports):
     dead_pid = int((root / "died").read_text())
-    induction = [json.loads(p.read_text()) for p in (root / "ray").glob("*/meta.json")
-                 if json.loads(p.read_text())["cell"]["task"]["options"]["inner"] == "induction"]
-    assert len(induction) == 4 and dead_pid not in {m["pid"] for m in induction}
-    assert len({m["pid"] for m in induction}) == 1  # the restarted actor ran them all, the model loaded once
-    assert sum(m["load_seconds"] > 0 for m in induction) == 1
+    records = [json.loads(p.read_text()) for p in (root / "ray").glob("*/*.json") if p.name != "graph.json"]
+    induction = [r for r in records if r["cell"]["task"]["options"]["inner"] == "induction"]
+    assert len(induction) == 6 and dead_pid not in {r["pid"] for r in induction}  # 4 done, 2 failed (bad positions)
+    assert len({r["pid"] for r in induction}) == 1  # the restarted actor ran them all, the model loaded once
+    assert sum(r["load_seconds"] > 0 for r in induction) == 1
 
 
-def test_typed_errors_are_recorded_once_not_retried(swept):
+def check_typed_errors_are_recorded_once_not_retried(root, reports):
     """Each cell asks for its prompts once per run, so equal logs mean no cell ran twice: not the cells
     that raised `InvalidOptionError` (recorded in error.json), not the cells of the restarted actor."""
-    root, reports = swept
     local_log, ray_log = lines(root / "local.log"), lines(root / "ray.log")
     assert len(ray_log) == len(local_log) and len(local_log) % 12 == 0 and local_log
     for backend in ("local", "ray"):
@@ -205,8 +211,7 @@ def test_typed_errors_are_recorded_once_not_retried(swept):
             assert "999" in error["message"] and not (root / backend / folder / "graph.json").exists()
 
 
-def test_rerun_recomputes_only_a_deleted_cell_and_exits_non_zero_on_failed_cells(swept, capsys):
-    root, reports = swept
+def check_rerun_recomputes_only_a_deleted_cell_and_exits_non_zero_on_failed_cells(root, reports, capsys):
     out, log = root / "ray", root / "ray.log"
     spec_path = root / "ray.toml"
     spec_path.write_text(toml(spec_2x2x2(log, root / "died")))
@@ -242,7 +247,7 @@ def toml(spec: dict) -> str:
     return "\n".join(f"{k} = {value(v)}" for k, v in spec.items()) + "\n"
 
 
-def test_a_worker_that_dies_on_every_allowed_attempt_fails_its_cell(ray_cluster, tmp_path):
+def check_a_worker_that_dies_on_every_allowed_attempt_fails_its_cell(tmp_path):
     """With no retries allowed, the cell whose worker died is recorded as failed (not deterministic);
     ``retry_failed`` then reruns it, and the task (which dies only once) gives its graph."""
     log, marker = tmp_path / "runs.log", tmp_path / "died"
