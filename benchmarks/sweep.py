@@ -1,7 +1,7 @@
 """`circuits sweep`: the same 16-cell sweep with the ``local`` backend and with ``ray`` on 2 CPUs.
 
-Cells: induction and icl_regression (their trained default models) x activation patching, path patching,
-EAP-IG and CD-T x seeds 0 and 1, 32 prompts each. Printed: Ray's start-up (``ray.init(num_cpus=2)``), the
+Cells: those of the shipped `sweeps/example.toml`: induction and icl_regression (their trained default models)
+x activation patching, path patching, EAP-IG (8 steps) and CD-T x seeds 0 and 1, 32 prompts each. Printed: Ray's start-up (``ray.init(num_cpus=2)``), the
 local and Ray sweep times (each into a fresh folder, models read from the cache), the time the workers spent
 in cells and in loading models (from meta.json), and whether both backends gave equal graphs.
 On 2 cores expect little gain: the point is that the same spec runs unchanged on a cluster.
@@ -17,17 +17,21 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import circuits
 from circuits.graph import HeadGraph
+from circuits.sweep import Spec
 
 
-def spec(n: int) -> dict:
-    return {"tasks": ["induction", "icl_regression"], "models": ["default"], "seeds": [0, 1], "n": n,
-            "engines": ["activation_patching", {"name": "path_patching", "options": {"per_input": False}},
-                        {"name": "edge_attribution", "options": {"method": "eap_ig_inputs", "steps": 8}}, "cdt"]}
+EXAMPLE = Path(__file__).resolve().parents[1] / "sweeps" / "example.toml"
+
+
+def spec(n: int) -> Spec:
+    """The shipped example spec (sweeps/example.toml), with `n` prompts per cell."""
+    return replace(Spec.load(EXAMPLE), n=n)
 
 
 def worker_seconds(out: Path) -> tuple[float, float]:
@@ -51,8 +55,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for backend in ("local", "ray"):
         shutil.rmtree(root / backend, ignore_errors=True)
     sweep = spec(args.n)
-    for task in sweep["tasks"]:  # train (once) and cache the default models outside the timings
-        __import__("tasks").get(task).default_model()
+    for task in sweep.tasks:  # train (once) and cache the default models outside the timings
+        task.build().default_model()
 
     start = time.perf_counter()
     local = circuits.sweep(sweep, root / "local", backend="local", progress=False)
@@ -66,7 +70,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ray_seconds = time.perf_counter() - start
     ray.shutdown()
 
-    assert local.ok and remote.ok and len(local.ran) == len(remote.ran) == 16
+    assert local.ok and remote.ok and len(local.ran) == len(remote.ran) == len(sweep.cells()) == 16
     same = graphs(root / "local") == graphs(root / "ray")
     print(f"16 cells (2 tasks x 4 engines x 2 seeds, n={args.n}), folders under {root}")
     for name, seconds, out in (("local", local_seconds, root / "local"), ("ray", ray_seconds, root / "ray")):
