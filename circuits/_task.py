@@ -26,7 +26,8 @@ class PromptBatch:
 
     clean, corrupted: token ids ``[batch, pos]``, or float inputs ``[batch, pos, d_model]`` for
         continuous-input tasks (they enter the residual stream directly, see `circuits.forward`).
-    answer: the right answer per prompt (token ids, or float targets).
+    answer: the right answer per prompt (token ids, float targets, or one row per prompt, e.g. a mask of the
+        tokens allowed next ``[batch, d_vocab]``).
     foil: an optional competing answer (e.g. what copying the corrupted prompt would give).
     position: the read-out position of each prompt.
     """

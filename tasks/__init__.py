@@ -9,12 +9,14 @@ from tasks.capitals import Capitals
 from tasks.factual_recall import FactualRecall
 from tasks.icl_regression import ICLRegression
 from tasks.induction import Induction
+from tasks.regular_languages import RegularLanguages
 
 _TASKS: Registry[Any] = Registry("task")
 _TASKS.register("induction", Induction)
 _TASKS.register("icl_regression", ICLRegression)
 _TASKS.register("factual_recall", FactualRecall)
 _TASKS.register("capitals", Capitals)
+_TASKS.register("regular_languages", RegularLanguages)
 
 
 # The registry's own methods are the public functions (``register`` refuses a name already taken).
@@ -22,4 +24,4 @@ get = _TASKS.get
 names = _TASKS.names
 register = _TASKS.register
 
-__all__ = ["Capitals", "FactualRecall", "ICLRegression", "Induction", "get", "names", "register"]
+__all__ = ["Capitals", "FactualRecall", "ICLRegression", "Induction", "RegularLanguages", "get", "names", "register"]
