@@ -1,4 +1,4 @@
-"""The `circuits` console command: discover circuits, compare engines, list tasks and engines."""
+"""The `circuits` console command: discover circuits, compare engines, run sweeps, list tasks and engines."""
 
 from __future__ import annotations
 
@@ -46,6 +46,23 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from circuits.sweep import Spec, dry_run_table
+
+    spec = Spec.load(args.spec)
+    if args.dry_run:
+        print(dry_run_table(spec, args.out))
+        return 0
+    report = circuits.sweep(spec, args.out, backend=args.backend, address=args.address, retries=args.retries,
+                            retry_failed=args.retry_failed)
+    print(f"ran {len(report.ran)} cells, left {len(report.skipped)} alone; {report.out / 'results.csv'}")
+    if report.failed:
+        print(f"\n{len(report.failed)} failed cells (rerun them with --retry-failed):\n{report.failure_table()}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="circuits", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +79,15 @@ def _parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="every engine side by side: rank agreement, faithfulness curves")
     analyses_compare.add_arguments(compare)
     compare.set_defaults(run=_compare)
+    sweep = commands.add_parser("sweep", help="run every cell of a TOML spec (docs/sweep.md), resumable")
+    sweep.add_argument("spec", help="TOML file: tasks, models, engines (with options), seeds, n")
+    sweep.add_argument("--out", required=True, help="folder with one subfolder per cell, and results.csv")
+    sweep.add_argument("--backend", choices=["local", "ray"], default="local")
+    sweep.add_argument("--address", default=None, help="Ray cluster address ('auto': the running cluster)")
+    sweep.add_argument("--retries", type=int, default=2, help="restarts of a worker that dies (Ray backend)")
+    sweep.add_argument("--retry-failed", action="store_true", help="rerun only the cells that failed")
+    sweep.add_argument("--dry-run", action="store_true", help="print the cells and their status; run nothing")
+    sweep.set_defaults(run=_sweep)
     commands.add_parser("tasks", help="list tasks").set_defaults(run=lambda a: print("\n".join(tasks.names())) or 0)
     commands.add_parser("engines", help="list engines").set_defaults(
         run=lambda a: print("\n".join(circuits.engines.names())) or 0)

@@ -15,7 +15,7 @@ from circuits._task import PromptBatch, Task
 from circuits.compare import compare
 from circuits.engines.base import Engine
 from circuits.graph import EMBED, LOGITS, Head, HeadGraph
+from circuits.sweep import sweep  # the function; `from circuits.sweep import Spec` still reaches the module
 
 __all__ = ["EMBED", "LOGITS", "Engine", "Head", "HeadGraph", "PromptBatch", "Registry", "Task", "clamped_runs", "clamps",
-           "compare", "discover", "engines", "errors",
-           "forward", "hooks", "metrics", "models", "training"]
+           "compare", "discover", "engines", "errors", "forward", "hooks", "metrics", "models", "sweep", "training"]

@@ -248,16 +248,18 @@ def _bundled_hf() -> tuple[Any, Any]:
     gguf = bundled_gguf_path()
     versions = [gguf.name, gguf.stat().st_size, transformers.__version__, torch.__version__]
     path = cache_dir() / f"smollm2-{hashlib.sha256(json.dumps(versions).encode()).hexdigest()[:16]}"
-    if path.exists():
-        try:
-            return _read_converted(path)
-        except Exception as error:  # a damaged copy: convert again
-            warnings.warn(DamagedCacheWarning(f"cache directory {path} is damaged ({type(error).__name__}: "
-                                              f"{error}); converting the GGUF again"), stacklevel=3)
-            shutil.rmtree(path, ignore_errors=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    hf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    return _keep_converted(hf_model.eval(), tokenizer, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_name(f"{path.name}.lock")):  # concurrent callers (test workers) convert once
+        if path.exists():
+            try:
+                return _read_converted(path)
+            except Exception as error:  # a damaged copy: convert again
+                warnings.warn(DamagedCacheWarning(f"cache directory {path} is damaged ({type(error).__name__}: "
+                                                  f"{error}); converting the GGUF again"), stacklevel=3)
+                shutil.rmtree(path, ignore_errors=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        hf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        return _keep_converted(hf_model.eval(), tokenizer, path)
 
 
 def _read_converted(path: Path) -> tuple[Any, Any]:

@@ -29,10 +29,3 @@ def bundled_model():
     Tests that use it are marked ``slow``; never move it to another device or mutate its weights."""
     return circuits.models.bundled()
 
-
-def pytest_collection_modifyitems(items):
-    """Under pytest-xdist (`make test` runs two workers), every test that uses SmolLM2 goes to one worker,
-    so the model is loaded once (``--dist loadgroup``)."""
-    for item in items:
-        if "bundled_model" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("bundled_model"))

@@ -103,3 +103,55 @@ def test_inputs_go_to_cfg_device_not_the_first_parameter(engine_name):
     assert next(model.parameters()).device.type == "meta" and model.cfg.device == "cpu"
     assert engine.run(model, TASK, n=2, seed=0) == expected
     assert circuits.discover(model, TASK, engine=engine, n=2, seed=0) == expected
+
+
+class WrongPlacement(Exception):
+    pass
+
+
+def placement_checked(model):
+    """A stub of a model spread over devices that refuses a wrong placement: every hook attached through
+    ``model.hooks`` (the one way `circuits.hooks.attached` attaches them) must hand back a tensor on the
+    device, and with the dtype, of the activation it replaces. Counts the replacements it checked."""
+    original, checked = model.hooks, []
+
+    def hooks(fwd_hooks=(), **kwargs):
+        def guarded(fn):
+            def hook(tensor, hook):
+                out = fn(tensor, hook=hook)
+                if isinstance(out, torch.Tensor):
+                    if (out.device, out.dtype) != (tensor.device, tensor.dtype):
+                        raise WrongPlacement(f"{hook.name}: a {tensor.dtype} activation on {tensor.device} "
+                                             f"replaced by a {out.dtype} tensor on {out.device}")
+                    checked.append(hook.name)
+                return out
+            return hook
+        return original(fwd_hooks=[(name, guarded(fn)) for name, fn in fwd_hooks], **kwargs)
+
+    model.hooks = hooks
+    return model, checked
+
+
+def test_the_placement_stub_refuses_a_patch_on_another_device():
+    model, _ = placement_checked(small_model())
+    tokens = torch.zeros(1, 4, dtype=torch.long)
+    with pytest.raises(WrongPlacement, match="activation on cpu replaced by a torch.float32 tensor on meta"):
+        with circuits.hooks.attached(model, [("blocks.0.hook_resid_pre", lambda t, hook: t.to("meta"))]):
+            circuits.forward.logits(model, tokens)
+    with pytest.raises(WrongPlacement, match="replaced by a torch.float64 tensor on cpu"):
+        with circuits.hooks.attached(model, [("blocks.0.hook_resid_pre", lambda t, hook: t.double())]):
+            circuits.forward.logits(model, tokens)
+
+
+@pytest.mark.parametrize("engine_name", engines.names())
+def test_patches_go_to_the_device_of_the_activation_they_replace(engine_name):
+    """Every replacement an engine makes through a hook passes the placement stub, and the graph is unchanged.
+    (On this CPU-only machine every device is the CPU, so the stub fails only on a wrong device *or dtype*.
+    Activation patching adds its patches to the cached residual (``deltas.to(mid.device)``) and CD-T recomputes
+    the model: neither replaces an activation through a hook, so the stub checks nothing of theirs.)"""
+    engine = engines.get(engine_name, **OPTIONS.get(engine_name, {}))
+    expected = engine.run(small_model(), TASK, n=2, seed=0)
+    model, checked = placement_checked(small_model())
+    assert engine.run(model, TASK, n=2, seed=0) == expected
+    if engine_name in ("path_patching", "edge_attribution"):
+        assert checked, f"{engine_name} replaced no activation through a hook"

@@ -81,7 +81,11 @@ def graph_meta(engine: Any, model: Any, task: Any, *, n: int, seed: int, score: 
 
 
 def package_version() -> str:
-    try:
-        return version("circuits")
-    except PackageNotFoundError:
-        return "unknown"
+    """The installed version (distribution ``tl-circuits``; ``circuits`` before the rename); part of every
+    graph's meta and of every sweep cell's key."""
+    for distribution in ("tl-circuits", "circuits"):
+        try:
+            return version(distribution)
+        except PackageNotFoundError:
+            continue
+    return "unknown"
