@@ -28,7 +28,7 @@ bench: $(VENV)/.installed
 	$(PY) -m benchmarks.patching
 
 figures: $(VENV)/.installed  # every paper figure from analyses/ into figures/ with figures/manifest.json; QUICK=1: quick configurations
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m analyses.figures $(if $(QUICK),--quick) --out figures
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m analyses.figures $(if $(QUICK),--quick) --sweep sweeps/figures.toml --out figures
 
 mutation: $(VENV)/.installed  # mutation testing of the patching core (~1 hour on 2 cores; not part of make test)
 	$(PIP) install -q -e '.[mutation]'

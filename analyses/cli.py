@@ -42,7 +42,7 @@ def _discover(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    analyses_compare.run(args.task, quick=args.quick, out=args.out, engine_names=args.engine)
+    analyses_compare.run(args.task, quick=args.quick, out=args.out, engine_names=args.engine, graphs=args.graphs)
     return 0
 
 

@@ -31,6 +31,7 @@ import torch
 import circuits
 import tasks
 from circuits.compare import Comparison
+from circuits.graph import HeadGraph
 from circuits.errors import InvalidOptionError
 
 ENGINE_OPTIONS = {"path_patching": {"receivers": "logits", "per_input": False}, "cdt": {"receivers": 0}}
@@ -58,9 +59,27 @@ def task_for(name: str, quick: bool) -> Any:
     return task.quick() if quick and hasattr(task, "quick") else task
 
 
-def compare_task(task: Any, model: Any, settings: Settings, engine_names: Sequence[str]) -> dict[str, Any]:
-    graphs, seconds = {}, {}
+def sweep_graphs(folder: Path, task_name: str, engine_names: Sequence[str]) -> dict[str, HeadGraph]:
+    """The seed-0 graphs of `task_name` on its default model in a `circuits sweep` output folder, per engine
+    (what `make figures` computes first, with sweeps/figures.toml)."""
+    rows = [row for row in csv.DictReader((folder / "results.csv").open())
+            if (row["status"], row["task"], row["model"], row["seed"]) == ("done", task_name, "default", "0")
+            and row["engine"] in engine_names]
+    engines = [row["engine"] for row in rows]
+    if len(set(engines)) < len(engines):
+        raise InvalidOptionError(f"{folder}/results.csv has several seed-0 cells per engine for {task_name!r} "
+                                 f"({sorted(engines)}); expected one each")
+    return {row["engine"]: HeadGraph.from_json(folder / row["folder"] / "graph.json") for row in rows}
+
+
+def compare_task(task: Any, model: Any, settings: Settings, engine_names: Sequence[str],
+                 given: Optional[dict[str, HeadGraph]] = None) -> dict[str, Any]:
+    """Every engine's graph (taken from `given` where there, else discovered now), then `circuits.compare`."""
+    graphs, seconds = dict(given or {}), {}
     for engine in engine_names:
+        if engine in graphs:
+            print(f"  {engine}: from the sweep (n={graphs[engine].meta.get('n')})", flush=True)
+            continue
         start = time.perf_counter()
         graphs[engine] = circuits.discover(model, task, engine=engine, n=settings.n, seed=0,
                                            **ENGINE_OPTIONS.get(engine, {}))
@@ -109,9 +128,11 @@ def write_tables(records: list[dict[str, Any]], details: list[str], out: Path) -
 
 
 def run(task_names: Optional[Sequence[str]] = None, quick: bool = False, out: Path = Path("out/compare"),
-        engine_names: Optional[Sequence[str]] = None, models: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        engine_names: Optional[Sequence[str]] = None, models: Optional[dict[str, Any]] = None,
+        graphs: Optional[Path] = None) -> dict[str, Any]:
     """Compare `engine_names` (default: all) on `task_names` (default: all); `models` maps a task name to a model
-    already loaded (else the task's default model; SmolLM2 is loaded once for its tasks)."""
+    already loaded (else the task's default model; SmolLM2 is loaded once for its tasks); `graphs` is a
+    `circuits sweep` output folder whose seed-0 default-model graphs are used instead of running those engines."""
     start = time.perf_counter()
     task_names = list(task_names or tasks.names())
     for name in task_names:
@@ -133,7 +154,8 @@ def run(task_names: Optional[Sequence[str]] = None, quick: bool = False, out: Pa
             loaded[key] = task.default_model()
         print(f"{name}: {len(engine_names)} engines on {settings.n} prompts, faithfulness on {settings.n_eval}",
               flush=True)
-        done = compare_task(task, loaded[key], settings, engine_names)
+        given = sweep_graphs(graphs, name, engine_names) if graphs is not None else None
+        done = compare_task(task, loaded[key], settings, engine_names, given)
         result = done["result"]
         result.draw(out / f"compare_{name}.png")
         rec = record(result, done["seconds"], settings)
@@ -159,6 +181,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"an engine to compare (repeatable; default: all of {', '.join(circuits.engines.for_trained_models())})")
     parser.add_argument("--quick", action="store_true", help="fewer prompts and random draws (SmolLM2: 2 prompts)")
     parser.add_argument("--out", type=Path, default=Path("out/compare"), help="output folder")
+    parser.add_argument("--graphs", type=Path, default=None,
+                        help="a `circuits sweep` output folder: use its seed-0 default-model graphs (make figures)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
@@ -166,7 +190,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     add_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    return run(args.task, quick=args.quick, out=args.out, engine_names=args.engine)
+    return run(args.task, quick=args.quick, out=args.out, engine_names=args.engine, graphs=args.graphs)
 
 
 if __name__ == "__main__":

@@ -330,3 +330,29 @@ def test_manifest_lists_every_figure_with_its_script_config_seconds_and_headline
     assert entry["script"] == "numbers_only" and entry["config"]["quick"] and "--quick" in entry["config"]["argv"]
     assert entry["seconds"] > 0
     assert [s["returncode"] for s in manifest["scripts"]] == [0, 0, 3]
+
+
+def test_compare_takes_its_graphs_from_a_sweep(tmp_path, monkeypatch, induction, induction_model):
+    """`make figures`: circuits sweep computes the graphs, analyses.compare reads them and runs no engine."""
+    from analyses import compare as analysis
+    from analyses import figures
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text('n = 8\nseeds = [0, 1]\ntasks = ["induction"]\n[[models]]\nname = "default"\n'
+                    '[[engines]]\nname = "activation_patching"\n[[engines]]\nname = "cdt"\noptions = { receivers = 0 }\n')
+    manifest = figures.build([], out=tmp_path / "figs", sweep_spec=spec)
+    assert manifest["sweep"]["ran"] == 4 and manifest["sweep"]["failed"] == 0
+    sweep_out = tmp_path / "figs" / "sweep"
+    given = analysis.sweep_graphs(sweep_out, "induction", ["activation_patching", "cdt"])
+    assert set(given) == {"activation_patching", "cdt"} and all(g.meta["seed"] == 0 for g in given.values())
+
+    def no_engine_runs(*args, **kwargs):
+        raise AssertionError("an engine ran although the sweep had its graph")
+
+    monkeypatch.setattr(circuits, "discover", no_engine_runs)
+    summary = analysis.run(["induction"], quick=True, out=tmp_path / "cmp", engine_names=["activation_patching", "cdt"],
+                           models={"induction": induction_model}, graphs=sweep_out)
+    record = json.loads((tmp_path / "cmp" / "compare_induction.json").read_text())
+    expected = circuits.compare(given, induction_model, induction, n=32, seed=1, draws=10)
+    assert record["spearman"] == {f"{a} · {b}": rho for (a, b), rho in expected.spearman.items()}
+    assert summary["tasks"] == ["induction"]
