@@ -81,11 +81,9 @@ def graph_meta(engine: Any, model: Any, task: Any, *, n: int, seed: int, score: 
 
 
 def package_version() -> str:
-    """The installed version (distribution ``tl-circuits``; ``circuits`` before the rename); part of every
-    graph's meta and of every sweep cell's key."""
-    for distribution in ("tl-circuits", "circuits"):
-        try:
-            return version(distribution)
-        except PackageNotFoundError:
-            continue
-    return "unknown"
+    """The installed version of the distribution ``tl-circuits``; part of every graph's meta and of every sweep
+    cell's key."""
+    try:
+        return version("tl-circuits")
+    except PackageNotFoundError:
+        return "unknown"
