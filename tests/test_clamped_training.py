@@ -127,3 +127,13 @@ def test_extra_clamps_apply_in_every_run_and_a_log2_plateau_comes_from_the_task(
     assert plain.meta["threshold"] == clamped.meta["threshold"] == pytest.approx(math.log(2) / 2)
     assert clamped.meta["final_loss"] != plain.meta["final_loss"]
     assert clamped.meta["options"]["clamps"] == ({"head": "L0H0", "strength": 1.0},)
+
+
+def test_parallel_workers_give_the_same_graph():
+    """``workers=2`` trains the runs in spawned processes: same seed, same batches, so the same graph."""
+    options = dict(top_k=2, **FAST)
+    serial = circuits.discover(CONFIG, TASK, engine="clamped_training", n=8, seed=0, **options)
+    parallel = circuits.discover(CONFIG, TASK, engine="clamped_training", n=8, seed=0, workers=2, **options)
+    assert parallel.scores() == serial.scores()
+    assert {e: d["score"] for e, d in parallel.nx.edges.items()} == {e: d["score"] for e, d in serial.nx.edges.items()}
+    assert parallel.nx.number_of_edges() == 1
