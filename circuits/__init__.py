@@ -13,9 +13,11 @@ from circuits._discovery import discover
 from circuits._registry import Registry
 from circuits._task import PromptBatch, Task
 from circuits.compare import compare
-from circuits.engines.base import Engine
+from circuits.engines.base import Engine, package_version
 from circuits.graph import EMBED, LOGITS, Head, HeadGraph
 from circuits.sweep import sweep  # the function; `from circuits.sweep import Spec` still reaches the module
+
+__version__ = package_version()  # of the installed distribution, tl-circuits
 
 __all__ = ["EMBED", "LOGITS", "Engine", "Head", "HeadGraph", "PromptBatch", "Registry", "Task", "clamped_runs", "clamps",
            "compare", "discover", "engines", "errors", "forward", "hooks", "metrics", "models", "sweep", "training"]

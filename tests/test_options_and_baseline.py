@@ -86,6 +86,7 @@ def test_meta_records_the_run(engine):
     assert {k: meta[k] for k in ("engine", "options", "task", "model", "n", "seed", "version")} == {
         "engine": engine.name, "options": asdict(engine), "task": TASK.name, "model": "tiny-meta", "n": 3,
         "seed": 5, "version": version("tl-circuits")}
+    assert circuits.__version__ == version("tl-circuits") != "unknown"
     assert meta["metric_clean"] == pytest.approx(clean, abs=1e-5)
     assert meta["metric_corrupted"] == pytest.approx(corrupted, abs=1e-5)
     assert engine.direction in meta["score"] and "normalised" in meta["score"]
