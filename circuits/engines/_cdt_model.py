@@ -150,6 +150,17 @@ def rotary(model: Any, attn: Any, n_pos: int, device: torch.device):
     return lambda q, k: apply_rotary_pos_emb(q, k, cos, sin)
 
 
+def check_one_device(layers: list[Layer], model: Any, device: torch.device) -> None:
+    """CD-T carries its rel/irrel streams through every layer on the input device. A model spread over devices
+    (`device_map`, `n_devices`) gets this typed error before any work, not a device mismatch inside a layer."""
+    weights = [t for layer in layers for t in (layer.w_q, layer.w_k, layer.w_v, layer.w_o)] + [model.unembed.W_U]
+    devices = sorted({str(t.device) for t in weights})
+    if devices != [str(device)]:
+        raise IncompatibleModelError(f"CD-T runs every layer on the input device {device}; this model's weights lie "
+                                     f"on {devices}. Load the model on one device for CD-T (the other engines work "
+                                     "on models spread over devices).")
+
+
 def check_model(model: Any) -> None:
     """Typed errors for architectures the rules do not cover (before any work)."""
     cfg = model.cfg

@@ -50,6 +50,7 @@ class Propagation:
         self.device, self.n_batch, self.n_pos = embedded.device, embedded.shape[0], embedded.shape[1]
         self.readout = None if readout is None else readout.to(self.device)
         self.layers = [cdt_model.read_layer(model, layer, self.n_pos, self.device, dtype) for layer in range(model.cfg.n_layers)]
+        cdt_model.check_one_device(self.layers, model, self.device)
         self.real_resid = [embedded]  # residual entering each block, computed as far as needed
         self.real_z: list[Tensor] = []
         self.real_totals: list[cdt_model.Totals] = []  # each block's real linear-map outputs
