@@ -21,7 +21,6 @@ is the true capital; the standard error is sqrt(p(1-p)/n) over n held-out prompt
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import time
@@ -38,6 +37,7 @@ import torch  # noqa: E402
 import circuits  # noqa: E402
 from analyses import _readout  # noqa: E402
 from tasks.capitals import CONTEXT_TEMPLATES, Capitals  # noqa: E402
+from analyses._script import at_most_two_threads, figure_parser  # noqa: E402
 
 ALPHAS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 MODES = {"all_positions": False, "readout_only": True}
@@ -274,11 +274,9 @@ def report(summary: dict[str, Any]) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer prompts, alphas and draws; path patching from layer 26 on")
-    parser.add_argument("--out", type=Path, default=Path("out/capitals"))
+    parser = figure_parser(__doc__, "out/capitals", "fewer prompts, alphas and draws; path patching from layer 26 on")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    at_most_two_threads()
     return run(quick=args.quick, out=args.out)
 
 

@@ -26,13 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import torch
-
 import circuits
 import tasks
 from circuits.compare import Comparison
 from circuits.graph import HeadGraph
 from circuits.errors import InvalidOptionError
+from analyses._script import add_figure_arguments, at_most_two_threads
 
 ENGINE_OPTIONS = {"path_patching": {"receivers": "logits", "per_input": False}, "cdt": {"receivers": 0}}
 BUNDLED = ("factual_recall", "capitals")  # tasks on SmolLM2: loaded once, smaller settings
@@ -62,9 +61,10 @@ def task_for(name: str, quick: bool) -> Any:
 def sweep_graphs(folder: Path, task_name: str, engine_names: Sequence[str]) -> dict[str, HeadGraph]:
     """The seed-0 graphs of `task_name` on its default model in a `circuits sweep` output folder, per engine
     (what `make figures` computes first, with sweeps/figures.toml)."""
-    rows = [row for row in csv.DictReader((folder / "results.csv").open())
-            if (row["status"], row["task"], row["model"], row["seed"]) == ("done", task_name, "default", "0")
-            and row["engine"] in engine_names]
+    with (folder / "results.csv").open(newline="") as handle:
+        rows = [row for row in csv.DictReader(handle)
+                if (row["status"], row["task"], row["model"], row["seed"]) == ("done", task_name, "default", "0")
+                and row["engine"] in engine_names]
     engines = [row["engine"] for row in rows]
     if len(set(engines)) < len(engines):
         raise InvalidOptionError(f"{folder}/results.csv has several seed-0 cells per engine for {task_name!r} "
@@ -179,8 +179,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"a task to compare on (repeatable; default: all of {', '.join(tasks.names())})")
     parser.add_argument("--engine", action="append", default=None,
                         help=f"an engine to compare (repeatable; default: all of {', '.join(circuits.engines.for_trained_models())})")
-    parser.add_argument("--quick", action="store_true", help="fewer prompts and random draws (SmolLM2: 2 prompts)")
-    parser.add_argument("--out", type=Path, default=Path("out/compare"), help="output folder")
+    add_figure_arguments(parser, "out/compare", "fewer prompts and random draws (SmolLM2: 2 prompts)")
     parser.add_argument("--graphs", type=Path, default=None,
                         help="a `circuits sweep` output folder: use its seed-0 default-model graphs (make figures)")
 
@@ -189,7 +188,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    at_most_two_threads()
     return run(args.task, quick=args.quick, out=args.out, engine_names=args.engine, graphs=args.graphs)
 
 

@@ -23,7 +23,6 @@ reported as ``decomposition_max_error``), so nothing is left out of the per-laye
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -40,6 +39,7 @@ import circuits  # noqa: E402
 from analyses import _readout  # noqa: E402
 from tasks import facts  # noqa: E402
 from tasks.factual_recall import FactualRecall  # noqa: E402
+from analyses._script import at_most_two_threads, figure_parser  # noqa: E402
 
 PAPER = {"last_layer_direct_contribution": "negative on average (anti-overconfidence; GPT-2, OPT)",
          "topic_heads": "task-specific heads move the topic token to the last position",
@@ -282,11 +282,9 @@ def report(summary: dict[str, Any]) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="capital relation only, path patching from layer 27 on")
-    parser.add_argument("--out", type=Path, default=Path("out/factual_recall"))
+    parser = figure_parser(__doc__, "out/factual_recall", "capital relation only, path patching from layer 27 on")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    at_most_two_threads()
     return run(quick=args.quick, out=args.out)
 
 

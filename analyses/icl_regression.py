@@ -17,7 +17,6 @@ one PNG per figure into DIR and prints a table of the issue's numbers next to th
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch  # noqa: E402
 import circuits  # noqa: E402
 from tasks.icl_regression import ICLRegression  # noqa: E402
 from tasks import icl_regression_estimators as estimators  # noqa: E402
+from analyses._script import figure_parser  # noqa: E402
 
 PAPER = {"mse_1": 0.40, "mse_2": 0.24, "omega": 0.13, "mu": 3.45, "omega_mu": 0.45}
 HEADS = (1, 2, 4)
@@ -211,9 +211,7 @@ def run(quick: bool = False, out: Path = Path("out/icl_regression")) -> dict[str
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a few hundred training steps: checks the pipeline")
-    parser.add_argument("--out", type=Path, default=Path("out/icl_regression"))
+    parser = figure_parser(__doc__, "out/icl_regression", "a few hundred training steps: checks the pipeline")
     args = parser.parse_args(argv)
     run(quick=args.quick, out=args.out)
 

@@ -22,7 +22,6 @@ segments, batch 32, 360 steps, 2 seeds) in about a minute; the full run adds the
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -43,6 +42,7 @@ from circuits.engines.clamped_training import training_settings  # noqa: E402
 from tasks.few_shot import FewShot  # noqa: E402
 from tasks.few_shot import model_config as few_shot_model  # noqa: E402
 from tasks.induction import Induction  # noqa: E402
+from analyses._script import figure_parser  # noqa: E402
 
 NO_CLAMP = "no clamp"
 ABLATE_PREVIOUS = "ablate previous-token head"
@@ -201,9 +201,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="token induction only, smaller config, 2 seeds")
-    parser.add_argument("--out", type=Path, default=Path("out/induction_formation"))
+    parser = figure_parser(__doc__, "out/induction_formation", "token induction only, smaller config, 2 seeds")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 (quick), 0 1 2")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

@@ -18,7 +18,6 @@ first call trains it, about a minute).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np  # noqa: E402
 from circuits.engines import PathPatching  # noqa: E402
 from circuits.graph import LOGITS, HeadGraph, head_name  # noqa: E402
 from tasks.induction import Induction  # noqa: E402
+from analyses._script import figure_parser  # noqa: E402
 
 COLOURS = {"q": "#1b9e77", "k": "#d95f02", "v": "#7570b3", "": "#444444"}
 
@@ -109,16 +109,14 @@ def draw(graph: HeadGraph, path: Path, threshold: float) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> HeadGraph:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer prompts (seconds once the model is cached)")
-    parser.add_argument("--out", default="figures/induction_paths", help="output folder")
+    parser = figure_parser(__doc__, "figures/induction_paths", "fewer prompts (seconds once the model is cached)")
     parser.add_argument("--threshold", type=float, default=0.1, help="smallest |edge score| drawn")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     task = Induction()
     model = task.default_model()
     graph = PathPatching().run(model, task, n=16 if args.quick else 128, seed=0)
-    out = Path(args.out)
+    out = args.out
     draw(graph, out / "induction_paths.png", args.threshold)
     graph.to_json(out / "induction_paths.json")
     edges = sorted(graph.nx.edges(data=True), key=lambda e: -abs(e[2]["score"]))

@@ -18,7 +18,6 @@ the paper's numbers. The default model trains for ~30-40 minutes on one thread o
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import circuits  # noqa: E402
 from tasks.dfa import PAD, SEP  # noqa: E402
 from tasks.ngram import match_mask  # noqa: E402
 from tasks.regular_languages import ORDERS, RegularLanguages, attention_patterns  # noqa: E402
+from analyses._script import figure_parser  # noqa: E402
 
 ENGINES = ("activation_patching", "path_patching")
 PROTOTYPE = {"accuracy": 0.80, "2gram_accuracy": 0.84, "3gram_accuracy": 0.95, "tv_dfa": 0.40, "tv_2gram": 0.27,
@@ -203,9 +203,7 @@ def run(quick: bool = False, out: Path = Path("out/regular_languages"), k: int =
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="the quick variant: checks the pipeline in seconds")
-    parser.add_argument("--out", type=Path, default=Path("out/regular_languages"))
+    parser = figure_parser(__doc__, "out/regular_languages", "the quick variant: checks the pipeline in seconds")
     parser.add_argument("--k", type=int, default=3, help="how many top heads to compare (default 3)")
     args = parser.parse_args(argv)
     run(quick=args.quick, out=args.out, k=args.k)
