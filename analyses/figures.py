@@ -7,8 +7,8 @@ crash or a leak in one does not touch the others), and `<out>/manifest.json` lis
 script wrote): the script, its configuration (the command line), the seconds the script took, and its headline
 numbers. Headline numbers come from the ``summary.json`` the script writes: its ``"headline"`` entry when it has
 one, else every number in it up to two levels deep. A script that fails is recorded with its exit code and the
-run continues; the exit code is then 1. A new analysis joins by following the same ``--quick --out`` pattern and
-being added to `SCRIPTS`.
+run continues; the exit code is then 1. A new analysis joins by taking the same ``--quick --out`` arguments
+(`analyses._script.figure_parser`) and being added to `SCRIPTS`.
 
 With ``--sweep SPEC`` (`make figures` passes sweeps/figures.toml) the spec's cells are computed first by
 `circuits sweep` into ``<out>/sweep`` (resumable), `analyses.compare` takes the graphs it needs from there, and the
