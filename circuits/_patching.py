@@ -158,8 +158,10 @@ class PatchRuns:
 
 
 def output_weights(model: Any, layer: int) -> Float[Tensor, "head d_head d_model"]:
-    """W_O of one layer. (``model.W_O`` stacks every layer on each access: 0.17 s on SmolLM2.)"""
-    return model.blocks[layer].attn.W_O
+    """W_O of one layer, also when offloaded. (``model.W_O`` stacks every layer on each access: 0.17 s on SmolLM2.)"""
+    attn = model.blocks[layer].attn
+    with forward.readable_weights(attn):
+        return attn.W_O
 
 
 def finish_block(model: Any, layer: int, resid_mid: Tensor) -> Tensor:
@@ -167,6 +169,7 @@ def finish_block(model: Any, layer: int, resid_mid: Tensor) -> Tensor:
     if model.cfg.attn_only:
         return resid_mid
     block = model.blocks[layer]
+    resid_mid = resid_mid.to(forward.device_of(block))  # sub-modules, unlike blocks, do not move their inputs
     return resid_mid + block.mlp(block.ln2(resid_mid))
 
 

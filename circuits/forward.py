@@ -9,6 +9,8 @@ vocabularies.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any, Optional
 
 import torch
@@ -26,6 +28,31 @@ def input_device(model: Any) -> torch.device:
     live; a module without a configured device falls back to its first parameter's."""
     device = getattr(getattr(model, "cfg", None), "device", None)
     return torch.device(device) if device is not None else next(model.parameters()).device
+
+
+@contextmanager
+def readable_weights(component: torch.nn.Module) -> Iterator[None]:
+    """Inside, the weights of `component` that accelerate offloaded are loaded on their execution device, so an
+    engine can read ``W_O``, ``W_Q``, ... of a model loaded with a ``device_map`` that has ``"disk"`` (or, next to
+    GPUs, ``"cpu"``) targets: such weights are meta placeholders, filled only while their module runs. Tensors read
+    inside stay valid after; the placeholders come back on exit. A no-op for weights held in memory."""
+    from accelerate.utils import align_module_device, has_offloaded_params  # a TransformerLens dependency
+
+    with ExitStack() as stack:
+        for module in component.modules():  # accelerate hooks each offloaded submodule separately
+            if has_offloaded_params(module):
+                stack.enter_context(align_module_device(module))
+        yield
+
+
+def device_of(component: torch.nn.Module) -> torch.device:
+    """Where `component` (a block, a norm, ...) computes: accelerate's execution device for a dispatched module
+    (its weights may be offloaded), else the device of its first weight."""
+    for module in component.modules():
+        device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    return next(component.parameters()).device
 
 
 def embed(model: Any, inputs: Inputs) -> Residual:
@@ -55,10 +82,11 @@ def run_blocks(model: Any, residual: Residual, start: int, stop: Optional[int] =
 
 
 def unembed(model: Any, residual: Residual, position: Optional[Int[Tensor, " batch"]] = None) -> Tensor:
-    """Final norm and unembedding; at one position per prompt (``[batch, vocab]``) when `position` is given."""
+    """Final norm and unembedding; at one position per prompt (``[batch, vocab]``) when `position` is given.
+    The logits come back on `input_device`, with the prompts, as a model split over devices returns them."""
     if position is not None:
         residual = residual[torch.arange(residual.shape[0], device=residual.device), position.to(residual.device)]
-    return model.unembed(model.ln_final(residual))
+    return model.unembed(model.ln_final(residual)).to(input_device(model))
 
 
 def run_from(model: Any, residual: Residual, start: int, position: Optional[Tensor] = None) -> Tensor:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from circuits import _compat
+from circuits import _compat, forward
 from circuits.engines import _cdt_rules as rules
 from circuits.engines._cdt_rules import Parts
 from circuits.errors import IncompatibleModelError
@@ -44,11 +44,18 @@ class Norm:
     eps: float
 
     def __call__(self, parts: Parts) -> Parts:
+        if self.weight is not None:
+            parts = on_device(parts, self.weight.device)
         if self.kind == "LN":
             return rules.layer_norm(parts, self.weight, self.bias, self.eps)
         if self.kind == "RMS":
             return rules.rms_norm(parts, self.weight, self.eps)
         return parts
+
+
+def on_device(parts: Parts, device: torch.device) -> Parts:
+    """Both parts on `device`: on a model spread over devices, each block computes where its weights lie."""
+    return tuple(None if t is None else t.to(device) for t in parts)  # type: ignore[return-value]
 
 
 def cast(t: Optional[Tensor], dtype: Optional[torch.dtype]) -> Optional[Tensor]:
@@ -72,8 +79,9 @@ def read_norm(component: Any, dtype: Optional[torch.dtype] = None) -> Norm:
 
 @dataclass(frozen=True)
 class Layer:
-    """One block's weights, in TransformerLens orientation."""
+    """One block's weights, in TransformerLens orientation, and the device they lie on (where the block computes)."""
 
+    device: torch.device
     ln1: Norm
     w_q: Tensor  # [head, d_model, d_head]
     b_q: Optional[Tensor]  # [head, d_head]
@@ -90,17 +98,19 @@ class Layer:
     mlp: Optional[dict[str, Any]]  # w_in, b_in, w_out, b_out, w_gate, act, gated
 
 
-def read_layer(model: Any, layer: int, n_pos: int, device: torch.device, dtype: Optional[torch.dtype] = None) -> Layer:
-    """Block `layer`'s weights (cast to `dtype` when given)."""
+def read_layer(model: Any, layer: int, n_pos: int, dtype: Optional[torch.dtype] = None) -> Layer:
+    """Block `layer`'s weights (cast to `dtype` when given), also when accelerate offloaded them."""
     block = model.blocks[layer]
     attn = block.attn
-    mlp = None if model.cfg.attn_only else read_mlp(model, block.mlp, dtype)
-    weights = {name: cast(getattr(attn, name), dtype) for name in ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_O", "b_O")}
-    return Layer(ln1=read_norm(block.ln1, dtype), w_q=weights["W_Q"], b_q=weights["b_Q"], w_k=weights["W_K"],
-                 b_k=weights["b_K"], w_v=weights["W_V"], b_v=weights["b_V"], w_o=weights["W_O"], b_o=weights["b_O"],
-                 scale=attention_scale(attn), rope=rotary(model, attn, n_pos, device),
-                 mask=attention_mask(model, attn, n_pos, device),
-                 ln2=None if mlp is None else read_norm(block.ln2, dtype), mlp=mlp)
+    with forward.readable_weights(block):
+        mlp = None if model.cfg.attn_only else read_mlp(model, block.mlp, dtype)
+        weights = {name: cast(getattr(attn, name), dtype) for name in ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_O", "b_O")}
+        device = weights["W_Q"].device
+        return Layer(device=device, ln1=read_norm(block.ln1, dtype), w_q=weights["W_Q"], b_q=weights["b_Q"],
+                     w_k=weights["W_K"], b_k=weights["b_K"], w_v=weights["W_V"], b_v=weights["b_V"], w_o=weights["W_O"],
+                     b_o=weights["b_O"], scale=attention_scale(attn), rope=rotary(model, attn, n_pos, device),
+                     mask=attention_mask(model, attn, n_pos, device),
+                     ln2=None if mlp is None else read_norm(block.ln2, dtype), mlp=mlp)
 
 
 def read_mlp(model: Any, mlp: Any, dtype: Optional[torch.dtype] = None) -> dict[str, Any]:
@@ -150,17 +160,6 @@ def rotary(model: Any, attn: Any, n_pos: int, device: torch.device):
     return lambda q, k: apply_rotary_pos_emb(q, k, cos, sin)
 
 
-def check_one_device(layers: list[Layer], model: Any, device: torch.device) -> None:
-    """CD-T carries its rel/irrel streams through every layer on the input device. A model spread over devices
-    (`device_map`, `n_devices`) gets this typed error before any work, not a device mismatch inside a layer."""
-    weights = [t for layer in layers for t in (layer.w_q, layer.w_k, layer.w_v, layer.w_o)] + [model.unembed.W_U]
-    devices = sorted({str(t.device) for t in weights})
-    if devices != [str(device)]:
-        raise IncompatibleModelError(f"CD-T runs every layer on the input device {device}; this model's weights lie "
-                                     f"on {devices}. Load the model on one device for CD-T (the other engines work "
-                                     "on models spread over devices).")
-
-
 def check_model(model: Any) -> None:
     """Typed errors for architectures the rules do not cover (before any work)."""
     cfg = model.cfg
@@ -173,7 +172,8 @@ def check_model(model: Any) -> None:
         raise missing_rule(f"positional embeddings of type {kind!r}")
     read_norm(model.ln_final)
     if not cfg.attn_only:
-        read_mlp(model, model.blocks[0].mlp)
+        with forward.readable_weights(model.blocks[0].mlp):
+            read_mlp(model, model.blocks[0].mlp)
     attention_scale(model.blocks[0].attn)
 
 
@@ -244,11 +244,14 @@ def finish_block(layer: Layer, resid: Parts, z: Parts, totals: Optional[Totals] 
 
 
 def unembed(model: Any, parts: Parts, totals: Optional[Totals] = None, record: Optional[Totals] = None) -> Parts:
+    """Final norm and unembedding, computed on the unembedding's device."""
     dtype = parts[0].dtype
-    normed = read_norm(model.ln_final, dtype)(parts)
     unembedding = model.unembed
-    w_u = unembedding.W_U.to(dtype)
-    return mapped("unembed", normed, lambda t: t @ w_u, cast(getattr(unembedding, "b_U", None), dtype), totals, record)
+    with forward.readable_weights(model.ln_final), forward.readable_weights(unembedding):
+        norm = read_norm(model.ln_final, dtype)
+        w_u, b_u = unembedding.W_U.to(dtype), cast(getattr(unembedding, "b_U", None), dtype)
+    normed = on_device(norm(parts), w_u.device)
+    return mapped("unembed", normed, lambda t: t @ w_u, b_u, totals, record)
 
 
 def attention_mask(model: Any, attn: Any, n_pos: int, device: torch.device) -> Optional[Tensor]:

@@ -49,8 +49,9 @@ class Propagation:
         embedded = embedded if dtype is None else embedded.to(dtype)
         self.device, self.n_batch, self.n_pos = embedded.device, embedded.shape[0], embedded.shape[1]
         self.readout = None if readout is None else readout.to(self.device)
-        self.layers = [cdt_model.read_layer(model, layer, self.n_pos, self.device, dtype) for layer in range(model.cfg.n_layers)]
-        cdt_model.check_one_device(self.layers, model, self.device)
+        # On a model spread over devices each block computes on its weights' device; what is kept and the logits
+        # come back to the input device (`self.device`).
+        self.layers = [cdt_model.read_layer(model, layer, self.n_pos, dtype) for layer in range(model.cfg.n_layers)]
         self.real_resid = [embedded]  # residual entering each block, computed as far as needed
         self.real_z: list[Tensor] = []
         self.real_totals: list[cdt_model.Totals] = []  # each block's real linear-map outputs
@@ -60,7 +61,7 @@ class Propagation:
         """Real residuals entering blocks ``0..upto`` and real z of blocks ``0..upto-1``."""
         while len(self.real_resid) <= upto:
             layer = self.layers[len(self.real_z)]
-            resid = self.real_resid[-1]
+            resid = self.real_resid[-1].to(layer.device)
             parts = (torch.zeros_like(resid), resid)
             z = cdt_model.attention_block(layer, parts)
             self.real_z.append(z[1])
@@ -84,9 +85,11 @@ class Propagation:
             if keep_residual:
                 kept_resid.append(parts)
             layer = self.layers[index]
+            parts = cdt_model.on_device(parts, layer.device)
             z = cdt_model.attention_block(layer, parts, tile(self.real_z[index]) if self.use_real_totals else None)
             if has_source[index]:
-                z = self._set_sources(z, masks[index], None if baseline is None else tile(baseline[:, index]))
+                z = self._set_sources(z, masks[index].to(layer.device),
+                                      None if baseline is None else tile(baseline[:, index].to(layer.device)))
             if keep_z:
                 kept_z.append(z)
             totals = {name: tile(t) for name, t in self.real_totals[index].items()} if self.use_real_totals else None
@@ -98,8 +101,9 @@ class Propagation:
             cdt_model.unembed(self.model, (torch.zeros_like(final), final), record=self.real_unembed)
         logits = cdt_model.unembed(self.model, tuple(self._at_readout(t, n_sets) for t in parts),
                                    {name: tile(t) for name, t in self.real_unembed.items()} if self.use_real_totals else None)
+        logits = cdt_model.on_device(logits, self.device)
         unstack = lambda t: t.view(n_sets, self.n_batch, *t.shape[1:])  # noqa: E731
-        split = lambda kept, i: [unstack(self._at_readout(p[i], n_sets)) for p in kept]  # noqa: E731
+        split = lambda kept, i: [unstack(self._at_readout(p[i].to(self.device), n_sets)) for p in kept]  # noqa: E731
         return Decomposition(
             rel=unstack(logits[0]), irrel=unstack(logits[1]),
             resid_rel=split(kept_resid, 0) if keep_residual else None,
@@ -114,7 +118,7 @@ class Propagation:
         if self.readout is None:
             return t
         rows = torch.arange(t.shape[0], device=t.device)
-        return t[rows, self.readout.repeat(n_sets)]
+        return t[rows, self.readout.repeat(n_sets).to(t.device)]
 
     def _set_sources(self, z: Parts, mask: Tensor, baseline: Optional[Tensor]) -> Parts:
         """Sources' z become rel (whole z, or z - baseline with irrel = baseline)."""

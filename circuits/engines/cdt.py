@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuits import _patching, hooks
+from circuits import _patching, forward, hooks
 from circuits._patching import Baseline
 from circuits._task import Inputs
 from circuits.engines import base
@@ -139,9 +139,11 @@ class CDT:
         corrupted_logits, corrupted = _patching.read_out_and_cache(model, batch.corrupted, z_names, batch.position)
         baseline = Baseline(clean=float(_patching.metric_mean(task, clean_logits, batch)),
                             corrupted=float(_patching.metric_mean(task, corrupted_logits, batch)))
+        device = forward.input_device(model)  # each layer's z lies on its own device in a model spread over devices
+        clean, corrupted = ({name: z.to(device) for name, z in run.items()} for run in (clean, corrupted))
         z_base = torch.stack([corrupted[name] for name in z_names], dim=1)  # [batch, layer, pos, head, d_head]
-        rows = torch.arange(batch.size, device=z_base.device)
-        position = batch.position.to(z_base.device)
+        rows = torch.arange(batch.size, device=device)
+        position = batch.position.to(device)
         change = torch.stack([clean[name][rows, position] - corrupted[name][rows, position] for name in z_names])
         propagation = Propagation(model, batch.clean, batch.position)
         heads = all_heads(model)

@@ -180,7 +180,8 @@ class EdgeAttribution:
             for block, (size, heard) in zip(total, layout.blocks()):
                 hear = slice(rows.start or 0, min(heard, len(deltas) if rows.stop is None else rows.stop))
                 if hear.start < hear.stop:  # slices: views, not copies
-                    out[hear, column:column + size] += (deltas[hear] @ block.flatten(1).T).double() / len(alphas)
+                    product = deltas[hear] @ block.flatten(1).T.to(deltas.device)  # a reader's gradient: on its layer's device
+                    out[hear, column:column + size] += product.double().cpu() / len(alphas)
                 column += size
         return out
 
@@ -232,7 +233,7 @@ class _Runs:
             out.append(einops.einsum(change, w_o, "b p h e, h e d -> h b p d"))
             if self.mlp_change:
                 out.append(self.mlp_change[layer][None])
-        return torch.cat(out)
+        return torch.cat([t.to(self.resid_change.device) for t in out])  # each layer's on its own device
 
     def stages(self, layout: Layout) -> list[tuple[slice, dict[tuple[int, str], tuple[Tensor, Tensor]]]]:
         """For `eap_ig_activations`: (writer rows, {(layer, site kind): (base value, change)}) per stage."""
@@ -291,7 +292,8 @@ def reader_gradients(model: Any, task: Any, batch: PromptBatch, residual: Float[
         at = lambda kind: captured[(layer, kind)]  # noqa: B023,E731
         per_head = _per_head_gradients(model, at, lambda kind: grads[id(at(kind))])
         attn = model.blocks[layer].attn
-        weights = {"q": attn.W_Q.detach(), "k": attn.W_K.detach(), "v": attn.W_V.detach()}  # [(kv) head, d_model, d_head]
+        with forward.readable_weights(attn):
+            weights = {"q": attn.W_Q.detach(), "k": attn.W_K.detach(), "v": attn.W_V.detach()}  # [(kv) head, d_model, d_head]
         # each head's input gradient at ln1's output: its q (k, v) gradient through its own W_Q (W_K, W_V)
         at_norm = torch.cat([einops.einsum(per_head[i], _per_query_head(model, weights[i]).to(per_head[i]),
                                            "b p h e, h d e -> h b p d") for i in INPUTS])

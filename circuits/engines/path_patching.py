@@ -162,8 +162,8 @@ class PathPatching:
         Every head is frozen at its base output, so attention adds its base output; the senders add
         their change through W_O; MLPs are recomputed (or frozen with `freeze_mlps`)."""
         model = runs.model
-        base_mid = runs.base_resid[layer] + runs.base_attn_out[layer]
-        mid = state + runs.base_attn_out[layer].to(state.device)
+        base_mid = runs.base_resid[layer] + runs.base_attn_out[layer]  # on this layer's device
+        mid = state.to(base_mid.device) + runs.base_attn_out[layer]
         if new:
             deltas = runs.head_deltas(layer)[new]
             if mask is not None:
