@@ -135,8 +135,10 @@ class PatchRuns:
         base_metric, source_metric = copies_metric(task, logits, batch, 2).tolist()
         n = batch.size
         clean, corrupted = (source_metric, base_metric) if direction == "denoising" else (base_metric, source_metric)
+        # On a model spread over devices, a block's input may be captured before the block moves it to its own
+        # device: keep each layer's activations together, where its attention computed.
         return cls(model, task, batch, n_positions,
-                   base_resid=[cache[name][:n] for name in resid_names],
+                   base_resid=[cache[r][:n].to(cache[a].device) for r, a in zip(resid_names, attn_names)],
                    base_attn_out=[cache[name][:n] for name in attn_names],
                    z_change=[cache[name][n:] - cache[name][:n] for name in z_names],
                    clean_metric=clean, corrupted_metric=corrupted)
@@ -169,7 +171,6 @@ def finish_block(model: Any, layer: int, resid_mid: Tensor) -> Tensor:
     if model.cfg.attn_only:
         return resid_mid
     block = model.blocks[layer]
-    resid_mid = resid_mid.to(forward.device_of(block))  # sub-modules, unlike blocks, do not move their inputs
     return resid_mid + block.mlp(block.ln2(resid_mid))
 
 

@@ -45,16 +45,6 @@ def readable_weights(component: torch.nn.Module) -> Iterator[None]:
         yield
 
 
-def device_of(component: torch.nn.Module) -> torch.device:
-    """Where `component` (a block, a norm, ...) computes: accelerate's execution device for a dispatched module
-    (its weights may be offloaded), else the device of its first weight."""
-    for module in component.modules():
-        device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
-        if device is not None:
-            return torch.device(device)
-    return next(component.parameters()).device
-
-
 def embed(model: Any, inputs: Inputs) -> Residual:
     """The residual stream entering block 0 (inputs are moved to `input_device` first)."""
     inputs = inputs.to(input_device(model))

@@ -102,22 +102,3 @@ def test_smollm2_runs_and_is_exact(bundled_model):
     torch.testing.assert_close(wide.rel + wide.irrel, wide.irrel[:1].expand_as(wide.rel), atol=1e-6, rtol=0)
     fast = decompose(bundled_model, tokens, sources, **options)
     torch.testing.assert_close(fast.rel.double(), wide.rel, atol=3e-3, rtol=0)
-
-
-def test_a_model_spread_over_devices_gets_a_typed_error(monkeypatch):
-    """No second device here: one layer's weights are moved to the meta device as TransformerLens reads them, which
-    is what CD-T sees of a model whose layers lie on several GPUs. The error names both devices, before any work."""
-    from dataclasses import replace
-
-    from circuits.engines import _cdt_model
-    from circuits.errors import IncompatibleModelError
-
-    read_layer = _cdt_model.read_layer
-
-    def elsewhere(model, layer, *args, **kwargs):
-        weights = read_layer(model, layer, *args, **kwargs)
-        return replace(weights, w_q=torch.empty_like(weights.w_q, device="meta")) if layer == 1 else weights
-
-    monkeypatch.setattr(_cdt_model, "read_layer", elsewhere)
-    with pytest.raises(IncompatibleModelError, match=r"input device cpu.*\['cpu', 'meta'\]"):
-        circuits.discover(small_model(), TASK, engine="cdt", n=2, seed=0)

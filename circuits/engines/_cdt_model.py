@@ -44,8 +44,6 @@ class Norm:
     eps: float
 
     def __call__(self, parts: Parts) -> Parts:
-        if self.weight is not None:
-            parts = on_device(parts, self.weight.device)
         if self.kind == "LN":
             return rules.layer_norm(parts, self.weight, self.bias, self.eps)
         if self.kind == "RMS":
@@ -154,7 +152,7 @@ def rotary(model: Any, attn: Any, n_pos: int, device: torch.device):
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     positions = torch.arange(n_pos, device=device)[None]
-    cos, sin = rotary_emb(torch.zeros(1, n_pos, cfg.d_model, device=device), positions)
+    cos, sin = (t.to(device) for t in rotary_emb(torch.zeros(1, n_pos, cfg.d_model, device=device), positions))
     if cos.shape[-1] != attn.W_Q.shape[-1]:
         raise missing_rule("partial rotary embeddings")
     return lambda q, k: apply_rotary_pos_emb(q, k, cos, sin)

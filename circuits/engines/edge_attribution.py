@@ -331,6 +331,7 @@ def _norm_pullback(norm: Any, x: Float[Tensor, "batch pos d_model"],
     """Vector-Jacobian products of `norm` at `x`, one per cotangent (the norm rerun on stacked copies of
     `x`: elementwise work, cheaper than batched backward passes through the q/k/v projections)."""
     copies = cotangents.shape[0]
+    x = x.to(cotangents.device)  # the block's input may be captured before the block moves it to its device
     stacked = x.detach().expand(copies, *x.shape).reshape(-1, *x.shape[1:]).requires_grad_()
     with torch.enable_grad():
         out = norm(stacked)

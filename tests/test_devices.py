@@ -1,0 +1,157 @@
+"""Models spread over devices, without a GPU: every engine that reads a trained model gives the graph it gives
+on one device, (1) on a model split over two GPUs simulated on the CPU (`tests/simulated_devices.py`: an op that
+mixes devices raises, as CUDA does) and (2) on a real accelerate ``device_map`` that offloads a layer to disk
+(its weights are meta placeholders, filled only while it runs)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from circuits import _compat, engines, forward, models
+from tests import simulated_devices as simulated
+from tests.references import RandomTokens
+
+TASK = RandomTokens(seq_len=8)
+VARIANTS = [("activation_patching", {}), ("activation_patching", {"per_position": True}),
+            ("path_patching", {"per_input": True}), ("path_patching", {"freeze_mlps": True, "per_input": False}),
+            ("edge_attribution", {"method": "eap"}), ("edge_attribution", {"method": "eap_ig_inputs", "steps": 2}),
+            ("edge_attribution", {"method": "eap_ig_activations", "steps": 2}), ("cdt", {"receivers": 2})]
+
+
+def test_the_variants_cover_every_engine_that_reads_a_trained_model():
+    assert {name for name, _ in VARIANTS} == set(engines.for_trained_models())
+
+
+# --- (1) two simulated GPUs -----------------------------------------------------------------------------
+def toy():
+    return models.toy(n_layers=2, n_heads=2, d_model=16, d_vocab=32, n_ctx=16, attn_only=False, d_mlp=32, seed=11)
+
+
+def split_over_two_gpus(model, unembedding="cuda:1"):
+    """Embedding and block 0 on cuda:0, block 1 and the final norm on cuda:1, the unembedding on `unembedding`
+    (cuda:0 as with tied embeddings), inputs on cuda:0;
+    like accelerate, each of these modules moves its inputs to its device, and the model returns its output on
+    the input device (sub-modules such as a block's MLP move nothing)."""
+    last = model.cfg.n_layers - 1
+    placement = {model.embed: "cuda:0", model.ln_final: f"cuda:{last}", model.unembed: unembedding}
+    placement.update({block: f"cuda:{layer}" for layer, block in enumerate(model.blocks)})
+    for name in ("pos_embed", "rotary_emb"):
+        if getattr(model, name, None) is not None:
+            placement[getattr(model, name)] = "cuda:0"
+    simulated.dispatch({_compat.original(component): device for component, device in placement.items()}, model, "cuda:0")
+    model.cfg.device = "cuda:0"
+    return model
+
+
+def test_the_simulation_refuses_what_cuda_refuses():
+    model = split_over_two_gpus(toy())
+    with simulated.SimulatedDevices():
+        tokens = torch.zeros(1, 4, dtype=torch.long).to("cuda:0")
+        assert str(model(tokens).device) == "cuda:0"  # blocks move their inputs; the output comes back
+        resid = forward.embed(model, tokens)
+        assert str(resid.device) == "cuda:0" and str(forward.run_blocks(model, resid, 0, 1).device) == "cuda:0"
+        assert str(forward.run_blocks(model, resid, 1, 2).device) == "cuda:1"
+        with pytest.raises(simulated.WrongPlacement, match=r"cuda:0.*cuda:1"):
+            model.blocks[1].ln2(resid)  # a sub-module called directly: its weights on cuda:1, the input on cuda:0
+        with pytest.raises(simulated.WrongPlacement, match=r"cpu.*cuda:0"):
+            torch.zeros(3) + torch.ones(3).to("cuda:0")
+        torch.zeros(3, device="cuda:1").copy_(torch.ones(3))  # copies, CPU scalars and CPU indices cross devices
+        assert str((resid * torch.tensor(2.0)).device) == "cuda:0"
+        assert str(resid[torch.tensor([0])].device) == "cuda:0"
+
+
+@pytest.mark.parametrize("unembedding", ["cuda:0", "cuda:1"])
+@pytest.mark.parametrize("name, options", VARIANTS, ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o in VARIANTS])
+def test_every_engine_on_a_model_split_over_two_simulated_gpus(name, options, unembedding):
+    engine = engines.get(name, **options)
+    expected = engine.run(toy(), TASK, n=2, seed=0)
+    model = split_over_two_gpus(toy(), unembedding)
+    with simulated.SimulatedDevices():
+        assert str(next(model.blocks[1].parameters()).device) == "cuda:1"
+        graph = engine.run(model, TASK, n=2, seed=0)
+    assert graph == expected
+
+
+# --- (2) a real device_map with a layer offloaded to disk ----------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    """A 2-layer Llama (grouped-query attention, rotary, gated MLP, RMSNorm) with random weights and a word-level
+    tokenizer, saved where `boot_transformers` can read it offline."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny_llama")
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 64)}}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="<unk>")),
+                                        unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def boot(path, **kwargs):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    return TransformerBridge.boot_transformers(str(path), **kwargs).eval()
+
+
+DEVICE_MAP = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
+              "model.layers.1": "disk", "model.norm": "cpu", "lm_head": "cpu"}
+
+
+def offloaded(model):
+    return [name for name, p in model.named_parameters() if p.device.type == "meta"]
+
+
+@pytest.fixture(scope="module")
+def plain_and_offloaded(tiny_llama, tmp_path_factory):
+    plain = boot(tiny_llama)
+    split = boot(tiny_llama, device_map=DEVICE_MAP, offload_folder=str(tmp_path_factory.mktemp("offload")))
+    return plain, split
+
+
+def test_the_offloaded_model_is_the_plain_one_with_a_layer_on_disk(plain_and_offloaded):
+    plain, split = plain_and_offloaded
+    assert split.cfg.n_devices == 2 and split.cfg.device == "cpu"
+    assert offloaded(split) and all(".layers.1." in name for name in offloaded(split))
+    tokens = torch.tensor([[1, 5, 9, 5, 9, 7]])
+    torch.testing.assert_close(split(tokens), plain(tokens), rtol=0, atol=1e-6)
+
+
+def test_readable_weights_loads_offloaded_weights_and_puts_the_placeholders_back(plain_and_offloaded):
+    plain, split = plain_and_offloaded
+    attn = split.blocks[1].attn
+    with pytest.raises(NotImplementedError, match="meta device"):
+        attn.W_O  # noqa: B018  (what every engine hit before)
+    with forward.readable_weights(split.blocks[1]):
+        w_o = attn.W_O
+    assert torch.equal(w_o, plain.blocks[1].attn.W_O)
+    assert offloaded(split) and all(".layers.1." in name for name in offloaded(split))
+
+
+@pytest.mark.parametrize("name, options", VARIANTS, ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o in VARIANTS])
+def test_every_engine_on_a_model_with_a_layer_offloaded_to_disk(plain_and_offloaded, name, options):
+    plain, split = plain_and_offloaded
+    before = offloaded(split)
+    engine = engines.get(name, **options)
+    assert engine.run(split, TASK, n=2, seed=0) == engine.run(plain, TASK, n=2, seed=0)
+    assert offloaded(split) == before  # the layer is back on disk
+
+
+def test_the_tiny_llama_on_two_simulated_gpus(tiny_llama):
+    """Rotary tables, grouped-query attention and a gated MLP, placed per block: CD-T builds its rotary tables and
+    masks on each block's device."""
+    engine = engines.get("cdt", receivers=2)
+    expected = engine.run(boot(tiny_llama), TASK, n=2, seed=0)
+    model = split_over_two_gpus(boot(tiny_llama))
+    with simulated.SimulatedDevices():
+        assert engine.run(model, TASK, n=2, seed=0) == expected
