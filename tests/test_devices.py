@@ -5,6 +5,7 @@ mixes devices raises, as CUDA does) and (2) on a real accelerate ``device_map`` 
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -155,3 +156,26 @@ def test_the_tiny_llama_on_two_simulated_gpus(tiny_llama):
     model = split_over_two_gpus(boot(tiny_llama))
     with simulated.SimulatedDevices():
         assert engine.run(model, TASK, n=2, seed=0) == expected
+
+
+def test_a_sweep_over_a_hub_model_with_a_device_map(tiny_llama, tmp_path):
+    """The sweep's hub path end to end, offline: ``hub`` names the saved model's folder, ``device_map`` offloads a
+    layer to disk; each cell's graph is the engine's graph on the plain model, and meta.json says where it ran."""
+
+    import circuits
+    from circuits.graph import HeadGraph
+
+    spec = {"tasks": [{"name": "tests.references:RandomTokens", "options": {"seq_len": 8}}],
+            "models": [{"name": "tiny-llama", "hub": str(tiny_llama), "device_map": DEVICE_MAP}],
+            "engines": [{"name": "edge_attribution", "options": {"method": "eap"}},
+                        {"name": "cdt", "options": {"receivers": 2}}], "n": 2}
+    report = circuits.sweep(spec, tmp_path / "out", backend="local", progress=False)
+    assert report.ok and len(report.ran) == 2
+    plain = boot(tiny_llama)
+    for cell in report.cells:
+        folder = tmp_path / "out" / cell.folder
+        expected = engines.get(cell.engine.name, **cell.engine.options).run(plain, TASK, n=2, seed=0)
+        assert HeadGraph.from_json(folder / "graph.json").scores() == expected.scores()
+        meta = json.loads((folder / "meta.json").read_text())
+        assert meta["cell"]["model"]["hub"] == str(tiny_llama)
+        assert meta["device"] == "cpu" and meta["parameter_devices"] == ["cpu", "meta"]  # a layer on disk
