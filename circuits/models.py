@@ -19,7 +19,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 import torch
 from filelock import FileLock
@@ -160,24 +160,41 @@ def cached(config: ToyConfig, train: Callable[[NativeModel], Any], **training_sp
     trained never returns stale weights. A damaged cache file is reported (`DamagedCacheWarning`) and rebuilt.
     """
     key = config.key(recipe=recipe_fingerprint(train), **training_spec)
-    path = cache_dir() / f"{config.name}-{key}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Processes that want the same entry (test workers, sweep cells) wait for the one that trains it.
-    with FileLock(path.with_suffix(".lock")):
+
+    def read(path: Path) -> TransformerBridge:
         module = native(config)
-        if path.exists():
-            try:
-                module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-                return wrap(module, config)
-            except Exception as error:  # truncated or corrupt file, or weights that do not fit the config
-                warnings.warn(DamagedCacheWarning(f"cache file {path} is damaged ({type(error).__name__}: "
-                                                  f"{error}); training the model again"), stacklevel=2)
-                module = native(config)
+        module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return wrap(module, config)
+
+    def build(path: Path) -> TransformerBridge:
+        module = native(config)
         train(module)
         tmp = path.with_suffix(".tmp")
         torch.save(module.state_dict(), tmp)
         tmp.replace(path)  # atomic: a killed run leaves no half-written cache entry
-    return wrap(module, config)
+        return wrap(module, config)
+
+    return _cache_entry(cache_dir() / f"{config.name}-{key}.pt", read, build, "training the model again")
+
+
+Entry = TypeVar("Entry")
+
+
+def _cache_entry(path: Path, read: Callable[[Path], Entry], build: Callable[[Path], Entry], redo: str) -> Entry:
+    """The cache entry at `path` (a file or a folder): `read(path)`, or `build(path)` when it is missing or damaged
+    (a damaged entry is reported as a `DamagedCacheWarning` saying what happens instead: `redo`, and removed).
+    `build` writes the entry atomically (or not at all). Processes that want the same entry (test workers, sweep
+    cells) hold a file lock next to it, so one builds it and the others read it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_name(f"{path.name}.lock")):
+        if path.exists():
+            try:
+                return read(path)
+            except Exception as error:  # truncated or corrupt, or weights that do not fit the config
+                warnings.warn(DamagedCacheWarning(f"cache entry {path} is damaged ({type(error).__name__}: "
+                                                  f"{error}); {redo}"), stacklevel=3)
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        return build(path)
 
 
 def recipe_fingerprint(train: Callable[..., Any]) -> str:
@@ -248,18 +265,13 @@ def _bundled_hf() -> tuple[Any, Any]:
     gguf = bundled_gguf_path()
     versions = [gguf.name, gguf.stat().st_size, transformers.__version__, torch.__version__]
     path = cache_dir() / f"smollm2-{hashlib.sha256(json.dumps(versions).encode()).hexdigest()[:16]}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(path.with_name(f"{path.name}.lock")):  # concurrent callers (test workers) convert once
-        if path.exists():
-            try:
-                return _read_converted(path)
-            except Exception as error:  # a damaged copy: convert again
-                warnings.warn(DamagedCacheWarning(f"cache directory {path} is damaged ({type(error).__name__}: "
-                                                  f"{error}); converting the GGUF again"), stacklevel=3)
-                shutil.rmtree(path, ignore_errors=True)
+
+    def convert(path: Path) -> tuple[Any, Any]:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         hf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         return _keep_converted(hf_model.eval(), tokenizer, path)
+
+    return _cache_entry(path, _read_converted, convert, "converting the GGUF again")
 
 
 def _read_converted(path: Path) -> tuple[Any, Any]:
