@@ -47,7 +47,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from circuits.sweep import Spec, dry_run_table
+    from circuits.sweeps import Spec, dry_run_table
 
     spec = Spec.load(args.spec)
     if args.dry_run:

@@ -28,7 +28,7 @@ from typing import Any, Optional, Sequence
 
 import circuits
 import tasks
-from circuits.compare import Comparison
+from circuits.comparison import Comparison
 from circuits.graph import HeadGraph
 from circuits.errors import InvalidOptionError
 from analyses._script import add_figure_arguments, at_most_two_threads

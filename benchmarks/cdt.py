@@ -25,7 +25,7 @@ import torch
 
 import circuits
 from circuits import LOGITS, models
-from circuits.compare import spearman
+from circuits.comparison import spearman
 from circuits.engines import CDT, PathPatching
 from circuits.graph import HeadGraph
 

@@ -25,7 +25,7 @@ from typing import Any, Optional
 import torch
 
 from circuits import models
-from circuits.compare import spearman
+from circuits.comparison import spearman
 from circuits.engines import EdgeAttribution, PathPatching
 from circuits.engines.path_patching import top_receivers
 from circuits.graph import LOGITS, HeadGraph

@@ -23,7 +23,7 @@ from typing import Optional
 
 import circuits
 from circuits.graph import HeadGraph
-from circuits.sweep import Spec
+from circuits.sweeps import Spec
 
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "sweeps" / "example.toml"

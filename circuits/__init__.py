@@ -5,17 +5,19 @@
     model = task.default_model()
     graph = circuits.discover(model, task, engine="activation_patching", n=32, seed=0)
 
-The public API is what this module exports; modules whose names start with an underscore are internal.
+The public API is what this module exports; modules whose names start with an underscore are internal. The
+functions `compare` and `sweep` live in the modules `circuits.comparison` and `circuits.sweeps` (with `Comparison`,
+`Spec`, ...), so that a module never hides behind a function of the same name.
 """
 
 from circuits import clamped_runs, clamps, engines, errors, forward, hooks, metrics, models, training
 from circuits._discovery import discover
 from circuits._registry import Registry
 from circuits._task import PromptBatch, Task
-from circuits.compare import compare
+from circuits.comparison import compare
 from circuits.engines.base import Engine, package_version
 from circuits.graph import EMBED, LOGITS, Head, HeadGraph
-from circuits.sweep import sweep  # the function; `from circuits.sweep import Spec` still reaches the module
+from circuits.sweeps import sweep
 
 __version__ = package_version()  # of the installed distribution, tl-circuits
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import numpy as np
 
 if TYPE_CHECKING:
-    from circuits.compare import Comparison
+    from circuits.comparison import Comparison
 
 
 def pair_matrix(names: list[str], values: dict[tuple[str, str], float]) -> np.ndarray:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 from circuits.errors import MissingDependencyError
-from circuits.sweep import Cell, CellRunner, crash_result
+from circuits.sweeps import Cell, CellRunner, crash_result
 
 
 def _ray() -> Any:

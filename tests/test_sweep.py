@@ -16,7 +16,7 @@ import circuits
 from analyses import cli
 from circuits.errors import InvalidOptionError, UnknownNameError
 from circuits.graph import HeadGraph
-from circuits.sweep import ModelSpec, Spec
+from circuits.sweeps import ModelSpec, Spec
 from tests.sweep_tasks import lines
 
 ROOT = Path(__file__).resolve().parents[1]
