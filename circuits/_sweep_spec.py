@@ -21,7 +21,7 @@ from circuits.errors import InvalidOptionError, MissingDependencyError, UnknownN
 
 SPEC_KEYS = ("tasks", "models", "engines", "seeds", "n")
 MODEL_SOURCES = ("default", "bundled", "toy", "hub")
-PLACEMENT_KEYS = ("device", "n_devices", "device_map", "num_cpus", "num_gpus", "replicas")  # not in the key
+PLACEMENT_KEYS = ("device", "n_devices", "device_map", "offload_folder", "num_cpus", "num_gpus", "replicas")  # not in the key
 MODEL_KEYS = ("name", "toy", "hub", "dtype", *PLACEMENT_KEYS)
 
 
@@ -80,7 +80,8 @@ class EngineSpec:
 class ModelSpec:
     """``name="default"`` (each task's default model), ``"bundled"`` (SmolLM2), a toy (``toy={...}``, the
     fields of `circuits.models.ToyConfig`) or a hub model (``hub="org/name"`` with optional ``n_devices``,
-    ``device_map``, ``dtype``; loaded by TransformerLens's ``boot_transformers``). ``device`` moves a default,
+    ``device_map``, ``offload_folder`` (where a ``"disk"`` entry of the map goes; default: a temporary folder),
+    ``dtype``; loaded by TransformerLens's ``boot_transformers``). ``device`` moves a default,
     toy or bundled model; ``num_cpus``/``num_gpus`` are the Ray resources of each of the model's ``replicas``
     actors."""
 
@@ -91,6 +92,7 @@ class ModelSpec:
     device: Optional[str] = None
     n_devices: Optional[int] = None
     device_map: Union[str, dict[str, Any], None] = None
+    offload_folder: Optional[str] = None
     num_cpus: Union[int, float] = 1
     num_gpus: Union[int, float] = 0
     replicas: int = 1  # Ray: this many actors share the model's cells (e.g. one per GPU of a node)
@@ -109,8 +111,9 @@ class ModelSpec:
                 raise InvalidOptionError(f"model {self.name!r}: {resource_name}={value!r}; expected a number >= 0")
         if isinstance(self.replicas, bool) or not isinstance(self.replicas, int) or self.replicas < 1:
             raise InvalidOptionError(f"model {self.name!r}: replicas={self.replicas!r}; expected an integer >= 1")
-        if (self.n_devices or self.device_map or self.dtype) and self.source != "hub":
-            raise InvalidOptionError(f"model {self.name!r}: n_devices, device_map and dtype apply to hub models")
+        if (self.n_devices or self.device_map or self.offload_folder or self.dtype) and self.source != "hub":
+            raise InvalidOptionError(f"model {self.name!r}: n_devices, device_map, offload_folder and dtype apply to "
+                                     "hub models")
 
     @property
     def source(self) -> str:
@@ -139,6 +142,8 @@ class ModelSpec:
             kwargs["n_devices"] = self.n_devices
         if self.device_map is not None:
             kwargs["device_map"] = self.device_map
+        if self.offload_folder is not None:
+            kwargs["offload_folder"] = self.offload_folder
         if self.dtype is not None:
             kwargs["dtype"] = getattr(torch, self.dtype)
         return kwargs

@@ -33,9 +33,9 @@ def input_device(model: Any) -> torch.device:
 @contextmanager
 def readable_weights(component: torch.nn.Module) -> Iterator[None]:
     """Inside, the weights of `component` that accelerate offloaded are loaded on their execution device, so an
-    engine can read ``W_O``, ``W_Q``, ... of a model loaded with a ``device_map`` that has ``"disk"`` (or, next to
-    GPUs, ``"cpu"``) targets: such weights are meta placeholders, filled only while their module runs. Tensors read
-    inside stay valid after; the placeholders come back on exit. A no-op for weights held in memory."""
+    engine can read ``W_O``, ``W_Q``, ... of a model loaded with a ``device_map`` that has ``"disk"`` targets: such
+    weights are meta placeholders, filled only while their module runs. Tensors read inside stay valid after; the
+    placeholders come back on exit. A no-op for weights held in memory."""
     from accelerate.utils import align_module_device, has_offloaded_params  # a TransformerLens dependency
 
     with ExitStack() as stack:

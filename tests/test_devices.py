@@ -166,7 +166,8 @@ def test_a_sweep_over_a_hub_model_with_a_device_map(tiny_llama, tmp_path):
     from circuits.graph import HeadGraph
 
     spec = {"tasks": [{"name": "tests.references:RandomTokens", "options": {"seq_len": 8}}],
-            "models": [{"name": "tiny-llama", "hub": str(tiny_llama), "device_map": DEVICE_MAP}],
+            "models": [{"name": "tiny-llama", "hub": str(tiny_llama), "device_map": DEVICE_MAP,
+                        "offload_folder": str(tmp_path / "offload")}],
             "engines": [{"name": "edge_attribution", "options": {"method": "eap"}},
                         {"name": "cdt", "options": {"receivers": 2}}], "n": 2}
     report = circuits.sweep(spec, tmp_path / "out", backend="local", progress=False)
@@ -179,3 +180,5 @@ def test_a_sweep_over_a_hub_model_with_a_device_map(tiny_llama, tmp_path):
         meta = json.loads((folder / "meta.json").read_text())
         assert meta["cell"]["model"]["hub"] == str(tiny_llama)
         assert meta["device"] == "cpu" and meta["parameter_devices"] == ["cpu", "meta"]  # a layer on disk
+    # accelerate created the spec's folder (safetensors weights are read in place, so nothing is copied into it)
+    assert (tmp_path / "offload").is_dir()

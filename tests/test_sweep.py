@@ -111,16 +111,16 @@ def test_hub_models_pass_their_placement_to_boot_transformers(monkeypatch):
     from transformer_lens.model_bridge import TransformerBridge
 
     model = ModelSpec(name="llama", hub="meta-llama/Llama-3.1-8B", n_devices=2, dtype="bfloat16", num_gpus=2)
-    mapped = ModelSpec(name="llama", hub="meta-llama/Llama-3.1-8B", device_map="auto")
+    mapped = ModelSpec(name="llama", hub="meta-llama/Llama-3.1-8B", device_map="auto", offload_folder="/scratch/off")
     calls = []
     monkeypatch.setattr("circuits.models.load", lambda name, **kwargs: calls.append((name, kwargs)))
     model.load(task=None)
     mapped.load(task=None)
     import torch
     assert calls == [("meta-llama/Llama-3.1-8B", {"n_devices": 2, "dtype": torch.bfloat16}),
-                     ("meta-llama/Llama-3.1-8B", {"device_map": "auto"})]
+                     ("meta-llama/Llama-3.1-8B", {"device_map": "auto", "offload_folder": "/scratch/off"})]
     accepted = inspect.signature(TransformerBridge.boot_transformers).parameters
-    assert {"n_devices", "device_map", "dtype", "device"} <= set(accepted)
+    assert {"n_devices", "device_map", "offload_folder", "dtype", "device"} <= set(accepted)
     assert model.config() == mapped.config() | {"dtype": "bfloat16"}  # placement is not part of the key
 
 
