@@ -40,7 +40,8 @@ def readable_weights(component: torch.nn.Module) -> Iterator[None]:
 
     with ExitStack() as stack:
         for module in component.modules():  # accelerate hooks each offloaded submodule separately
-            if has_offloaded_params(module):
+            # vars() first: a bridge component's own __getattr__ makes a missing attribute slow to look up
+            if "_hf_hook" in vars(module) and has_offloaded_params(module):
                 stack.enter_context(align_module_device(module))
         yield
 
