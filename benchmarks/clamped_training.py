@@ -21,9 +21,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -65,13 +65,14 @@ def previous_token_hook(n_pos: int) -> Callable:
     return hook
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cases", default="induction,few_shot")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    results = {}
     for case in args.cases.split(","):
         if case == "induction":
             task = Induction()
@@ -81,10 +82,12 @@ def main() -> None:
             inputs, targets = FewShot().training_sample(torch.Generator().manual_seed(0))
             bridge = models.toy(few_shot_model())
         print(f"\n{case}: inputs {tuple(inputs.shape)}")
-        compare(bridge, inputs, targets, args.steps, args.rounds)
+        results[case] = compare(bridge, inputs, targets, args.steps, args.rounds)
+    return results
 
 
-def compare(bridge: Any, inputs: torch.Tensor, targets: torch.Tensor, steps: int, rounds: int) -> None:
+def compare(bridge: Any, inputs: torch.Tensor, targets: torch.Tensor, steps: int, rounds: int) -> dict[str, float]:
+    """Median seconds per step of each configuration, over `rounds` interleaved rounds of `steps` steps."""
     native = models.unwrapped(bridge)
     native_clamps = {
         "Ablate L1H0": [clamps.Ablate("L1H0")], "Ablate L1H0 (mean)": [clamps.Ablate("L1H0", "mean")],
@@ -105,11 +108,12 @@ def compare(bridge: Any, inputs: torch.Tensor, targets: torch.Tensor, steps: int
     for _ in range(rounds):
         for name, run in timers.items():
             times[name].append(run(steps))
-    base = statistics.median(times["native, unclamped"])
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    base = medians["native, unclamped"]
     print(f"{'configuration':<52} {'ms/step':>8} {'vs native unclamped':>20}")
-    for name, values in times.items():
-        median = statistics.median(values)
+    for name, median in medians.items():
         print(f"{name:<52} {1000 * median:8.1f} {median / base:19.2f}x")
+    return medians
 
 
 if __name__ == "__main__":

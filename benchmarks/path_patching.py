@@ -36,8 +36,8 @@ def floor_time(model: Any, task: Any, batch: PromptBatch, engine: PathPatching) 
         per_copy = _patching.copies_per_pass(model, runs.batch, engine.memory_mb)
         start = time.perf_counter()
         for layer in range(model.cfg.n_layers):
-            n_senders = sum(1 for s in senders if s[0] < layer)
-            copies = n_senders * sum(1 for r in receivers if r[0] == layer) * len(engine._combos())
+            n_senders = sum(1 for s in senders if s.layer < layer)
+            copies = n_senders * sum(1 for r in receivers if r.layer == layer) * len(engine._combos())
             for chunk in _patching.chunks(copies, per_copy):
                 runs.finish(layer, runs.base_resid[layer].new_zeros((len(chunk),) + runs.base_resid[layer].shape))
         return time.perf_counter() - start
@@ -66,12 +66,16 @@ def measure(label: str, model: Any, task: Any, n: int, engine: PathPatching, rep
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, float]]:
+    with torch.no_grad():  # not torch.set_grad_enabled(False): a caller's autograd is left as it was
+        return _main(argv)
+
+
+def _main(argv: Optional[Sequence[str]]) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="a,b")
     parser.add_argument("--quick", action="store_true", help="fewer receivers, shorter prompts (about a minute)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on shared cores)")
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
     torch.set_num_threads(args.threads)
     print(f"torch CPU threads: {torch.get_num_threads()}")
     results = {}
