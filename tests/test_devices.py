@@ -201,3 +201,18 @@ def test_every_engine_on_two_real_gpus(tiny_llama, name, options):
     assert set(graph.nx.edges) == set(expected.nx.edges)
     for head, score in expected.scores().items():
         assert graph.scores()[head] == pytest.approx(score, abs=1e-4)
+
+
+@pytest.mark.parametrize("unembedding", ["cuda:0", "cuda:1"])
+def test_compare_on_a_model_split_over_two_simulated_gpus(unembedding):
+    """`circuits.compare` runs the model too (mean-ablated circuits, restarted at the first ablated layer)."""
+    import circuits
+
+    graphs = [engines.get("activation_patching").run(toy(), TASK, n=2, seed=0),
+              engines.get("cdt", receivers=2).run(toy(), TASK, n=2, seed=0)]
+    expected = circuits.compare(graphs, toy(), TASK, n=4, draws=3)
+    model = split_over_two_gpus(toy(), unembedding)
+    with simulated.SimulatedDevices():
+        got = circuits.compare(graphs, model, TASK, n=4, draws=3)
+    assert got.curves == expected.curves and got.random_draws == expected.random_draws
+    assert (got.metric_full, got.metric_empty) == (expected.metric_full, expected.metric_empty)
