@@ -31,14 +31,14 @@ def toy():
     return models.toy(n_layers=2, n_heads=2, d_model=16, d_vocab=32, n_ctx=16, attn_only=False, d_mlp=32, seed=11)
 
 
-def split_over_two_gpus(model, unembedding="cuda:1"):
+def split_over_two_gpus(model, unembedding="cuda:1", gpus=2):
     """Embedding and block 0 on cuda:0, block 1 and the final norm on cuda:1, the unembedding on `unembedding`
-    (cuda:0 as with tied embeddings), inputs on cuda:0;
-    like accelerate, each of these modules moves its inputs to its device, and the model returns its output on
-    the input device (sub-modules such as a block's MLP move nothing)."""
+    (cuda:0 as with tied embeddings), inputs on cuda:0 (``gpus=1``: everything on cuda:0, the tasks' prompts still
+    built on the CPU); like accelerate, each of these modules moves its inputs to its device, and the model returns
+    its output on the input device (sub-modules such as a block's MLP move nothing)."""
     last = model.cfg.n_layers - 1
-    placement = {model.embed: "cuda:0", model.ln_final: f"cuda:{last}", model.unembed: unembedding}
-    placement.update({block: f"cuda:{layer}" for layer, block in enumerate(model.blocks)})
+    placement = {model.embed: "cuda:0", model.ln_final: f"cuda:{last % gpus}", model.unembed: unembedding}
+    placement.update({block: f"cuda:{layer % gpus}" for layer, block in enumerate(model.blocks)})
     for name in ("pos_embed", "rotary_emb"):
         if getattr(model, name, None) is not None:
             placement[getattr(model, name)] = "cuda:0"
@@ -64,14 +64,18 @@ def test_the_simulation_refuses_what_cuda_refuses():
         assert str(resid[torch.tensor([0])].device) == "cuda:0"
 
 
-@pytest.mark.parametrize("unembedding", ["cuda:0", "cuda:1"])
+PLACEMENTS = {"one GPU": ("cuda:0", 1), "two GPUs, tied unembedding": ("cuda:0", 2), "two GPUs": ("cuda:1", 2)}
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("name, options", VARIANTS, ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o in VARIANTS])
-def test_every_engine_on_a_model_split_over_two_simulated_gpus(name, options, unembedding):
+def test_every_engine_on_simulated_gpus(name, options, placement):
     engine = engines.get(name, **options)
     expected = engine.run(toy(), TASK, n=2, seed=0)
-    model = split_over_two_gpus(toy(), unembedding)
+    unembedding, gpus = PLACEMENTS[placement]
+    model = split_over_two_gpus(toy(), unembedding, gpus)
     with simulated.SimulatedDevices():
-        assert str(next(model.blocks[1].parameters()).device) == "cuda:1"
+        assert str(next(model.blocks[1].parameters()).device) == f"cuda:{1 % gpus}"
         graph = engine.run(model, TASK, n=2, seed=0)
     assert graph == expected
 
