@@ -220,3 +220,16 @@ def test_compare_on_a_model_split_over_two_simulated_gpus(unembedding):
         got = circuits.compare(graphs, model, TASK, n=4, draws=3)
     assert got.curves == expected.curves and got.random_draws == expected.random_draws
     assert (got.metric_full, got.metric_empty) == (expected.metric_full, expected.metric_empty)
+
+
+TOY_TASKS = ["induction", "icl_regression", "few_shot", "regular_languages"]  # SmolLM2's: tests/check_devices_all_tasks.py
+
+
+@pytest.mark.parametrize("task_name", TOY_TASKS)
+def test_every_toy_task_on_simulated_gpus(task_name):
+    """The tasks' own prompts, float inputs and metrics on their default models (regular languages: the quick
+    one), split over two simulated GPUs, through every engine that reads a trained model."""
+    from tests.check_devices_all_tasks import ENGINES, main
+
+    assert {name for name, _ in ENGINES} == set(engines.for_trained_models())
+    assert main([task_name]) == 0
