@@ -1,7 +1,8 @@
 """Models spread over devices, without a GPU: every engine that reads a trained model gives the graph it gives
-on one device, (1) on a model split over two GPUs simulated on the CPU (`tests/simulated_devices.py`: an op that
-mixes devices raises, as CUDA does) and (2) on a real accelerate ``device_map`` that offloads a layer to disk
-(its weights are meta placeholders, filled only while it runs)."""
+on one device, (1) on one or two GPUs simulated on the CPU (`tests/simulated_devices.py`: an op that mixes devices
+raises, as CUDA does), also through `compare` and the toy tasks' own models, and (2) on a real accelerate
+``device_map`` that offloads a layer to disk (its weights are meta placeholders, filled only while it runs), also
+through a sweep. (3) runs on two real GPUs where a machine has them."""
 
 from __future__ import annotations
 
@@ -26,15 +27,15 @@ def test_the_variants_cover_every_engine_that_reads_a_trained_model():
     assert {name for name, _ in VARIANTS} == set(engines.for_trained_models())
 
 
-# --- (1) two simulated GPUs -----------------------------------------------------------------------------
+# --- (1) simulated GPUs ---------------------------------------------------------------------------------
 def toy():
     return models.toy(n_layers=2, n_heads=2, d_model=16, d_vocab=32, n_ctx=16, attn_only=False, d_mlp=32, seed=11)
 
 
-def split_over_two_gpus(model, unembedding="cuda:1", gpus=2):
-    """Embedding and block 0 on cuda:0, block 1 and the final norm on cuda:1, the unembedding on `unembedding`
-    (cuda:0 as with tied embeddings), inputs on cuda:0 (``gpus=1``: everything on cuda:0, the tasks' prompts still
-    built on the CPU); like accelerate, each of these modules moves its inputs to its device, and the model returns
+def on_simulated_gpus(model, unembedding="cuda:1", gpus=2):
+    """The embedding on cuda:0, block l on cuda:(l mod `gpus`) and the final norm with the last block, the
+    unembedding on `unembedding` (cuda:0 as with tied embeddings), inputs on cuda:0 (``gpus=1``: everything on
+    cuda:0, the tasks' prompts still built on the CPU); like accelerate, each of these modules moves its inputs to its device, and the model returns
     its output on the input device (sub-modules such as a block's MLP move nothing)."""
     last = model.cfg.n_layers - 1
     placement = {model.embed: "cuda:0", model.ln_final: f"cuda:{last % gpus}", model.unembed: unembedding}
@@ -48,7 +49,7 @@ def split_over_two_gpus(model, unembedding="cuda:1", gpus=2):
 
 
 def test_the_simulation_refuses_what_cuda_refuses():
-    model = split_over_two_gpus(toy())
+    model = on_simulated_gpus(toy())
     with simulated.SimulatedDevices():
         tokens = torch.zeros(1, 4, dtype=torch.long).to("cuda:0")
         assert str(model(tokens).device) == "cuda:0"  # blocks move their inputs; the output comes back
@@ -73,11 +74,39 @@ def test_every_engine_on_simulated_gpus(name, options, placement):
     engine = engines.get(name, **options)
     expected = engine.run(toy(), TASK, n=2, seed=0)
     unembedding, gpus = PLACEMENTS[placement]
-    model = split_over_two_gpus(toy(), unembedding, gpus)
+    model = on_simulated_gpus(toy(), unembedding, gpus)
     with simulated.SimulatedDevices():
         assert str(next(model.blocks[1].parameters()).device) == f"cuda:{1 % gpus}"
         graph = engine.run(model, TASK, n=2, seed=0)
     assert graph == expected
+
+
+@pytest.mark.parametrize("unembedding", ["cuda:0", "cuda:1"])
+def test_compare_on_a_model_split_over_two_simulated_gpus(unembedding):
+    """`circuits.compare` runs the model too (mean-ablated circuits, restarted at the first ablated layer)."""
+    import circuits
+
+    graphs = [engines.get("activation_patching").run(toy(), TASK, n=2, seed=0),
+              engines.get("cdt", receivers=2).run(toy(), TASK, n=2, seed=0)]
+    expected = circuits.compare(graphs, toy(), TASK, n=4, draws=3)
+    model = on_simulated_gpus(toy(), unembedding)
+    with simulated.SimulatedDevices():
+        got = circuits.compare(graphs, model, TASK, n=4, draws=3)
+    assert got.curves == expected.curves and got.random_draws == expected.random_draws
+    assert (got.metric_full, got.metric_empty) == (expected.metric_full, expected.metric_empty)
+
+
+TOY_TASKS = ["induction", "icl_regression", "few_shot", "regular_languages"]  # SmolLM2's: tests/check_devices_all_tasks.py
+
+
+@pytest.mark.parametrize("task_name", TOY_TASKS)
+def test_every_toy_task_on_simulated_gpus(task_name):
+    """The tasks' own prompts, float inputs and metrics on their default models (regular languages: the quick
+    one), split over two simulated GPUs, through every engine that reads a trained model."""
+    from tests.check_devices_all_tasks import ENGINES, main
+
+    assert {name for name, _ in ENGINES} == set(engines.for_trained_models())
+    assert main([task_name]) == 0
 
 
 # --- (2) a real device_map with a layer offloaded to disk ----------------------------------------------------
@@ -157,7 +186,7 @@ def test_the_tiny_llama_on_two_simulated_gpus(tiny_llama):
     masks on each block's device."""
     engine = engines.get("cdt", receivers=2)
     expected = engine.run(boot(tiny_llama), TASK, n=2, seed=0)
-    model = split_over_two_gpus(boot(tiny_llama))
+    model = on_simulated_gpus(boot(tiny_llama))
     with simulated.SimulatedDevices():
         assert engine.run(model, TASK, n=2, seed=0) == expected
 
@@ -205,31 +234,3 @@ def test_every_engine_on_two_real_gpus(tiny_llama, name, options):
     assert set(graph.nx.edges) == set(expected.nx.edges)
     for head, score in expected.scores().items():
         assert graph.scores()[head] == pytest.approx(score, abs=1e-4)
-
-
-@pytest.mark.parametrize("unembedding", ["cuda:0", "cuda:1"])
-def test_compare_on_a_model_split_over_two_simulated_gpus(unembedding):
-    """`circuits.compare` runs the model too (mean-ablated circuits, restarted at the first ablated layer)."""
-    import circuits
-
-    graphs = [engines.get("activation_patching").run(toy(), TASK, n=2, seed=0),
-              engines.get("cdt", receivers=2).run(toy(), TASK, n=2, seed=0)]
-    expected = circuits.compare(graphs, toy(), TASK, n=4, draws=3)
-    model = split_over_two_gpus(toy(), unembedding)
-    with simulated.SimulatedDevices():
-        got = circuits.compare(graphs, model, TASK, n=4, draws=3)
-    assert got.curves == expected.curves and got.random_draws == expected.random_draws
-    assert (got.metric_full, got.metric_empty) == (expected.metric_full, expected.metric_empty)
-
-
-TOY_TASKS = ["induction", "icl_regression", "few_shot", "regular_languages"]  # SmolLM2's: tests/check_devices_all_tasks.py
-
-
-@pytest.mark.parametrize("task_name", TOY_TASKS)
-def test_every_toy_task_on_simulated_gpus(task_name):
-    """The tasks' own prompts, float inputs and metrics on their default models (regular languages: the quick
-    one), split over two simulated GPUs, through every engine that reads a trained model."""
-    from tests.check_devices_all_tasks import ENGINES, main
-
-    assert {name for name, _ in ENGINES} == set(engines.for_trained_models())
-    assert main([task_name]) == 0
