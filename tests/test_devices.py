@@ -217,9 +217,23 @@ def test_a_sweep_over_a_hub_model_with_a_device_map(tiny_llama, tmp_path):
     assert (tmp_path / "offload").is_dir()
 
 
-# --- (3) real GPUs, where a machine has two (skipped elsewhere: not run on this project's CPU machines yet) -----
+# --- (3) real GPUs, where a machine has them (skipped elsewhere: not run on this project's CPU machines yet) -----
 GPU_MAP = {"model.embed_tokens": 0, "model.rotary_emb": 0, "model.layers.0": 0, "model.layers.1": 1,
            "model.norm": 1, "lm_head": 1}
+
+
+def assert_same_scores(graph, expected):
+    assert set(graph.nx.edges) == set(expected.nx.edges)
+    for head, score in expected.scores().items():
+        assert graph.scores()[head] == pytest.approx(score, abs=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name, options", VARIANTS, ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o in VARIANTS])
+def test_every_engine_on_one_real_gpu(tiny_llama, name, options):
+    engine = engines.get(name, **options)
+    assert_same_scores(engine.run(boot(tiny_llama, device="cuda:0"), TASK, n=2, seed=0),
+                       engine.run(boot(tiny_llama, device="cpu"), TASK, n=2, seed=0))
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
@@ -230,7 +244,4 @@ def test_every_engine_on_two_real_gpus(tiny_llama, name, options):
     expected = engine.run(boot(tiny_llama, device="cuda:0"), TASK, n=2, seed=0)
     split = boot(tiny_llama, device_map=GPU_MAP)
     assert split.cfg.n_devices == 2
-    graph = engine.run(split, TASK, n=2, seed=0)
-    assert set(graph.nx.edges) == set(expected.nx.edges)
-    for head, score in expected.scores().items():
-        assert graph.scores()[head] == pytest.approx(score, abs=1e-4)
+    assert_same_scores(engine.run(split, TASK, n=2, seed=0), expected)
