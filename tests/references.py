@@ -180,3 +180,13 @@ class RandomTokens:
 
     def default_model(self) -> Any:
         return models.toy(n_layers=4, n_heads=8, d_model=128, d_vocab=256, n_ctx=64, seed=0)
+
+
+def zero_head(head: int) -> Any:
+    """A TransformerLens hook on ``hook_z`` that zeroes one head's output (the literal ablation the clamp tests
+    compare against)."""
+    def hook(z: torch.Tensor, hook: Any) -> torch.Tensor:
+        z = z.clone()
+        z[:, :, head] = 0
+        return z
+    return hook

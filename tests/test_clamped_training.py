@@ -16,6 +16,7 @@ from circuits.engines import ClampedTraining
 from circuits.errors import IncompatibleModelError, InvalidOptionError, UnknownNameError
 from tasks.icl_regression import ICLRegression
 from tasks.induction import Induction
+from tests.references import zero_head
 
 CONFIG = models.ToyConfig(n_layers=2, n_heads=2, d_model=16, d_vocab=16, n_ctx=16, seed=5, name="tiny")
 TASK = Induction(seq_len=14, min_length=3, max_length=6, d_vocab=16, train_batch=8, model_config=CONFIG)
@@ -30,15 +31,7 @@ def bridge_run(zeroed: list[tuple[int, int]], n: int, seed: int) -> float:
     """Literal reference: train a fresh bridge with hook_z zeroed for `zeroed` heads (TransformerLens hooks, the
     slow path), then its held-out loss with the same hooks."""
     bridge = models.toy(CONFIG)
-
-    def zero(head):
-        def hook(z, hook):
-            z = z.clone()
-            z[:, :, head] = 0
-            return z
-        return hook
-
-    fwd = [(hooks.site(bridge, layer, "z"), zero(head)) for layer, head in zeroed]
+    fwd = [(hooks.site(bridge, layer, "z"), zero_head(head)) for layer, head in zeroed]
     training.train(bridge, TASK.training_sample, loss_fn, steps=FAST["steps"], lr=TASK.lr, seed=seed, hooks=fwd,
                    progress=False)
     inputs, targets = TASK.training_sample_for(n, seed + HELD_OUT_OFFSET)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from circuits import clamps, hooks, models
 from circuits.errors import IncompatibleModelError, InvalidBatchError, InvalidOptionError, UnknownNameError
+from tests.references import zero_head
 
 CONFIG = models.ToyConfig(n_layers=2, n_heads=3, d_model=12, d_vocab=10, n_ctx=9, seed=3)
 
@@ -33,14 +34,6 @@ def bridge_logits(bridge, x, fwd_hooks):
 def clamped_logits(module, x, clamp_list):
     with torch.no_grad(), clamps.attached(module, clamp_list):
         return module(x)
-
-
-def zero_head(head):
-    def hook(z, hook):
-        z = z.clone()
-        z[:, :, head] = 0
-        return z
-    return hook
 
 
 def previous_token_pattern(n_pos, strength=1.0):
