@@ -31,8 +31,10 @@ def device_of(t: torch.Tensor) -> torch.device:
 
 def _tag(value: Any, device: torch.device) -> Any:
     def tag(t: Any) -> Any:
-        if isinstance(t, torch.Tensor):
-            setattr(t, TAG, device) if device.type != "cpu" else (hasattr(t, TAG) and delattr(t, TAG))
+        if isinstance(t, torch.Tensor) and device.type != "cpu":
+            setattr(t, TAG, device)
+        elif isinstance(t, torch.Tensor) and hasattr(t, TAG):
+            delattr(t, TAG)
         return t
     return tree_map(tag, value)
 
@@ -55,15 +57,15 @@ def _requested(func: Any, args: tuple, kwargs: dict) -> Any:
 
 
 def _on_cpu(func: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """The same call with every device it names replaced by the CPU, where the data are."""
+    """The same call with every device it names replaced by the CPU, where the data are (``.to(tensor)``: that
+    tensor's dtype)."""
     if func is torch.Tensor.cuda:
         return args[:1], {}
     if "device" in kwargs:
         kwargs = {**kwargs, "device": CPU}
     if func is torch.Tensor.to:
-        args = tuple(CPU if isinstance(a, (str, torch.device)) else
-                     (a.dtype if isinstance(a, torch.Tensor) else a) for a in args[1:])
-        args = (None,) + args
+        args = args[:1] + tuple(CPU if isinstance(a, (str, torch.device)) else
+                                (a.dtype if isinstance(a, torch.Tensor) else a) for a in args[1:])
     return args, kwargs
 
 
@@ -88,8 +90,6 @@ class SimulatedDevices(TorchFunctionMode):
         if requested is not None:
             source = args[0] if func in (torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.cpu) else None
             call_args, call_kwargs = _on_cpu(func, args, kwargs)
-            if source is not None:
-                call_args = (source,) + call_args[1:]
             out = func(*call_args, **call_kwargs)
             if source is not None and out is source and device_of(source) != requested:
                 out = out.view_as(out)  # a real move gives a new tensor
