@@ -15,7 +15,6 @@ import time
 import tasks
 from circuits import engines
 from tests import simulated_devices as simulated
-from tests.test_devices import on_simulated_gpus
 
 ENGINES = [("activation_patching", {}), ("edge_attribution", {"method": "eap"}), ("cdt", {"receivers": 2}),
            ("path_patching", {"per_input": False, "receivers": ["logits"]})]
@@ -32,7 +31,7 @@ def main(names: list[str]) -> int:
             start = time.perf_counter()
             expected = engine.run(task.default_model(), task, n=4, seed=0)
             model = task.default_model()
-            model = on_simulated_gpus(model, "cuda:0" if tied else "cuda:1", min(2, model.cfg.n_layers))
+            model = simulated.on_gpus(model, "cuda:0" if tied else "cuda:1", min(2, model.cfg.n_layers))
             with simulated.SimulatedDevices():
                 same = engine.run(model, task, n=4, seed=0) == expected
             failures += not same

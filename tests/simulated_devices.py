@@ -3,11 +3,13 @@
 Under `SimulatedDevices`, a tensor carries the device it would live on (``cuda:0``, ``cuda:1``, ...; ``cpu`` when
 untagged) and reports it as ``tensor.device``; the data stay on the CPU. Every torch call is checked as CUDA checks
 it: an op whose tensors lie on two devices raises `WrongPlacement` (except what CUDA allows too: copies, CPU
-scalars, CPU index tensors); ``.to(device)`` and factory functions with ``device=`` retag. `place(module, device)`
-puts a module's parameters and buffers on a simulated device, and `dispatch` adds what accelerate adds to a model
-split over GPUs: each block moves its inputs to its own device, and the model's output comes back to the input
-device. (``.backward()`` and ``.grad`` are not simulated: the engines take gradients
-with ``torch.autograd.grad``.)"""
+scalars, CPU index tensors); ``.to(device)`` and factory functions with ``device=`` retag, and
+``torch.autograd.grad`` puts each gradient on its input's device (``.backward()`` and ``.grad`` are not simulated:
+the engines take gradients with ``torch.autograd.grad``).
+
+`place(module, device)` puts a module's parameters and buffers on a simulated device; `dispatch` adds what
+accelerate adds to a model split over GPUs (each top-level module moves its inputs to its own device, and the
+model's output comes back to the input device); `on_gpus` does both for a bridge, with a standard placement."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
+
+from circuits import _compat
 
 TAG = "_simulated_device"
 CPU = torch.device("cpu")
@@ -135,3 +139,18 @@ def dispatch(modules: dict[torch.nn.Module, str], top: torch.nn.Module, input_de
             lambda m, args, kwargs, d=torch.device(device): (_moved(args, d), _moved(kwargs, d)), with_kwargs=True))
     handles.append(top.register_forward_hook(lambda m, args, out: _moved(out, torch.device(input_device))))
     return handles
+
+
+def on_gpus(model: Any, unembedding: str = "cuda:1", gpus: int = 2) -> Any:
+    """`model` (a bridge) dispatched on simulated GPUs: the embedding on cuda:0, block l on cuda:(l mod `gpus`) and
+    the final norm with the last block, the unembedding on `unembedding` (cuda:0 as with tied embeddings), inputs
+    on cuda:0 (``gpus=1``: everything on cuda:0, the tasks' prompts still built on the CPU)."""
+    last = model.cfg.n_layers - 1
+    placement = {model.embed: "cuda:0", model.ln_final: f"cuda:{last % gpus}", model.unembed: unembedding}
+    placement.update({block: f"cuda:{layer % gpus}" for layer, block in enumerate(model.blocks)})
+    for name in ("pos_embed", "rotary_emb"):
+        if getattr(model, name, None) is not None:
+            placement[getattr(model, name)] = "cuda:0"
+    dispatch({_compat.original(component): device for component, device in placement.items()}, model, "cuda:0")
+    model.cfg.device = "cuda:0"
+    return model

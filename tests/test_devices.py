@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from circuits import _compat, engines, forward, models
+from circuits import engines, forward, models
 from tests import simulated_devices as simulated
 from tests.references import RandomTokens
 
@@ -32,24 +32,8 @@ def toy():
     return models.toy(n_layers=2, n_heads=2, d_model=16, d_vocab=32, n_ctx=16, attn_only=False, d_mlp=32, seed=11)
 
 
-def on_simulated_gpus(model, unembedding="cuda:1", gpus=2):
-    """The embedding on cuda:0, block l on cuda:(l mod `gpus`) and the final norm with the last block, the
-    unembedding on `unembedding` (cuda:0 as with tied embeddings), inputs on cuda:0 (``gpus=1``: everything on
-    cuda:0, the tasks' prompts still built on the CPU); like accelerate, each of these modules moves its inputs to its device, and the model returns
-    its output on the input device (sub-modules such as a block's MLP move nothing)."""
-    last = model.cfg.n_layers - 1
-    placement = {model.embed: "cuda:0", model.ln_final: f"cuda:{last % gpus}", model.unembed: unembedding}
-    placement.update({block: f"cuda:{layer % gpus}" for layer, block in enumerate(model.blocks)})
-    for name in ("pos_embed", "rotary_emb"):
-        if getattr(model, name, None) is not None:
-            placement[getattr(model, name)] = "cuda:0"
-    simulated.dispatch({_compat.original(component): device for component, device in placement.items()}, model, "cuda:0")
-    model.cfg.device = "cuda:0"
-    return model
-
-
 def test_the_simulation_refuses_what_cuda_refuses():
-    model = on_simulated_gpus(toy())
+    model = simulated.on_gpus(toy())
     with simulated.SimulatedDevices():
         tokens = torch.zeros(1, 4, dtype=torch.long).to("cuda:0")
         assert str(model(tokens).device) == "cuda:0"  # blocks move their inputs; the output comes back
@@ -74,7 +58,7 @@ def test_every_engine_on_simulated_gpus(name, options, placement):
     engine = engines.get(name, **options)
     expected = engine.run(toy(), TASK, n=2, seed=0)
     unembedding, gpus = PLACEMENTS[placement]
-    model = on_simulated_gpus(toy(), unembedding, gpus)
+    model = simulated.on_gpus(toy(), unembedding, gpus)
     with simulated.SimulatedDevices():
         assert str(next(model.blocks[1].parameters()).device) == f"cuda:{1 % gpus}"
         graph = engine.run(model, TASK, n=2, seed=0)
@@ -89,7 +73,7 @@ def test_compare_on_a_model_split_over_two_simulated_gpus(unembedding):
     graphs = [engines.get("activation_patching").run(toy(), TASK, n=2, seed=0),
               engines.get("cdt", receivers=2).run(toy(), TASK, n=2, seed=0)]
     expected = circuits.compare(graphs, toy(), TASK, n=4, draws=3)
-    model = on_simulated_gpus(toy(), unembedding)
+    model = simulated.on_gpus(toy(), unembedding)
     with simulated.SimulatedDevices():
         got = circuits.compare(graphs, model, TASK, n=4, draws=3)
     assert got.curves == expected.curves and got.random_draws == expected.random_draws
@@ -186,7 +170,7 @@ def test_the_tiny_llama_on_two_simulated_gpus(tiny_llama):
     masks on each block's device."""
     engine = engines.get("cdt", receivers=2)
     expected = engine.run(boot(tiny_llama), TASK, n=2, seed=0)
-    model = on_simulated_gpus(boot(tiny_llama))
+    model = simulated.on_gpus(boot(tiny_llama))
     with simulated.SimulatedDevices():
         assert engine.run(model, TASK, n=2, seed=0) == expected
 
