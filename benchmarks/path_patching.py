@@ -20,7 +20,8 @@ from typing import Any, Optional
 
 import torch
 
-from circuits import PromptBatch, _patching
+from circuits import PromptBatch
+from circuits.engines import kit
 from circuits.engines import PathPatching
 from circuits.graph import LOGITS
 from tests.references import RandomTokens, max_difference, pair_loop
@@ -31,14 +32,14 @@ def floor_time(model: Any, task: Any, batch: PromptBatch, engine: PathPatching) 
     """Seconds for the work no exact method can skip: each edge's own downstream recompute (block L's
     rest and every later block, for every (sender, receiver, combination) copy), stacked as the engine does."""
     with torch.no_grad():
-        runs = _patching.PatchRuns.prepare(model, task, batch, engine.direction)
+        runs = kit.PatchRuns.prepare(model, task, batch, engine.direction)
         senders, receivers, _ = engine.plan(model)
-        per_copy = _patching.copies_per_pass(model, runs.batch, engine.memory_mb)
+        per_copy = kit.copies_per_pass(model, runs.batch, engine.memory_mb)
         start = time.perf_counter()
         for layer in range(model.cfg.n_layers):
             n_senders = sum(1 for s in senders if s.layer < layer)
             copies = n_senders * sum(1 for r in receivers if r.layer == layer) * len(engine._combos())
-            for chunk in _patching.chunks(copies, per_copy):
+            for chunk in kit.chunks(copies, per_copy):
                 runs.finish(layer, runs.base_resid[layer].new_zeros((len(chunk),) + runs.base_resid[layer].shape))
         return time.perf_counter() - start
 

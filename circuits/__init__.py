@@ -15,7 +15,8 @@ from circuits._discovery import discover
 from circuits._registry import Registry
 from circuits._task import PromptBatch, Task
 from circuits.comparison import compare
-from circuits.engines.base import Engine, package_version
+from circuits._version import package_version
+from circuits.engines.base import Engine
 from circuits.graph import EMBED, LOGITS, Head, HeadGraph
 from circuits.sweeps import sweep
 

@@ -1,6 +1,6 @@
 """Metrics on read-out logits ``[batch, d_vocab_out]``: one number per prompt, higher = more behaviour.
 
-The normalised patching score lives with the engines' shared code (`circuits._patching.Baseline`).
+The normalised patching score lives with the engines' shared code (`circuits.engines.kit.Baseline`).
 """
 
 from __future__ import annotations

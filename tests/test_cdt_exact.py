@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from circuits import hooks
-from circuits.engines import _cdt_rules as rules
+from circuits.engines.cdt import rules
 from circuits.engines.cdt import decompose
 from circuits.errors import IncompatibleModelError, InvalidOptionError, UnknownNameError
 from tests.cdt_models import native_bridge

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import circuits
 from circuits import PromptBatch, hooks, models
-from circuits._faithfulness import MeanAblation, circuit_sizes, cmd, cpr, masks, trapezoid
+from circuits.comparison.faithfulness import MeanAblation, circuit_sizes, cmd, cpr, masks, trapezoid
 from circuits.comparison import jaccard, ranked_heads, spearman
 from circuits.errors import InvalidOptionError, MismatchedGraphsError, UnknownNameError
 from circuits.graph import HeadGraph

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import circuits
-from circuits._patching import Baseline
+from circuits.engines.kit import Baseline
 from circuits.engines import ActivationPatching, PathPatching
 from circuits.errors import InvalidOptionError, MetricError, UndefinedScoreError
 from tests.references import RandomTokens

@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import circuits
-from circuits import _patching, hooks, models
+from circuits import hooks, models
+from circuits.engines import kit
 from circuits.engines import ActivationPatching, PathPatching
 from circuits.engines.path_patching import top_receivers
 from circuits.errors import InvalidOptionError, MetricError, UnknownNameError
@@ -141,7 +142,7 @@ def test_direct_effects_add_up_without_layernorm(seed, n_layers, n_heads, direct
     batch = batch_for(model, seed=seed)
     engine = PathPatching(direction=direction, receivers=(LOGITS,))
     edges = engine.patched_metrics(model, TASK, batch)
-    runs = _patching.PatchRuns.prepare(model, TASK, batch, direction)
+    runs = kit.PatchRuns.prepare(model, TASK, batch, direction)
     base = runs.corrupted_metric if direction == "denoising" else runs.clean_metric
     every = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
     together = path_metric(model, TASK, batch, every, LOGITS, direction=direction)

@@ -66,7 +66,7 @@ def test_cells_are_the_product_and_keys_follow_the_config(monkeypatch):
                         "engines": ["activation_patching"]})
     assert on_gpu.cells()[0].key == plain.cells()[0].key
     before = plain.cells()[0].key
-    monkeypatch.setattr(importlib.import_module("circuits._sweep_spec"), "package_version", lambda: "99.0")
+    monkeypatch.setattr(importlib.import_module("circuits.sweeps.spec"), "package_version", lambda: "99.0")
     assert plain.cells()[0].key != before
     # a default model belongs to its task (one actor each); a named model is shared by every task
     groups = {(c.task.name, c.model.name): c.group for c in cells}
@@ -75,7 +75,7 @@ def test_cells_are_the_product_and_keys_follow_the_config(monkeypatch):
 
 
 def test_replicas_share_a_models_cells_round_robin():
-    from circuits._sweep_ray import replicated
+    from circuits.sweeps.ray_backend import replicated
 
     spec = Spec.load({"tasks": ["induction", "icl_regression"], "engines": ["activation_patching", FAST_PATHS],
                       "models": [{"name": "tiny", "toy": TINY, "replicas": 3}], "seeds": [0, 1]})

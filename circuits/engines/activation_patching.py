@@ -4,7 +4,7 @@ Denoising (default): run the corrupted prompts with one head's output set to its
 the reverse. Each patched run starts at the patched layer from the cached residual stream plus the head's
 change through W_O, so layers below it are not run again; copies of the batch that patch different
 heads are stacked into one forward pass (chunked to `memory_mb`), and only read-out positions are
-unembedded. Scores follow `circuits._patching.Baseline.score`.
+unembedded. Scores follow `circuits.engines.kit.Baseline.score`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from circuits import _patching
-from circuits._patching import PatchRuns
+from circuits.engines import kit
+from circuits.engines.kit import PatchRuns
 from circuits._task import PromptBatch
 from circuits.engines import base
 from circuits.graph import HeadGraph
@@ -31,8 +31,8 @@ class ActivationPatching:
     name = "activation_patching"
 
     def __post_init__(self) -> None:
-        _patching.check_direction(self.direction)
-        _patching.check_memory(self.memory_mb)
+        kit.check_direction(self.direction)
+        kit.check_memory(self.memory_mb)
 
     @property
     def score_meaning(self) -> str:
@@ -56,16 +56,16 @@ class ActivationPatching:
     def _patch_heads(self, runs: PatchRuns) -> tuple[Tensor, Optional[Tensor]]:
         cfg = runs.model.cfg
         n_pos = runs.batch.clean.shape[1]
-        per_copy = _patching.copies_per_pass(runs.model, runs.batch, self.memory_mb)
+        per_copy = kit.copies_per_pass(runs.model, runs.batch, self.memory_mb)
         heads = torch.zeros(cfg.n_layers, cfg.n_heads)
         positions = torch.zeros(cfg.n_layers, cfg.n_heads, n_pos) if self.per_position else None
         for layer in range(cfg.n_layers):
             delta = runs.head_deltas(layer)  # [head, batch, pos, d_model]
-            for chunk in _patching.chunks(cfg.n_heads, per_copy):
+            for chunk in kit.chunks(cfg.n_heads, per_copy):
                 heads[layer, chunk.start:chunk.stop] = runs.finish(layer, delta[chunk.start:chunk.stop])
             if positions is not None:
                 pairs = [(h, p) for h in range(cfg.n_heads) for p in range(n_pos)]
-                for chunk in _patching.chunks(len(pairs), per_copy):
+                for chunk in kit.chunks(len(pairs), per_copy):
                     picked = [pairs[i] for i in chunk]
                     at_position = torch.zeros((len(picked),) + delta.shape[1:], dtype=delta.dtype, device=delta.device)
                     for i, (h, p) in enumerate(picked):

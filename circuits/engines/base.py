@@ -13,13 +13,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, ClassVar, Optional, Protocol, runtime_checkable
 
 import torch
 
 from circuits import forward
-from circuits._patching import Baseline, PatchRuns
+from circuits._version import package_version
+from circuits.engines.kit import Baseline, PatchRuns
 from circuits._state import evaluation_mode, preserved
 from circuits._task import PromptBatch
 from circuits.errors import InvalidOptionError
@@ -78,12 +78,3 @@ def graph_meta(engine: Any, model: Any, task: Any, *, n: int, seed: int, score: 
     if baseline is not None:
         meta.update(metric_clean=baseline.clean, metric_corrupted=baseline.corrupted)
     return {**meta, **results}
-
-
-def package_version() -> str:
-    """The installed version of the distribution ``tl-circuits``; part of every graph's meta and of every sweep
-    cell's key."""
-    try:
-        return version("tl-circuits")
-    except PackageNotFoundError:
-        return "unknown"

@@ -37,8 +37,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuits import _patching, forward, hooks
-from circuits._patching import Baseline
+from circuits import forward, hooks
+from circuits.engines import kit
+from circuits.engines.kit import Baseline
 from circuits._task import PromptBatch
 from circuits.engines import base
 from circuits.errors import InvalidOptionError, MetricError
@@ -117,8 +118,8 @@ class EdgeAttribution:
             raise InvalidOptionError(f"steps={self.steps!r}; expected an integer number of IG points >= 1")
         if self.quadrature not in QUADRATURES:
             raise InvalidOptionError(f"quadrature={self.quadrature!r}; expected one of {QUADRATURES}")
-        _patching.check_direction(self.direction)
-        _patching.check_memory(self.memory_mb)
+        kit.check_direction(self.direction)
+        kit.check_memory(self.memory_mb)
 
     @property
     def score_meaning(self) -> str:
@@ -151,13 +152,13 @@ class EdgeAttribution:
         """Unnormalised batch-mean ``Δa_u · ḡ_v`` for every (writer, reader) of `Layout` (zero where no edge
         exists), and the baseline. Runs in the caller's session (`run` opens one with gradients on)."""
         batch = base.on_model(model, batch)
-        batch = _patching.trimmed(batch, causal=model.cfg.attention_dir == "causal")
+        batch = kit.trimmed(batch, causal=model.cfg.attention_dir == "causal")
         runs = _Runs.prepare(model, task, batch, self.direction)
         baseline = Baseline(clean=runs.clean_metric, corrupted=runs.corrupted_metric)  # fails fast without a gap
         layout = Layout.of(model)
         sums = torch.zeros(len(layout.writers), len(layout.readers), dtype=torch.float64)
         with torch.enable_grad():
-            for chunk in _patching.chunks(batch.size, _prompts_per_pass(model, layout, batch, self.memory_mb)):
+            for chunk in kit.chunks(batch.size, _prompts_per_pass(model, layout, batch, self.memory_mb)):
                 sums += self._chunk(model, task, _rows(batch, chunk), runs.rows(chunk), layout)
         return sums / batch.size * layout.mask(), baseline
 
@@ -211,7 +212,7 @@ class _Runs:
         with torch.no_grad(), hooks.attached(model, fwd):
             resid = forward.embed(model, torch.cat([base_in, source_in]))
             logits = forward.unembed(model, forward.run_blocks(model, resid, 0), batch.position.repeat(2))
-        base_metric, source_metric = _patching.copies_metric(task, logits, batch, 2).tolist()
+        base_metric, source_metric = kit.copies_metric(task, logits, batch, 2).tolist()
         clean, corrupted = (source_metric, base_metric) if direction == "denoising" else (base_metric, source_metric)
         n = batch.size
         split = lambda name: (cache[name][:n], cache[name][n:] - cache[name][:n])  # noqa: E731
@@ -229,7 +230,7 @@ class _Runs:
         """Each writer's output change in `Layout.writers` order; a head's is ``Δz W_O``."""
         out = [self.resid_change[None]]
         for layer, change in enumerate(self.z_change):
-            w_o = _patching.output_weights(model, layer).detach().to(change.device, change.dtype)
+            w_o = kit.output_weights(model, layer).detach().to(change.device, change.dtype)
             out.append(einops.einsum(change, w_o, "b p h e, h e d -> h b p d"))
             if self.mlp_change:
                 out.append(self.mlp_change[layer][None])

@@ -32,8 +32,9 @@ import einops
 import torch
 from torch import Tensor
 
-from circuits import _patching, forward, hooks
-from circuits._patching import PatchRuns, block_activations
+from circuits import forward, hooks
+from circuits.engines import kit
+from circuits.engines.kit import PatchRuns, block_activations
 from circuits._task import PromptBatch
 from circuits.engines import base
 from circuits.errors import InvalidOptionError
@@ -63,14 +64,14 @@ class PathPatching:
                 value = (value,)
             if value is not None:
                 object.__setattr__(self, field, tuple(value))
-        _patching.check_direction(self.direction)
+        kit.check_direction(self.direction)
         bad = [i for i in self.inputs if i not in INPUTS]
         if bad or not self.inputs or len(set(self.inputs)) != len(self.inputs):
             raise InvalidOptionError(f"inputs={self.inputs!r} (bad: {bad!r}); expected a non-empty selection "
                                      f"without repeats from {INPUTS}")
         if self.positions is not None and any(not isinstance(p, int) or p < 0 for p in self.positions):
             raise InvalidOptionError(f"positions={self.positions!r}; expected non-negative integer positions")
-        _patching.check_memory(self.memory_mb)
+        kit.check_memory(self.memory_mb)
 
     @property
     def score_meaning(self) -> str:
@@ -121,7 +122,7 @@ class PathPatching:
                to_logits: bool) -> dict[tuple[str, str], dict[str, float]]:
         model, batch = runs.model, runs.batch
         mask = self._position_mask(runs.n_positions, batch.clean.shape[1], runs.base_resid[0])
-        per_copy = _patching.copies_per_pass(model, batch, self.memory_mb)
+        per_copy = kit.copies_per_pass(model, batch, self.memory_mb)
         edges: dict[tuple[str, str], dict[str, float]] = {}
         state = runs.base_resid[0].new_zeros((0,) + runs.base_resid[0].shape)  # step-3 residuals [sender, ...]
         done: list[Head] = []  # the senders in `state`, in order
@@ -138,10 +139,10 @@ class PathPatching:
             done += [Head(layer, h) for h in new]
         if to_logits and done:
             position = batch.position
-            for chunk in _patching.chunks(len(done), per_copy):
+            for chunk in kit.chunks(len(done), per_copy):
                 flat = einops.rearrange(state[chunk.start:chunk.stop], "c b p d -> (c b) p d")
                 logits = forward.unembed(model, flat, position.repeat(len(chunk)))
-                values = _patching.copies_metric(runs.task, logits, batch, len(chunk))
+                values = kit.copies_metric(runs.task, logits, batch, len(chunk))
                 for i, value in zip(chunk, values):
                     edges[(done[i].name, LOGITS)] = {"": float(value)}
         return edges
@@ -172,11 +173,11 @@ class PathPatching:
         if model.cfg.attn_only or not len(mid):
             return mid
         if self.freeze_mlps:
-            return mid + (_patching.finish_block(model, layer, base_mid) - base_mid)
+            return mid + (kit.finish_block(model, layer, base_mid) - base_mid)
         out = torch.empty_like(mid)
-        for chunk in _patching.chunks(len(mid), per_copy):
+        for chunk in kit.chunks(len(mid), per_copy):
             flat = einops.rearrange(mid[chunk.start:chunk.stop], "c b p d -> (c b) p d")
-            out[chunk.start:chunk.stop] = _patching.finish_block(model, layer, flat).view(len(chunk), *mid.shape[1:])
+            out[chunk.start:chunk.stop] = kit.finish_block(model, layer, flat).view(len(chunk), *mid.shape[1:])
         return out
 
     def _receive(self, runs: PatchRuns, layer: int, state: Tensor, heads: list[int],
@@ -188,11 +189,11 @@ class PathPatching:
         z_name = hooks.site(model, layer, "z")
         base = runs.base_resid[layer]
         base_z = block_activations(model, base, layer, [z_name])[z_name][:, :, heads]
-        w_o = _patching.output_weights(model, layer)[heads].to(base_z.device)
+        w_o = kit.output_weights(model, layer)[heads].to(base_z.device)
         combos = self._combos()
         out = {combo: torch.zeros(len(state), len(heads)) for combo in combos}
         senders_per_pass = max(1, per_copy // len(heads))
-        for chunk in _patching.chunks(len(state), senders_per_pass):
+        for chunk in kit.chunks(len(state), senders_per_pass):
             flat = einops.rearrange(state[chunk.start:chunk.stop], "c b p d -> (c b) p d")
             step3 = block_activations(model, flat, layer, [names[i] for i in self.inputs])
             base_copies = base.repeat(len(chunk), 1, 1)
@@ -205,7 +206,7 @@ class PathPatching:
         return out
 
     # --- the result -----------------------------------------------------------------------------------
-    def _graph(self, model: Any, edges: dict[tuple[str, str], dict[str, float]], baseline: _patching.Baseline,
+    def _graph(self, model: Any, edges: dict[tuple[str, str], dict[str, float]], baseline: kit.Baseline,
                meta: dict[str, Any]) -> HeadGraph:
         """Every head a node (scored by its direct effect where head -> logits was measured), every edge."""
         graph = HeadGraph(n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads, meta=meta)

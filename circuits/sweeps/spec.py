@@ -16,7 +16,7 @@ from typing import Any, Optional, Union
 import torch
 
 from circuits import engines
-from circuits.engines.base import package_version
+from circuits._version import package_version
 from circuits.errors import InvalidOptionError, MissingDependencyError, UnknownNameError
 
 SPEC_KEYS = ("tasks", "models", "engines", "seeds", "n")

@@ -2,7 +2,7 @@
 
 Every activation is split into rel (caused by chosen source heads) and irrel (the rest), rel + irrel being
 the real activation, and both are carried through the network in one forward pass (the rules are in
-`circuits.engines._cdt_rules`, docs/cdt.md sets each next to the reference code's). `decompose` is the
+`circuits.engines.cdt.rules`, docs/cdt.md sets each next to the reference code's). `decompose` is the
 decomposition itself; the `CDT` engine scores heads with it:
 
 - node (and head -> logits edge): ``(m(rel + irrel) - m(irrel)) / (m_clean - m_corrupted)``, with the head's
@@ -24,12 +24,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuits import _patching, forward, hooks
-from circuits._patching import Baseline
+from circuits import forward, hooks
+from circuits.engines import kit
+from circuits.engines.kit import Baseline
 from circuits._task import Inputs
 from circuits.engines import base
-from circuits.engines._cdt_model import check_model
-from circuits.engines._cdt_propagation import Decomposition, Propagation
+from circuits.engines.cdt.model import check_model
+from circuits.engines.cdt.propagation import Decomposition, Propagation
 from circuits.errors import IncompatibleModelError, InvalidOptionError
 from circuits.graph import LOGITS, Head, HeadGraph, all_heads
 
@@ -110,7 +111,7 @@ class CDT:
                 raise InvalidOptionError(f"{field}={value!r}; expected an integer >= {low}")
         if not isinstance(self.iterative, bool):
             raise InvalidOptionError(f"iterative={self.iterative!r}; expected True or False")
-        _patching.check_memory(self.memory_mb)
+        kit.check_memory(self.memory_mb)
 
     @property
     def score_meaning(self) -> str:
@@ -132,13 +133,13 @@ class CDT:
     def scores(self, model: Any, task: Any, batch: Any) -> dict[str, Any]:
         """Node scores ``[n_layers, n_heads]`` and edge scores ``[sender layer, head, receiver layer, head]``
         (dot and l1 reductions) for a batch already on the model's device."""
-        batch = _patching.trimmed(batch, causal=model.cfg.attention_dir == "causal")
+        batch = kit.trimmed(batch, causal=model.cfg.attention_dir == "causal")
         layers = range(model.cfg.n_layers)
         z_names = [hooks.site(model, layer, "z") for layer in layers]
-        clean_logits, clean = _patching.read_out_and_cache(model, batch.clean, z_names, batch.position)
-        corrupted_logits, corrupted = _patching.read_out_and_cache(model, batch.corrupted, z_names, batch.position)
-        baseline = Baseline(clean=float(_patching.metric_mean(task, clean_logits, batch)),
-                            corrupted=float(_patching.metric_mean(task, corrupted_logits, batch)))
+        clean_logits, clean = kit.read_out_and_cache(model, batch.clean, z_names, batch.position)
+        corrupted_logits, corrupted = kit.read_out_and_cache(model, batch.corrupted, z_names, batch.position)
+        baseline = Baseline(clean=float(kit.metric_mean(task, clean_logits, batch)),
+                            corrupted=float(kit.metric_mean(task, corrupted_logits, batch)))
         device = forward.input_device(model)  # each layer's z lies on its own device in a model spread over devices
         clean, corrupted = ({name: z.to(device) for name, z in run.items()} for run in (clean, corrupted))
         z_base = torch.stack([corrupted[name] for name in z_names], dim=1)  # [batch, layer, pos, head, d_head]
@@ -157,11 +158,11 @@ class CDT:
         per_pass = self._sets_per_pass(model, propagation)
         # Sets grouped by their head's layer: a pass starts at its sources' layer (below it rel is 0).
         groups = [range(layer * cfg.n_heads, (layer + 1) * cfg.n_heads) for layer in range(cfg.n_layers)]
-        for chunk in (range(g.start + c.start, g.start + c.stop) for g in groups for c in _patching.chunks(len(g), per_pass)):
+        for chunk in (range(g.start + c.start, g.start + c.stop) for g in groups for c in kit.chunks(len(g), per_pass)):
             part = propagation.run(masks[:, chunk.start:chunk.stop], z_base, keep_z=True)
             self._check_exact(part, clean_logits)
-            total = _patching.copies_metric(task, (part.rel + part.irrel).flatten(0, 1), batch, len(chunk))
-            rest = _patching.copies_metric(task, part.irrel.flatten(0, 1), batch, len(chunk))
+            total = kit.copies_metric(task, (part.rel + part.irrel).flatten(0, 1), batch, len(chunk))
+            rest = kit.copies_metric(task, part.irrel.flatten(0, 1), batch, len(chunk))
             nodes[chunk.start:chunk.stop] = (total - rest) / (baseline.clean - baseline.corrupted)
             z_rel = torch.stack(part.z_rel, dim=1)  # [set, layer, batch, head, d_head]
             z_irrel = torch.stack(part.z_irrel, dim=1)

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from circuits import _compat, forward
-from circuits.engines import _cdt_rules as rules
-from circuits.engines._cdt_rules import Parts
+from circuits.engines.cdt import rules
+from circuits.engines.cdt.rules import Parts
 from circuits.errors import IncompatibleModelError
 
 PLAIN_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {

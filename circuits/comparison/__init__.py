@@ -10,7 +10,7 @@
 
 Heads are ranked by |score| (a head that hurts the behaviour matters as much as one that helps); heads an engine
 did not score rank last. Faithfulness curves follow the MIB benchmark (Mueller et al. 2025) at the level of heads:
-keep the top fraction x of heads, mean-ablate the rest over a reference batch (`circuits._faithfulness`),
+keep the top fraction x of heads, mean-ablate the rest over a reference batch (`circuits.comparison.faithfulness`),
 faithfulness = (m_C − m_∅) / (m_full − m_∅); CPR is the area under the curve (higher is better), CMD the area
 between the curve and 1 (lower is better), both by the trapezoid rule over the fraction kept.
 """
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from circuits import engines
-from circuits._faithfulness import MeanAblation, circuit_sizes, cmd, cpr, masks
-from circuits._ranking import jaccard, ranked_heads, score_agreement, spearman, top_heads
+from circuits.comparison.faithfulness import MeanAblation, circuit_sizes, cmd, cpr, masks
+from circuits.comparison.ranking import jaccard, ranked_heads, score_agreement, spearman, top_heads
 from circuits.engines.base import prompts, session
 from circuits.errors import InvalidOptionError, MismatchedGraphsError, UnknownNameError
 from circuits.graph import Head, HeadGraph
@@ -99,7 +99,7 @@ class Comparison:
 
     def draw(self, path: Optional[Union[str, Path]] = None) -> Any:
         """Faithfulness curves (random draws as a band) beside the Spearman and Jaccard matrices."""
-        from circuits._compare_drawing import draw_comparison
+        from circuits.comparison.drawing import draw_comparison
 
         return draw_comparison(self, path)
 

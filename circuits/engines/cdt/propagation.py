@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from circuits import forward
-from circuits.engines import _cdt_model as cdt_model
-from circuits.engines._cdt_rules import Parts
+from circuits.engines.cdt import model as cdt_model
+from circuits.engines.cdt.rules import Parts
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from circuits import forward, hooks
-from circuits._patching import Baseline, chunks, copies_metric, copies_per_pass, read_out_and_cache, trimmed
-from circuits._ranking import Numbers
+from circuits.engines.kit import Baseline, chunks, copies_metric, copies_per_pass, read_out_and_cache, trimmed
+from circuits.comparison.ranking import Numbers
 from circuits._task import PromptBatch
 from circuits.errors import InvalidOptionError
 from circuits.graph import Head

@@ -12,7 +12,7 @@ Errors: a typed error (`circuits.errors`) in a cell is deterministic, so it is r
 any other exception is recorded too (``--retry-failed`` reruns it). A worker process that dies (killed,
 ``os._exit``, out of memory) is restarted by Ray and its cells retried up to `retries` times.
 
-Backends: ``local`` runs cells in this process (no extra dependency); ``ray`` (`circuits._sweep_ray`, the
+Backends: ``local`` runs cells in this process (no extra dependency); ``ray`` (`circuits.sweeps.ray_backend`, the
 ``[ray]`` extra) runs one actor per model, which keeps the model loaded across that model's cells.
 Task names resolve through the `tasks` package (or ``"module:attribute"`` for your own tasks), imported when
 a spec is read: the library itself knows no concrete task.
@@ -38,8 +38,8 @@ import torch
 from tqdm.auto import tqdm
 
 from circuits import forward
-from circuits._sweep_spec import Cell, EngineSpec, ModelSpec, Spec, TaskSpec, canonical
-from circuits.engines.base import package_version
+from circuits.sweeps.spec import Cell, EngineSpec, ModelSpec, Spec, TaskSpec, canonical
+from circuits._version import package_version
 from circuits.errors import CircuitsError, InvalidOptionError, UnknownNameError
 from circuits.graph import HeadGraph
 
@@ -256,9 +256,9 @@ def sweep(spec: Union[Spec, dict[str, Any], str, Path], out: Union[str, Path], *
         if backend == "local":
             _run_local(groups, on_result)
         elif todo:
-            from circuits import _sweep_ray
+            from circuits.sweeps import ray_backend
 
-            _sweep_ray.run(groups, on_result, retries=retries, address=address)
+            ray_backend.run(groups, on_result, retries=retries, address=address)
     finally:
         bar.close()
         write_results_csv(out)
