@@ -14,9 +14,12 @@ from analyses import compare as analyses_compare
 from circuits.errors import CircuitsError, InvalidOptionError
 
 
-def _table(graph: circuits.HeadGraph, k: int) -> str:
-    rows = [f"{'rank':>4}  {'head':<8}{'score':>9}", "-" * 23]
-    rows += [f"{i:>4}  {name:<8}{score:>9.4f}" for i, (name, score) in enumerate(graph.top(k), 1)]
+ORDER = {"signed": "by score (the heads that help most first)", "absolute": "by |score| (helping or hurting)"}
+
+
+def _table(graph: circuits.HeadGraph, k: int, by: str) -> str:
+    rows = [f"top heads, ordered {ORDER[by]}:", f"{'rank':>4}  {'head':<8}{'score':>9}", "-" * 23]
+    rows += [f"{i:>4}  {name:<8}{score:>9.4f}" for i, (name, score) in enumerate(graph.top(k, by=by), 1)]
     return "\n".join(rows)
 
 
@@ -33,10 +36,10 @@ def _discover(args: argparse.Namespace) -> int:
     print(f"\n{args.engine} on {args.task}: metric clean {meta.get('metric_clean', float('nan')):.3f}, "
           f"corrupted {meta.get('metric_corrupted', float('nan')):.3f} (n={args.n}, seed={args.seed})")
     print(f"score: {meta['score']}\n")
-    print(_table(graph, args.top))
+    print(_table(graph, args.top, args.by))
     json_path = graph.to_json(out / "graph.json")
     png_path = out / "graph.png"
-    graph.draw(png_path, title=f"{args.engine} · {args.task}")
+    graph.draw(png_path, title=f"{args.engine} · {args.task}", by=args.by)
     print(f"\nwrote {json_path} and {png_path}")
     return 0
 
@@ -75,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     discover.add_argument("--seed", type=int, default=0)
     discover.add_argument("--top", type=int, default=10, help="rows of the printed table")
     discover.add_argument("--direction", choices=["denoising", "noising"], default=None)
+    discover.add_argument("--by", choices=["signed", "absolute"], default="signed",
+                          help="rank heads by score or by |score| (the table and the picture alike)")
     discover.set_defaults(run=_discover)
     compare = commands.add_parser("compare", help="every engine side by side: rank agreement, faithfulness curves")
     analyses_compare.add_arguments(compare)

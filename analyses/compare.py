@@ -84,7 +84,7 @@ def compare_task(task: Any, model: Any, settings: Settings, engine_names: Sequen
         graphs[engine] = circuits.discover(model, task, engine=engine, n=settings.n, seed=0,
                                            **ENGINE_OPTIONS.get(engine, {}))
         seconds[engine] = round(time.perf_counter() - start, 2)
-        print(f"  {engine}: {seconds[engine]} s; top {graphs[engine].top(3, by_magnitude=True)}", flush=True)
+        print(f"  {engine}: {seconds[engine]} s; top {graphs[engine].top(3, by='absolute')}", flush=True)
     start = time.perf_counter()
     result = circuits.compare(graphs, model, task, n=settings.n_eval, seed=1, draws=settings.draws)
     seconds["compare"] = round(time.perf_counter() - start, 2)

@@ -194,7 +194,7 @@ def run(quick: bool = False, out: Path = Path("out/factual_recall"), model: Any 
                          "attention_to_subject": attention[circuits.Head(l, h).name]}
                         for (l, h), v in highest(topic, settings.top_heads)],
         "topic_prompts": int(single.sum()), "mlp_regression": regression,
-        "path_patching_top": graph.top(8, by_magnitude=True),
+        "path_patching_top": graph.top(8, by="absolute"),
         "path_patching_meta": {k: graph.meta[k] for k in ("n", "metric_clean", "metric_corrupted")},
         "paper": PAPER, "issue_measured": ISSUE_MEASURED,
     }

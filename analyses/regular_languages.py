@@ -65,8 +65,8 @@ def patching(model: Any, task: RegularLanguages, n: int, k: int, ngram_top: list
     out = {}
     for engine in ENGINES:
         graph = circuits.discover(model, task, engine=engine, n=n, seed=0)
-        ranked = [name for name, _ in graph.top(k)]
-        out[engine] = {"top": graph.top(k), "agree": len(set(ranked) & set(ngram_top)),
+        ranked = [name for name, _ in graph.top(k, by="signed")]
+        out[engine] = {"top": graph.top(k, by="signed"), "agree": len(set(ranked) & set(ngram_top)),
                        "metric_clean": graph.meta["metric_clean"], "metric_corrupted": graph.meta["metric_corrupted"],
                        "scores": graph.matrix().tolist()}
     return out

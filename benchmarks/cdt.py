@@ -84,8 +84,8 @@ def agreement(n: int = 32) -> dict[str, float]:
         rho = spearman(cdt.matrix().flatten().tolist(), patching.matrix().flatten().tolist())
         rho_noising = spearman(cdt.matrix().flatten().tolist(), noising.matrix().flatten().tolist())
         print(f"c  {name}: Spearman(CD-T, activation patching) over {cdt.matrix().numel()} heads = {rho:+.3f} "
-              f"(noising: {rho_noising:+.3f}); top heads CD-T {[h for h, _ in cdt.top(3)]}, "
-              f"patching {[h for h, _ in patching.top(3)]}", flush=True)
+              f"(noising: {rho_noising:+.3f}); top heads CD-T {[h for h, _ in cdt.top(3, by='signed')]}, "
+              f"patching {[h for h, _ in patching.top(3, by='signed')]}", flush=True)
         out[name] = rho
     return out
 

@@ -22,7 +22,7 @@ def _layered_positions(graph: "HeadGraph", nodes: list[str]) -> dict[str, tuple[
 
 
 def draw_graph(graph: "HeadGraph", path: Optional[Union[str, Path]] = None, title: Optional[str] = None,
-               k: int = 8) -> Any:
+               k: int = 8, by: str = "absolute") -> Any:
     import matplotlib
 
     if path is not None:
@@ -41,14 +41,14 @@ def draw_graph(graph: "HeadGraph", path: Optional[Union[str, Path]] = None, titl
     ax_heat.set_title("head scores")
     fig.colorbar(image, ax=ax_heat)
 
-    top = [name for name, _ in graph.top(k, by_magnitude=True)]
+    top = [name for name, _ in graph.top(k, by=by)]
     shown = graph.nx.subgraph(top + ["embed", "logits"])
     positions = _layered_positions(graph, top)
     edge_scores = [s or 0.0 for _, _, s in shown.edges(data="score")]
     nx.draw_networkx(shown, positions, ax=ax_graph, node_color="#cfe2f3", node_size=900, font_size=8,
                      width=[1 + 4 * abs(s) / limit for s in edge_scores], arrows=True,
                      edge_color=["#2166ac" if s >= 0 else "#b2182b" for s in edge_scores])
-    ax_graph.set_title(f"top {len(top)} heads (blue +, red −)")
+    ax_graph.set_title(f"top {len(top)} heads by {'|score|' if by == 'absolute' else 'score'} (blue +, red −)")
     ax_graph.axis("off")
     fig.suptitle(title or graph.meta.get("task", ""))
     meaning = graph.meta.get("score")

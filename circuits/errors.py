@@ -30,6 +30,18 @@ class InvalidOptionError(CircuitsError, ValueError):
     """An engine or task option outside its allowed values."""
 
 
+class MissingOptionError(InvalidOptionError, TypeError):
+    """A required option left out (e.g. ``by=`` on a ranking); the message lists the choices."""
+
+
+class RenamedOptionError(InvalidOptionError, TypeError):
+    """An option or function under its old name; the message names the new one (see CHANGELOG.md)."""
+
+    def __init__(self, where: str, old: str, new: str):
+        self.where, self.old, self.new = where, old, new
+        super().__init__(f"{where}: {old!r} was renamed; use {new}")
+
+
 class MismatchedGraphsError(CircuitsError, ValueError):
     """Graphs compared together that belong to another task or model than the one given."""
 

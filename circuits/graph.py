@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuits.errors import InvalidOptionError, UnknownNameError
+from circuits.errors import InvalidOptionError, MissingOptionError, RenamedOptionError, UnknownNameError
 
 EMBED, LOGITS = "embed", "logits"
 _HEAD = re.compile(r"^L(\d+)H(\d+)$")
@@ -201,10 +201,17 @@ class HeadGraph:
             out[parse_head(name)] = score
         return out
 
-    def top(self, k: int, by_magnitude: bool = False) -> list[tuple[str, float]]:
-        """The `k` highest-scoring measured heads, best first (by absolute score with `by_magnitude`)."""
-        key = (lambda item: abs(item[1])) if by_magnitude else (lambda item: item[1])
-        return sorted(self.scores().items(), key=key, reverse=True)[:k]
+    def top(self, k: int, *, by: Optional[str] = None, **renamed: Any) -> list[tuple[str, float]]:
+        """The `k` best-ranked measured heads, best first: by score (``by="signed"``: the heads that help most)
+        or by |score| (``by="absolute"``: a head that hurts counts as much as one that helps). `by` has no
+        default: the two rankings differ, and every ranking in the library names which it is."""
+        if "by_magnitude" in renamed:
+            raise RenamedOptionError("top", "by_magnitude", 'by="absolute" (or by="signed")')
+        if renamed:
+            raise TypeError(f"top() got unexpected keyword arguments {sorted(renamed)}")
+        _check_count(k, "heads")
+        key = _rank_key(by)
+        return sorted(self.scores().items(), key=lambda item: key(item[1]), reverse=True)[:k]
 
     def prune(self, threshold: float) -> "HeadGraph":
         """A copy keeping edges with ``|score| >= threshold`` and the heads that either score that much
@@ -225,31 +232,32 @@ class HeadGraph:
     # Ranking is explicit: by="absolute" ranks edges by |score| (an edge that hurts the behaviour counts
     # as much as one that helps), by="signed" by score (only edges that help). Every selection is pruned:
     # a node kept must lie on a path embed -> ... -> logits through the selected edges.
-    def top_edges(self, n: int, *, by: str) -> list[tuple[str, str, float]]:
-        """The `n` best-ranked scored edges, best first, as (sender, receiver, score)."""
-        _check_count(n)
-        return sorted(self._scored_edges(), key=_rank_key(by), reverse=True)[:n]
+    def top_edges(self, k: int, *, by: Optional[str] = None) -> list[tuple[str, str, float]]:
+        """The `k` best-ranked scored edges, best first, as (sender, receiver, score)."""
+        _check_count(k, "edges")
+        key = _rank_key(by)
+        return sorted(self._scored_edges(), key=lambda edge: key(edge[2]), reverse=True)[:k]
 
-    def threshold_edges(self, threshold: float, *, by: str) -> list[tuple[str, str, float]]:
+    def threshold_edges(self, threshold: float, *, by: Optional[str] = None) -> list[tuple[str, str, float]]:
         """Scored edges with |score| >= `threshold` (by="absolute") or score >= `threshold` (by="signed")."""
         key = _rank_key(by)
-        return sorted((e for e in self._scored_edges() if key(e) >= threshold), key=key, reverse=True)
+        return sorted((e for e in self._scored_edges() if key(e[2]) >= threshold), key=lambda e: key(e[2]), reverse=True)
 
-    def greedy_edges(self, n: int, *, by: str) -> list[tuple[str, str, float]]:
-        """`n` edges grown from ``"logits"`` backwards: each step adds the best-ranked edge whose receiver is
+    def greedy_edges(self, k: int, *, by: Optional[str] = None) -> list[tuple[str, str, float]]:
+        """`k` edges grown from ``"logits"`` backwards: each step adds the best-ranked edge whose receiver is
         already in the circuit (its sender joins the circuit), in the order they were added."""
-        _check_count(n)
+        _check_count(k, "edges")
         key, chosen, inside, frontier, tie = _rank_key(by), [], {LOGITS}, [], 0
 
         def push_into(node: str) -> None:
             nonlocal tie
             for u, v, score in self.nx.in_edges(node, data="score"):
                 if score is not None and not math.isnan(score):
-                    heapq.heappush(frontier, (-key((u, v, score)), tie, (u, v, score)))
+                    heapq.heappush(frontier, (-key(score), tie, (u, v, score)))
                     tie += 1
 
         push_into(LOGITS)
-        while frontier and len(chosen) < n:
+        while frontier and len(chosen) < k:
             edge = heapq.heappop(frontier)[2]
             chosen.append(edge)
             if edge[0] not in inside:
@@ -302,29 +310,34 @@ class HeadGraph:
         return _same(mine, theirs)
 
     def __repr__(self) -> str:
-        top = ", ".join(f"{n}={s:.3f}" for n, s in self.top(3))
-        return f"HeadGraph({len(self.heads())} heads, {self.nx.number_of_edges()} edges; top: {top})"
+        top = ", ".join(f"{n}={s:.3f}" for n, s in self.top(3, by="absolute"))
+        return f"HeadGraph({len(self.heads())} heads, {self.nx.number_of_edges()} edges; top by |score|: {top})"
 
-    def draw(self, path: Optional[Union[str, Path]] = None, title: Optional[str] = None, k: int = 8) -> Any:
-        """A heatmap of head scores beside the graph of the top-`k` heads, with what the scores mean
-        (``meta["score"]``) underneath; saved to `path` if given."""
+    def draw(self, path: Optional[Union[str, Path]] = None, title: Optional[str] = None, k: int = 8,
+             by: str = "absolute") -> Any:
+        """A heatmap of head scores beside the graph of the top-`k` heads ranked `by` (``"absolute"``: by
+        |score|, so heads that hurt show too; ``"signed"``), with what the scores mean (``meta["score"]``)
+        underneath; saved to `path` if given."""
         from circuits._drawing import draw_graph
 
-        return draw_graph(self, path=path, title=title, k=k)
+        return draw_graph(self, path=path, title=title, k=k, by=by)
 
 
 RANKINGS = ("absolute", "signed")
 
 
-def _rank_key(by: str) -> Any:
+def _rank_key(by: Optional[str]) -> Any:
+    """A score -> sort key for `by`; a missing or unknown `by` is a typed error listing the choices."""
+    if by is None:
+        raise MissingOptionError(f"by is required; expected one of {RANKINGS} (rank by |score| or by score)")
     if by not in RANKINGS:
-        raise InvalidOptionError(f"by={by!r}; expected one of {RANKINGS} (rank edges by |score| or by score)")
-    return (lambda edge: abs(edge[2])) if by == "absolute" else (lambda edge: edge[2])
+        raise InvalidOptionError(f"by={by!r}; expected one of {RANKINGS} (rank by |score| or by score)")
+    return abs if by == "absolute" else (lambda score: score)
 
 
-def _check_count(n: int) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise InvalidOptionError(f"n={n!r}; expected a non-negative number of edges")
+def _check_count(k: int, what: str) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise InvalidOptionError(f"k={k!r}; expected a non-negative number of {what}")
 
 
 def _encode(value: Any) -> Any:

@@ -50,8 +50,8 @@ def test_scores_matrix_top_prune():
     graph = HeadGraph.from_scores(torch.tensor([[0.1, -0.7], [0.5, 0.05]]), meta={"task": "t"})
     assert graph.scores() == pytest.approx({"L0H0": 0.1, "L0H1": -0.7, "L1H0": 0.5, "L1H1": 0.05})
     assert torch.allclose(graph.matrix(), torch.tensor([[0.1, -0.7], [0.5, 0.05]]))
-    assert [n for n, _ in graph.top(2)] == ["L1H0", "L0H0"]
-    assert [n for n, _ in graph.top(1, by_magnitude=True)] == ["L0H1"]
+    assert [n for n, _ in graph.top(2, by="signed")] == ["L1H0", "L0H0"]
+    assert [n for n, _ in graph.top(1, by="absolute")] == ["L0H1"]
     pruned = graph.prune(0.3)
     assert sorted(pruned.heads()) == ["L0H1", "L1H0"]
     assert set(pruned.nx.edges) == {("L0H1", "logits"), ("L1H0", "logits")}

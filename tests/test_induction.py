@@ -55,7 +55,7 @@ def attention_scores(model, seed: int, length: int):
 def test_top_head_is_a_layer_1_induction_head_fed_by_a_previous_token_head(length, seed, induction,
                                                                             induction_model):
     graph = circuits.discover(induction_model, induction, n=32, seed=seed)
-    (top, _), = graph.top(1)
+    (top, _), = graph.top(1, by="signed")
     layer, head = graph.nx.nodes[top]["layer"], graph.nx.nodes[top]["head"]
     assert layer == 1
     prev, ind, uniform = attention_scores(induction_model, seed, length)

@@ -181,7 +181,7 @@ def test_induction_key_input_comes_from_the_previous_token_head(induction, induc
         model, induction, n=24, seed=0)
     # The top induction head by activation patching. (Senders are layer-0 heads only, so the path graph
     # measures no layer-1 direct effects: its layer-1 heads are unscored.)
-    (top, _), = circuits.discover(model, induction, n=24, seed=0).top(1)
+    (top, _), = circuits.discover(model, induction, n=24, seed=0).top(1, by="signed")
     assert graph.nx.nodes[top]["layer"] == 1 and "score" not in graph.nx.nodes[top]
     into_key = {u: data["score_k"] for u, _, data in graph.nx.in_edges(top, data=True)}
     strongest = max(into_key, key=lambda u: abs(into_key[u]))

@@ -47,7 +47,7 @@ print("CHECKS " + json.dumps({
     "relations": facts.relation_names(),
     "gguf": str(models.bundled_gguf_path()),
     "scripts": scripts,
-    "top3": graph.top(3),
+    "top3": graph.top(3, by="absolute"),
 }))
 '''
 
@@ -106,7 +106,7 @@ def test_wheel_installs_and_runs_the_readme_example(tmp_path, induction_model):
     assert set(checks["relations"]) >= {"capital", "language"}  # the shipped facts are read as package data
     assert Path(checks["gguf"]).exists()  # the bundled-model loader finds SmolLM2's GGUF
     assert checks["scripts"] == {"circuits": "analyses.cli:main"} and (venv / "bin" / "circuits").exists()
-    shown = ast.literal_eval(re.search(r"graph\.top\(3\)\s+# (\[.*\])", code).group(1))
+    shown = ast.literal_eval(re.search(r'graph\.top\(3, by="absolute"\)\s+# (\[.*\])', code).group(1))
     assert [name for name, _ in checks["top3"]] == [name for name, _ in shown]
     assert [score for _, score in checks["top3"]] == pytest.approx([score for _, score in shown], abs=5e-4)
     assert (work / "g.json").exists() and (work / "g.png").exists()

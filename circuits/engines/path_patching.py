@@ -229,5 +229,5 @@ def top_receivers(graph: HeadGraph, k: int, include_logits: bool = True) -> tupl
     path patching (the usual discovery from the logits backwards)."""
     if k < 1:
         raise InvalidOptionError(f"k={k!r}; expected a positive number of receivers")
-    names = tuple(name for name, _ in graph.top(k, by_magnitude=True))
+    names = tuple(name for name, _ in graph.top(k, by="absolute"))
     return names + ((LOGITS,) if include_logits else ())

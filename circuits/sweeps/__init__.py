@@ -157,7 +157,7 @@ def write_result(out: Path, cell: Cell, result: dict[str, Any], backend: str) ->
     os.replace(tmp, folder / "graph.json")
     gm = graph.meta
     gap = gm["metric_clean"] - gm["metric_corrupted"] if "metric_clean" in gm else None
-    summary = {"top_heads": [[name, score] for name, score in graph.top(5)], "metric_gap": gap}
+    summary = {"top_heads": [[name, score] for name, score in graph.top(5, by="signed")], "metric_gap": gap}
     _write_json(folder / "meta.json", {**meta, **summary})
     (folder / "error.json").unlink(missing_ok=True)  # a failed cell that now succeeded
 
