@@ -33,7 +33,7 @@ from circuits.graph import HeadGraph
 from circuits.errors import InvalidOptionError
 from analyses._script import add_figure_arguments, at_most_two_threads
 
-ENGINE_OPTIONS = {"path_patching": {"receivers": "logits", "per_input": False}, "cdt": {"receivers": 0}}
+ENGINE_OPTIONS = {"path_patching": {"receivers": "logits", "per_input": False}, "cdt": {"receiver_count": 0}}
 BUNDLED = ("factual_recall", "capitals")  # tasks on SmolLM2: loaded once, smaller settings
 
 

@@ -30,7 +30,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from circuits.engines import PathPatching  # noqa: E402
-from circuits.graph import LOGITS, HeadGraph, head_name  # noqa: E402
+from circuits.graph import HeadGraph  # noqa: E402
+from circuits.nodes import LOGITS, Head  # noqa: E402
 from tasks.induction import Induction  # noqa: E402
 from analyses._script import figure_parser  # noqa: E402
 
@@ -42,7 +43,7 @@ def composition(graph: HeadGraph, which: str) -> np.ndarray:
     out = np.full((graph.n_heads, graph.n_heads), np.nan)
     for i in range(graph.n_heads):
         for j in range(graph.n_heads):
-            data = graph.nx.get_edge_data(head_name(0, i), head_name(1, j))
+            data = graph.nx.get_edge_data(Head(0, i).name, Head(1, j).name)
             if data is not None:
                 out[i, j] = data[f"score_{which}"]
     return out

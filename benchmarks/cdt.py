@@ -1,7 +1,7 @@
 """CD-T vs exact path patching: the same head graph, timed and rank-compared in one run.
 
 The graph: every head -> logits, plus head -> head into 10 receivers (CD-T's top 10 heads by |node score|;
-those in layer 0 receive from no head and drop out). CD-T runs first (`CDT(receivers=...)`); path patching then
+those in layer 0 receive from no head and drop out). CD-T runs first (`CDT(receiver_count=...)`); path patching then
 measures the same edges (`PathPatching(receivers=<those heads> + logits, per_input=False)`: q, k and v
 patched together). Printed: both times, their ratio (goal: CD-T >= 5x faster) and the Spearman rank
 correlation of the two engines' head -> logits scores and of their head -> head scores.
@@ -49,7 +49,7 @@ def timed(engine: Any, model: Any, task: Any, n: int, repeats: int) -> tuple[flo
 
 def compare(label: str, model: Any, task: Any, n: int, receivers: int, repeats: int,
             loop: bool = False) -> dict[str, float]:
-    t_cdt, cdt = timed(CDT(receivers=receivers), model, task, n, repeats)
+    t_cdt, cdt = timed(CDT(receiver_count=receivers), model, task, n, repeats)
     top = sorted({r for _, r in cdt.nx.edges() if r != LOGITS})  # CD-T's top receivers outside layer 0
     path_patching = PathPatching(receivers=tuple(top) + (LOGITS,), per_input=False)
     t_exact, exact = timed(path_patching, model, task, n, repeats)
@@ -78,7 +78,7 @@ def agreement(n: int = 32) -> dict[str, float]:
     for name in tasks.names():
         task = tasks.get(name)
         model = task.default_model()
-        cdt = circuits.discover(model, task, engine="cdt", n=n, seed=0, receivers=0)
+        cdt = circuits.discover(model, task, engine="cdt", n=n, seed=0, receiver_count=0)
         patching = circuits.discover(model, task, engine="activation_patching", n=n, seed=0)
         noising = circuits.discover(model, task, engine="activation_patching", n=n, seed=0, direction="noising")
         rho = spearman(cdt.matrix().flatten().tolist(), patching.matrix().flatten().tolist())

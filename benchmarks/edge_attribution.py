@@ -120,7 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         graph = HeadGraph(n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads)
         for (u, v), s in to_logits.items():
             if not u.startswith("L0H"):  # a receiver needs senders before it
-                graph.add_head(u, s)
+                graph.add_node(u, s)
         receivers = top_receivers(graph, args.receivers, include_logits=False)
         print(f"SmolLM2 heads -> logits: {t_logits:.2f} s; receivers: {', '.join(receivers)}")
         to_heads, t_heads = exact_edges(model, task, 8, receivers)

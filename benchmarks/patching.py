@@ -40,7 +40,7 @@ class Remapped:
 
 
 def ours(model: Any, task: Any, batch: PromptBatch) -> torch.Tensor:
-    return ActivationPatching().patched_metrics(model, task, batch)[0]
+    return ActivationPatching().measure(model, task, batch).values[0]
 
 
 def transformer_lens(model: Any, task: Any, batch: PromptBatch) -> torch.Tensor:

@@ -30,6 +30,8 @@ class PromptBatch:
         tokens allowed next ``[batch, d_vocab]``).
     foil: an optional competing answer (e.g. what copying the corrupted prompt would give).
     position: the read-out position of each prompt.
+    full_length: the prompts' length before `trimmed` dropped the positions no read-out can see (None: the
+        prompts are whole); `n_positions` reads it.
     """
 
     # Plain `Tensor` fields: `validate` checks shapes with typed errors that name the bad values.
@@ -38,6 +40,12 @@ class PromptBatch:
     answer: Tensor
     position: Tensor
     foil: Optional[Tensor] = None
+    full_length: Optional[int] = None
+
+    @property
+    def n_positions(self) -> int:
+        """The prompts' length, positions dropped by `trimmed` included."""
+        return self.full_length if self.full_length is not None else int(self.clean.shape[1])
 
     @property
     def is_continuous(self) -> bool:
@@ -57,6 +65,23 @@ class PromptBatch:
         tile = lambda t: None if t is None else t.repeat(copies, *([1] * (t.ndim - 1)))  # noqa: E731
         return replace(self, clean=tile(self.clean), corrupted=tile(self.corrupted), answer=tile(self.answer),
                        position=tile(self.position), foil=tile(self.foil))
+
+    def rows(self, rows: Union[range, slice]) -> "PromptBatch":
+        """Prompts `rows` (a range or slice of the batch axis) with everything that belongs to them."""
+        pick = lambda t: None if t is None else t[rows.start:rows.stop]  # noqa: E731
+        return replace(self, clean=pick(self.clean), corrupted=pick(self.corrupted), answer=pick(self.answer),
+                       position=pick(self.position), foil=pick(self.foil))
+
+    def trimmed(self, causal: bool) -> "PromptBatch":
+        """In a causal model nothing after the last read-out position can change the result: those positions
+        dropped (`n_positions` still gives the whole length). Unchanged for other models."""
+        if not causal or not self.size:
+            return self
+        keep = int(self.position.max().item()) + 1
+        if keep == self.clean.shape[1]:
+            return self
+        return replace(self, clean=self.clean[:, :keep], corrupted=self.corrupted[:, :keep],
+                       full_length=self.n_positions)
 
     def swapped(self) -> "PromptBatch":
         """The same batch with clean and corrupted exchanged (answer, foil and position unchanged)."""

@@ -42,6 +42,10 @@ class RenamedOptionError(InvalidOptionError, TypeError):
         super().__init__(f"{where}: {old!r} was renamed; use {new}")
 
 
+class MixedEffectsError(InvalidOptionError):
+    """Edges that measure different effects (direct, total, ...) selected together; the message lists them."""
+
+
 class MismatchedGraphsError(CircuitsError, ValueError):
     """Graphs compared together that belong to another task or model than the one given."""
 

@@ -1,12 +1,19 @@
-"""HeadGraph: a thin wrapper over a networkx.DiGraph of attention heads.
+"""HeadGraph: a thin wrapper over a networkx.DiGraph of attention heads, MLPs, the input and the read-out.
 
-Head nodes are named ``"L{layer}H{head}"`` (a `Head` spells and parses them) with attributes ``kind``,
-``layer``, ``head`` and, where the engine measured one, ``score``; a head the engine did not measure has
-no ``score`` (NaN in `matrix`). The special nodes ``"embed"`` and ``"logits"`` stand for the input and
-the output; MLP nodes ``"M{layer}"`` (kind ``"mlp"``, from engines that score MLPs) may join them. Edges
-carry ``score``. `heads`, `scores`, `matrix` and `top` are about heads only. ``meta`` (engine and options, task, model, seed, version, and in
+Nodes are named by the node vocabulary (`circuits.nodes`): heads ``"L{layer}H{head}"`` (kind ``"head"``,
+attributes ``layer``, ``head``), MLPs ``"M{layer}"`` (kind ``"mlp"``), and the special nodes ``"embed"`` (the
+input) and ``"logits"`` (the read-out). A node the engine measured carries ``score``; one it did not has none
+(NaN in `matrix`). `heads`, `scores`, `matrix` and `top` are about heads only.
+
+Every edge carries ``score`` and ``effect``, which says what the score measures (`EFFECTS`):
+``"direct"`` (the metric change through that path alone: path patching, edge attribution), ``"total"`` (the
+metric change through everything downstream of the sender: activation patching's and CD-T's head -> logits
+edges), ``"share"`` (CD-T's head -> head edges: the sender's share of the receiver's clean - corrupted change)
+or ``"interaction"`` (clamped training: the effect of ablating both heads beyond the sum of each). The edge
+selections (`top_edges`, `threshold_edges`, `greedy_edges`) refuse a graph whose edges measure different
+effects unless told which (``effect=``). ``meta`` (engine and options, task, model, n, seed, version, and in
 ``meta["score"]`` what node and edge scores mean) lives in ``graph.nx.graph`` so it travels with the JSON.
-Engines build graphs through `add_head` and `add_edge`, never through networkx directly.
+Engines build graphs through `add_node` and `add_edge`, never through networkx directly.
 """
 
 from __future__ import annotations
@@ -14,8 +21,7 @@ from __future__ import annotations
 import heapq
 import json
 import math
-import re
-from dataclasses import dataclass
+from collections import Counter
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -24,79 +30,24 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuits.errors import InvalidOptionError, MissingOptionError, RenamedOptionError, UnknownNameError
+from circuits.errors import InvalidOptionError, MissingOptionError, MixedEffectsError, RenamedOptionError
+from circuits.nodes import EMBED, LOGITS, MLP, Head, Input, Node, Readout, all_heads, parse_node
 
-EMBED, LOGITS = "embed", "logits"
-_HEAD = re.compile(r"^L(\d+)H(\d+)$")
-_MLP = re.compile(r"^M(\d+)$")
+__all__ = ["EFFECTS", "EMBED", "LOGITS", "RANKINGS", "Head", "HeadGraph", "all_heads"]
+
+EFFECTS = ("direct", "total", "share", "interaction")
 _TUPLE = "__tuple__"  # JSON has no tuples: they are written as {"__tuple__": [...]} and read back as tuples
+_RENAMED = {"head_name": "circuits.nodes.Head(layer, head).name", "parse_head": "circuits.nodes.Head.parse(name)",
+            "mlp_name": "circuits.nodes.MLP(layer).name", "mlp_layer": "circuits.nodes.parse_node(name).layer"}
 
 
-@dataclass(frozen=True, order=True)
-class Head:
-    """One attention head, ordered by layer then head; ``str(Head(1, 3)) == "L1H3"``."""
-
-    layer: int
-    head: int
-
-    @property
-    def name(self) -> str:
-        return f"L{self.layer}H{self.head}"
-
-    def __str__(self) -> str:
-        return self.name
-
-    @classmethod
-    def parse(cls, name: Union[str, "Head"]) -> "Head":
-        """``"L1H3"`` -> ``Head(1, 3)`` (a `Head` passes through); anything else raises `UnknownNameError`."""
-        if isinstance(name, Head):
-            return name
-        match = _HEAD.match(name) if isinstance(name, str) else None
-        if match is None:
-            raise UnknownNameError("head", name, ["L{layer}H{head}, e.g. 'L1H3'"])
-        return cls(int(match.group(1)), int(match.group(2)))
-
-    @classmethod
-    def in_model(cls, model: Any, name: Union[str, "Head"], also: tuple[str, ...] = ()) -> "Head":
-        """A head name checked against the model: `UnknownNameError` naming it, the valid range and `also`."""
-        cfg = model.cfg
-        valid = [f"L0H0 .. L{cfg.n_layers - 1}H{cfg.n_heads - 1}", *also]
-        try:
-            head = cls.parse(name)
-        except UnknownNameError:
-            raise UnknownNameError("head", name, valid) from None
-        if head.layer >= cfg.n_layers or head.head >= cfg.n_heads:
-            raise UnknownNameError("head", name, valid)
-        return head
+def __getattr__(name: str) -> Any:
+    if name in _RENAMED:
+        raise RenamedOptionError("circuits.graph", name, _RENAMED[name])
+    raise AttributeError(f"module 'circuits.graph' has no attribute {name!r}")
 
 
-def all_heads(model: Any) -> list[Head]:
-    """Every head of `model`, layer by layer."""
-    return [Head(layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
-
-
-def head_name(layer: int, head: int) -> str:
-    return Head(layer, head).name
-
-
-def parse_head(name: str) -> tuple[int, int]:
-    """``"L1H3"`` -> ``(1, 3)``; anything else raises `UnknownNameError`."""
-    head = Head.parse(name)
-    return head.layer, head.head
-
-
-def mlp_name(layer: int) -> str:
-    """The MLP node of block `layer`: ``"M{layer}"``."""
-    return f"M{layer}"
-
-
-def mlp_layer(name: object) -> Optional[int]:
-    """The layer of an MLP node name (``"M3"`` -> 3), or None if `name` is not one."""
-    match = _MLP.match(name) if isinstance(name, str) else None
-    return None if match is None else int(match.group(1))
-
-
-Node = Union[Head, str]
+NodeLike = Union[Node, str]
 
 
 class HeadGraph:
@@ -115,53 +66,46 @@ class HeadGraph:
     # --- building -----------------------------------------------------------------------------------
     @classmethod
     def from_scores(cls, scores: Float[Tensor, "n_layers n_heads"], meta: Optional[dict[str, Any]] = None,
-                    **node_attributes: Tensor) -> "HeadGraph":
-        """One node per head with its score, and an edge head -> ``"logits"`` carrying the same score.
-        Extra per-head tensors (``[n_layers, n_heads, ...]``) become node attributes (as lists)."""
+                    effect: Optional[str] = None, **node_attributes: Tensor) -> "HeadGraph":
+        """One node per head with its score, and an edge head -> ``"logits"`` carrying the same score (as
+        `effect`, if given). Extra per-head tensors (``[n_layers, n_heads, ...]``) become node attributes (lists)."""
         n_layers, n_heads = scores.shape
         graph = cls(n_layers=n_layers, n_heads=n_heads, meta=meta)
         for layer in range(n_layers):
             for head in range(n_heads):
                 extras = {k: v[layer, head].tolist() for k, v in node_attributes.items()}
                 score = float(scores[layer, head])
-                graph.add_head(Head(layer, head), score, **extras)
-                graph.add_edge(Head(layer, head), LOGITS, score)
+                graph.add_node(Head(layer, head), score, **extras)
+                graph.add_edge(Head(layer, head), LOGITS, score, effect=effect)
         return graph
 
-    def add_head(self, head: Node, score: Optional[float] = None, **attributes: Any) -> str:
-        """Add (or update) a head node; `score` None leaves the head unmeasured."""
-        head = Head.parse(head)
-        values = dict(kind="head", layer=head.layer, head=head.head, **attributes)
+    def add_node(self, node: NodeLike, score: Optional[float] = None, **attributes: Any) -> str:
+        """Add (or update) a head or MLP node (a `Head`, an `MLP` or its name); `score` None leaves it
+        unmeasured. Returns the node's name."""
+        node = parse_node(node)
+        if isinstance(node, (Input, Readout)):
+            raise InvalidOptionError(f"node {node.name!r} is always in the graph; expected a head or an MLP")
+        values = dict(kind=node.kind, layer=node.layer, **attributes)
+        if isinstance(node, Head):
+            values["head"] = node.head
         if score is not None:
             values["score"] = float(score)
-        self.nx.add_node(head.name, **values)
-        return head.name
+        self.nx.add_node(node.name, **values)
+        return node.name
 
-    def add_mlp(self, layer: int, score: Optional[float] = None, **attributes: Any) -> str:
-        """Add (or update) the MLP node ``"M{layer}"``; `score` None leaves it unmeasured."""
-        values = dict(kind="mlp", layer=int(layer), **attributes)
-        if score is not None:
-            values["score"] = float(score)
-        name = mlp_name(layer)
-        self.nx.add_node(name, **values)
-        return name
-
-    def add_edge(self, sender: Node, receiver: Node, score: float, **attributes: Any) -> tuple[str, str]:
-        """An edge scored `score` between heads, MLP nodes ``"M{layer}"``, ``"embed"`` and ``"logits"``;
-        head and MLP endpoints are added as unmeasured nodes if missing."""
+    def add_edge(self, sender: NodeLike, receiver: NodeLike, score: float, *, effect: Optional[str] = None,
+                 **attributes: Any) -> tuple[str, str]:
+        """An edge scored `score` between nodes (or their names), with what the score measures (`effect`, one of
+        `EFFECTS`; None: not said). Head and MLP endpoints are added as unmeasured nodes if missing."""
+        if effect is not None and effect not in EFFECTS:
+            raise InvalidOptionError(f"effect={effect!r}; expected one of {EFFECTS}")
         names = []
-        for node in (sender, receiver):
-            if node in (EMBED, LOGITS):
-                names.append(node)
-                continue
-            layer = mlp_layer(node)
-            if layer is not None:
-                names.append(node if node in self.nx else self.add_mlp(layer))
-                continue
-            name = Head.parse(node).name
-            if name not in self.nx:
-                self.add_head(name)
-            names.append(name)
+        for node in (parse_node(sender), parse_node(receiver)):
+            if node.name not in self.nx:
+                self.add_node(node)
+            names.append(node.name)
+        if effect is not None:
+            attributes["effect"] = effect
         self.nx.add_edge(names[0], names[1], score=float(score), **attributes)
         return names[0], names[1]
 
@@ -198,7 +142,8 @@ class HeadGraph:
         """Scores as a ``[n_layers, n_heads]`` tensor (NaN where a head was not measured)."""
         out = torch.full((self.n_layers, self.n_heads), float("nan"))
         for name, score in self.scores().items():
-            out[parse_head(name)] = score
+            head = Head.parse(name)
+            out[head.layer, head.head] = score
         return out
 
     def top(self, k: int, *, by: Optional[str] = None, **renamed: Any) -> list[tuple[str, float]]:
@@ -232,29 +177,34 @@ class HeadGraph:
     # Ranking is explicit: by="absolute" ranks edges by |score| (an edge that hurts the behaviour counts
     # as much as one that helps), by="signed" by score (only edges that help). Every selection is pruned:
     # a node kept must lie on a path embed -> ... -> logits through the selected edges.
-    def top_edges(self, k: int, *, by: Optional[str] = None) -> list[tuple[str, str, float]]:
-        """The `k` best-ranked scored edges, best first, as (sender, receiver, score)."""
+    def top_edges(self, k: int, *, by: Optional[str] = None, effect: Optional[str] = None) -> list[tuple[str, str, float]]:
+        """The `k` best-ranked scored edges, best first, as (sender, receiver, score); `effect` picks one kind
+        of edge where the graph's edges measure different effects."""
         _check_count(k, "edges")
         key = _rank_key(by)
-        return sorted(self._scored_edges(), key=lambda edge: key(edge[2]), reverse=True)[:k]
+        return sorted(self._scored_edges(effect), key=lambda edge: key(edge[2]), reverse=True)[:k]
 
-    def threshold_edges(self, threshold: float, *, by: Optional[str] = None) -> list[tuple[str, str, float]]:
+    def threshold_edges(self, threshold: float, *, by: Optional[str] = None,
+                        effect: Optional[str] = None) -> list[tuple[str, str, float]]:
         """Scored edges with |score| >= `threshold` (by="absolute") or score >= `threshold` (by="signed")."""
         key = _rank_key(by)
-        return sorted((e for e in self._scored_edges() if key(e[2]) >= threshold), key=lambda e: key(e[2]), reverse=True)
+        edges = [e for e in self._scored_edges(effect) if key(e[2]) >= threshold]
+        return sorted(edges, key=lambda e: key(e[2]), reverse=True)
 
-    def greedy_edges(self, k: int, *, by: Optional[str] = None) -> list[tuple[str, str, float]]:
+    def greedy_edges(self, k: int, *, by: Optional[str] = None, effect: Optional[str] = None) -> list[tuple[str, str, float]]:
         """`k` edges grown from ``"logits"`` backwards: each step adds the best-ranked edge whose receiver is
         already in the circuit (its sender joins the circuit), in the order they were added."""
         _check_count(k, "edges")
         key, chosen, inside, frontier, tie = _rank_key(by), [], {LOGITS}, [], 0
+        into: dict[str, list[tuple[str, str, float]]] = {}
+        for edge in self._scored_edges(effect):
+            into.setdefault(edge[1], []).append(edge)
 
         def push_into(node: str) -> None:
             nonlocal tie
-            for u, v, score in self.nx.in_edges(node, data="score"):
-                if score is not None and not math.isnan(score):
-                    heapq.heappush(frontier, (-key(score), tie, (u, v, score)))
-                    tie += 1
+            for edge in into.get(node, []):
+                heapq.heappush(frontier, (-key(edge[2]), tie, edge))
+                tie += 1
 
         push_into(LOGITS)
         while frontier and len(chosen) < k:
@@ -283,8 +233,22 @@ class HeadGraph:
         out.add_edges_from((u, v, self.nx.edges[u, v]) for u, v, _ in edges if u in keep and v in keep)
         return HeadGraph(out)
 
-    def _scored_edges(self) -> list[tuple[str, str, float]]:
-        return [(u, v, s) for u, v, s in self.nx.edges(data="score") if s is not None and not math.isnan(s)]
+    def effects(self) -> dict[Optional[str], int]:
+        """How many edges measure each effect (`EFFECTS`; None: edges that do not say)."""
+        return dict(Counter(effect for _, _, effect in self.nx.edges(data="effect")))
+
+    def _scored_edges(self, effect: Optional[str] = None) -> list[tuple[str, str, float]]:
+        """(sender, receiver, score) of the scored edges measuring `effect`; without `effect`, every scored
+        edge, refused (typed error) when they measure different effects."""
+        if effect is not None and effect not in EFFECTS:
+            raise InvalidOptionError(f"effect={effect!r}; expected one of {EFFECTS}")
+        edges = [(u, v, d["score"], d.get("effect")) for u, v, d in self.nx.edges(data=True)
+                 if d.get("score") is not None and not math.isnan(d["score"])]
+        kinds = Counter(e[3] for e in edges)
+        if effect is None and len(kinds) > 1:
+            raise MixedEffectsError(f"this graph's edges measure different effects ({dict(kinds)}); selecting among "
+                                    f"them would mix units: pass effect= one of {sorted(k for k in kinds if k)}")
+        return [e[:3] for e in edges if effect is None or e[3] == effect]
 
     # --- persistence --------------------------------------------------------------------------------
     def to_json(self, path: Union[str, Path]) -> Path:

@@ -16,7 +16,7 @@ import tasks
 from circuits import engines
 from tests import simulated_devices as simulated
 
-ENGINES = [("activation_patching", {}), ("edge_attribution", {"method": "eap"}), ("cdt", {"receivers": 2}),
+ENGINES = [("activation_patching", {}), ("edge_attribution", {"method": "eap"}), ("cdt", {"receiver_count": 2}),
            ("path_patching", {"per_input": False, "receivers": ["logits"]})]
 
 

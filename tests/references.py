@@ -17,7 +17,8 @@ from transformer_lens import patching as tl_patching
 
 from circuits import PromptBatch, forward, hooks, models
 from circuits.engines import PathPatching
-from circuits.graph import LOGITS, head_name
+from circuits.nodes import LOGITS
+from circuits.nodes import Head as HeadNode
 
 Head = tuple[int, int]
 Z, MLP_OUT = "blocks.{}.attn.hook_z", "blocks.{}.hook_mlp_out"
@@ -145,11 +146,11 @@ def pair_loop(model: Any, task: Any, batch: PromptBatch, engine: PathPatching) -
         for sender in senders:
             for receiver in receivers:
                 if receiver[0] > sender[0]:
-                    key = (head_name(*sender), head_name(*receiver))
+                    key = (HeadNode(*sender).name, HeadNode(*receiver).name)
                     edges[key] = {"+".join(c): path_metric(model, task, batch, [sender], receiver, c, **kwargs)
                                   for c in combos}
             if to_logits:
-                edges[(head_name(*sender), LOGITS)] = {"": path_metric(model, task, batch, [sender], LOGITS, **kwargs)}
+                edges[(HeadNode(*sender).name, LOGITS)] = {"": path_metric(model, task, batch, [sender], LOGITS, **kwargs)}
         return edges
 
 

@@ -28,7 +28,7 @@ MODELS = {
 def test_matches_transformer_lens_patching(name, induction):
     model = toy(MODELS[name])
     batch = induction.batch(model, n=6, seed=0)
-    ours, _ = ActivationPatching().patched_metrics(model, induction, batch)
+    ours, _ = ActivationPatching().measure(model, induction, batch).values
     theirs = tl_patched(model, induction, batch)
     assert (ours - theirs).abs().max() <= 1e-4
 
@@ -49,7 +49,7 @@ def test_normalised_scores_match_transformer_lens(induction, induction_model):
 def test_per_position_matches_transformer_lens(memory_mb, induction, random_model):
     batch = induction.batch(random_model, n=4, seed=2)
     engine = ActivationPatching(per_position=True, memory_mb=memory_mb)
-    _, ours = engine.patched_metrics(random_model, induction, batch)
+    _, ours = engine.measure(random_model, induction, batch).values
     theirs = tl_patched(random_model, induction, batch, per_position=True)  # [layer, pos, head]
     kept = int(batch.position.max()) + 1  # we drop positions after the last read-out (causal model)
     assert ours.shape == (2, 4, kept)
@@ -87,7 +87,7 @@ def test_defaults_are_32_prompts_and_seed_0(induction, random_model):
 
 def test_noising_is_denoising_with_roles_swapped(induction, random_model):
     batch = induction.batch(random_model, n=6, seed=1)
-    noising, _ = ActivationPatching(direction="noising").patched_metrics(random_model, induction, batch)
+    noising, _ = ActivationPatching(direction="noising").measure(random_model, induction, batch).values
     swapped = tl_patched(random_model, induction, batch.swapped())  # clean run, corrupted values patched in
     assert (noising - swapped).abs().max() <= 1e-4
 
@@ -121,8 +121,8 @@ def test_exact_direct_effects_on_linear_micro_model(direction, induction):
 
 def test_chunking_does_not_change_results(induction, random_model):
     batch = induction.batch(random_model, n=4, seed=0)
-    one_per_pass = ActivationPatching(memory_mb=1e-6).patched_metrics(random_model, induction, batch)[0]
-    all_at_once = ActivationPatching(memory_mb=1e4).patched_metrics(random_model, induction, batch)[0]
+    one_per_pass = ActivationPatching(memory_mb=1e-6).measure(random_model, induction, batch).values[0]
+    all_at_once = ActivationPatching(memory_mb=1e4).measure(random_model, induction, batch).values[0]
     assert torch.allclose(one_per_pass, all_at_once, atol=1e-5)
     assert torch.allclose(one_per_pass, tl_patched(random_model, induction, batch), atol=1e-4)  # and both are right
 
@@ -136,7 +136,7 @@ def test_layers_below_the_patched_one_are_not_run_again(induction):
     for layer in range(3):
         model.hook_dict[hooks.site(model, layer, "attn_out")].add_hook(
             lambda t, hook, layer=layer: calls.__setitem__(layer, calls[layer] + 1))
-    ActivationPatching().patched_metrics(model, induction, induction.batch(model, n=2, seed=0))
+    ActivationPatching().measure(model, induction, induction.batch(model, n=2, seed=0)).values
     model.reset_hooks()
     assert calls == [1, 2, 3]
 
@@ -156,8 +156,8 @@ def test_identical_prompts_change_nothing(seed, direction, induction):
     model = toy(n_layers=2, n_heads=2, d_model=16, seed=seed % 7)
     batch = induction.batch(model, n=3, seed=seed)
     same = replace(batch, corrupted=batch.clean)
-    patched, per_position = ActivationPatching(direction=direction, per_position=True).patched_metrics(
-        model, induction, same)
+    patched, per_position = ActivationPatching(direction=direction, per_position=True).measure(
+        model, induction, same).values
     with torch.no_grad():
         unpatched = induction.metric(forward.logits(model, same.clean, same.position), same).mean()
     assert torch.allclose(patched, unpatched.expand_as(patched), atol=1e-5)
@@ -191,5 +191,5 @@ def test_same_seed_same_graph(seed, n, induction):
     second = circuits.discover(model, induction, n=n, seed=seed)
     assert first == second
     batch = induction.batch(model, n=n, seed=seed)  # and it is the graph of this seed's prompts
-    assert torch.allclose(ActivationPatching().patched_metrics(model, induction, batch)[0],
+    assert torch.allclose(ActivationPatching().measure(model, induction, batch).values[0],
                           tl_patched(model, induction, batch), atol=1e-4)

@@ -39,7 +39,7 @@ def test_scores_follow_the_documented_formulas():
     gap = metric(clean_logits) - metric(corrupted_logits)
     heads = [f"L{l}H{h}" for l in range(3) for h in range(2)]
     parts = decompose(model, batch.clean, [[h] for h in heads], z_corrupted)
-    graph = circuits.discover(model, TASK, engine="cdt", n=4, seed=1, receivers=3)
+    graph = circuits.discover(model, TASK, engine="cdt", n=4, seed=1, receiver_count=3)
     for i, head in enumerate(heads):
         expected = (metric(parts.rel[i] + parts.irrel[i]) - metric(parts.irrel[i])) / gap
         assert graph.nx.nodes[head]["score"] == pytest.approx(float(expected), abs=1e-4)
@@ -55,13 +55,13 @@ def test_scores_follow_the_documented_formulas():
 
 
 def test_iterative_discovery_walks_back_from_the_logits():
-    """top_k=1: a chain from the top head for the logits, each step the head below with the largest |edge|."""
+    """sources_per_step=1: a chain from the top head for the logits, each step the head below with the largest |edge|."""
     model = small_model()
-    engine = CDT(iterative=True, top_k=1)
+    engine = CDT(iterative=True, sources_per_step=1)
     graph = engine.run(model, TASK, n=4, seed=1)
     with torch.no_grad():
-        result = engine.scores(model, TASK, TASK.batch(model, n=4, seed=1))
-    nodes, edges = result["nodes"], result["edges"]
+        result = engine.measure(model, TASK, TASK.batch(model, n=4, seed=1)).values
+    nodes, edges = result.nodes, result.dot
     heads = [(l, h) for l in range(3) for h in range(2)]
     chain = [max(heads, key=lambda x: abs(float(nodes[x])))]
     while below := [x for x in heads if x[0] < chain[-1][0]]:
@@ -70,14 +70,14 @@ def test_iterative_discovery_walks_back_from_the_logits():
     assert {(s, r) for s, r in graph.nx.edges() if r != LOGITS} == expected
 
 
-@pytest.mark.parametrize("options", [dict(receivers=-1), dict(top_k=0), dict(memory_mb=-1.0)])
+@pytest.mark.parametrize("options", [dict(receiver_count=-1), dict(sources_per_step=0), dict(memory_mb=-1.0)])
 def test_bad_options_are_refused(options):
     with pytest.raises(InvalidOptionError):
         CDT(**options)
 
 
 def test_top_layer_1_head_agrees_with_activation_patching_on_induction(induction, induction_model):
-    cdt = circuits.discover(induction_model, induction, engine="cdt", n=32, seed=0, receivers=0)
+    cdt = circuits.discover(induction_model, induction, engine="cdt", n=32, seed=0, receiver_count=0)
     patching = circuits.discover(induction_model, induction, engine="activation_patching", n=32, seed=0)
     layer_1 = lambda g: max(range(4), key=lambda h: g.matrix()[1, h])  # noqa: E731
     assert layer_1(cdt) == layer_1(patching)

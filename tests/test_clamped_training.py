@@ -41,7 +41,7 @@ def bridge_run(zeroed: list[tuple[int, int]], n: int, seed: int) -> float:
 
 
 def test_runs_equal_training_the_bridge_with_hooks_and_scores_follow_from_the_losses():
-    graph = ClampedTraining(heads=("L0H1", "L1H0"), top_k=2, **FAST).run(models.toy(CONFIG), TASK, n=8, seed=2)
+    graph = ClampedTraining(heads=("L0H1", "L1H0"), interaction_heads=2, **FAST).run(models.toy(CONFIG), TASK, n=8, seed=2)
     base = bridge_run([], 8, 2)
     assert graph.meta["final_loss"] == pytest.approx(base, abs=1e-4)
     scale = abs(graph.meta["initial_loss"] - graph.meta["final_loss"])
@@ -58,12 +58,12 @@ def test_runs_equal_training_the_bridge_with_hooks_and_scores_follow_from_the_lo
 
 
 def test_a_config_starts_from_its_seeded_initialisation_and_crossings_use_the_threshold():
-    graph = circuits.discover(CONFIG, TASK, engine="clamped_training", n=8, seed=0, top_k=0, plateau=100.0, **FAST)
+    graph = circuits.discover(CONFIG, TASK, engine="clamped_training", n=8, seed=0, interaction_heads=0, plateau=100.0, **FAST)
     assert len(graph.scores()) == 4 and graph.nx.number_of_edges() == 0
     assert graph.meta["threshold"] == 50.0
     assert all(graph.nx.nodes[h]["crossing_step"] == 0 for h in graph.heads())  # every loss < 50 from the start
     assert all(graph.nx.nodes[h]["crossing_delay"] == 0 for h in graph.heads())
-    same = circuits.discover(models.toy(CONFIG), TASK, engine="clamped_training", n=8, seed=0, top_k=0,
+    same = circuits.discover(models.toy(CONFIG), TASK, engine="clamped_training", n=8, seed=0, interaction_heads=0,
                              plateau=100.0, **FAST)
     assert same.scores() == graph.scores()
 
@@ -103,7 +103,7 @@ def test_bad_input_is_refused_before_the_first_step(monkeypatch, model, task, op
 
 
 def test_bad_options_are_refused():
-    for options, named in ((dict(steps=0), "steps"), (dict(mode="half"), "half"), (dict(top_k=-1), "top_k"),
+    for options, named in ((dict(steps=0), "steps"), (dict(mode="half"), "half"), (dict(interaction_heads=-1), "interaction_heads"),
                            (dict(lr=0.0), "lr"), (dict(plateau=-1.0), "plateau"), (dict(heads=("H1",)), "H1")):
         with pytest.raises((InvalidOptionError, UnknownNameError), match=named):
             ClampedTraining(**options)
@@ -114,8 +114,8 @@ def test_extra_clamps_apply_in_every_run_and_a_log2_plateau_comes_from_the_task(
         plateau_loss = math.log(2)
 
     task = WithPlateau(**{k: getattr(TASK, k) for k in TASK.__dataclass_fields__ if k != "name"})
-    plain = ClampedTraining(heads=("L1H1",), top_k=0, **FAST).run(models.toy(CONFIG), task, n=8, seed=1)
-    clamped = ClampedTraining(heads=("L1H1",), top_k=0, clamps=(clamps.PreviousToken("L0H0"),), **FAST).run(
+    plain = ClampedTraining(heads=("L1H1",), interaction_heads=0, **FAST).run(models.toy(CONFIG), task, n=8, seed=1)
+    clamped = ClampedTraining(heads=("L1H1",), interaction_heads=0, clamps=(clamps.PreviousToken("L0H0"),), **FAST).run(
         models.toy(CONFIG), task, n=8, seed=1)
     assert plain.meta["threshold"] == clamped.meta["threshold"] == pytest.approx(math.log(2) / 2)
     assert clamped.meta["final_loss"] != plain.meta["final_loss"]
@@ -124,7 +124,7 @@ def test_extra_clamps_apply_in_every_run_and_a_log2_plateau_comes_from_the_task(
 
 def test_parallel_workers_give_the_same_graph():
     """``workers=2`` trains the runs in spawned processes: same seed, same batches, so the same graph."""
-    options = dict(top_k=2, **FAST)
+    options = dict(interaction_heads=2, **FAST)
     serial = circuits.discover(CONFIG, TASK, engine="clamped_training", n=8, seed=0, **options)
     parallel = circuits.discover(CONFIG, TASK, engine="clamped_training", n=8, seed=0, workers=2, **options)
     assert parallel.scores() == serial.scores()

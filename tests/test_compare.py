@@ -23,7 +23,7 @@ from circuits.comparison import jaccard, ranked_heads, spearman
 from circuits.errors import InvalidOptionError, MismatchedGraphsError, UnknownNameError
 from circuits.graph import HeadGraph
 
-ENGINE_OPTIONS = {"path_patching": {"receivers": "logits", "per_input": False}, "cdt": {"receivers": 0}}
+ENGINE_OPTIONS = {"path_patching": {"receivers": "logits", "per_input": False}, "cdt": {"receiver_count": 0}}
 
 
 # --- rank agreement on hand examples --------------------------------------------------------------------------
@@ -58,10 +58,10 @@ def test_jaccard_on_hand_examples():
 
 def test_heads_are_ranked_by_absolute_score_unscored_last():
     graph = HeadGraph(n_layers=2, n_heads=2, meta={})
-    graph.add_head("L0H0", 0.1)
-    graph.add_head("L0H1", -0.5)
-    graph.add_head("L1H1", 0.3)
-    graph.add_head("L1H0", float("nan"))  # NaN counts as unscored; the model's missing heads too
+    graph.add_node("L0H0", 0.1)
+    graph.add_node("L0H1", -0.5)
+    graph.add_node("L1H1", 0.3)
+    graph.add_node("L1H0", float("nan"))  # NaN counts as unscored; the model's missing heads too
     assert ranked_heads(graph) == ["L0H1", "L1H1", "L0H0", "L1H0"]
 
 
@@ -177,7 +177,7 @@ def test_masks_and_shapes():
 # --- typed errors -----------------------------------------------------------------------------------------------
 def small_graph(engine="activation_patching", task="induction", model="induction", n_layers=2, n_heads=4):
     graph = HeadGraph(n_layers=n_layers, n_heads=n_heads, meta=dict(engine=engine, task=task, model=model))
-    graph.add_head("L1H0", 1.0)
+    graph.add_node("L1H0", 1.0)
     return graph
 
 
@@ -339,7 +339,7 @@ def test_compare_takes_its_graphs_from_a_sweep(tmp_path, monkeypatch, induction,
 
     spec = tmp_path / "spec.toml"
     spec.write_text('n = 8\nseeds = [0, 1]\ntasks = ["induction"]\n[[models]]\nname = "default"\n'
-                    '[[engines]]\nname = "activation_patching"\n[[engines]]\nname = "cdt"\noptions = { receivers = 0 }\n')
+                    '[[engines]]\nname = "activation_patching"\n[[engines]]\nname = "cdt"\noptions = { receiver_count = 0 }\n')
     manifest = figures.build([], out=tmp_path / "figs", sweep_spec=spec)
     assert manifest["sweep"]["ran"] == 4 and manifest["sweep"]["failed"] == 0
     sweep_out = tmp_path / "figs" / "sweep"

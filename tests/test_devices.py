@@ -20,7 +20,7 @@ TASK = RandomTokens(seq_len=8)
 VARIANTS = [("activation_patching", {}), ("activation_patching", {"per_position": True}),
             ("path_patching", {"per_input": True}), ("path_patching", {"freeze_mlps": True, "per_input": False}),
             ("edge_attribution", {"method": "eap"}), ("edge_attribution", {"method": "eap_ig_inputs", "steps": 2}),
-            ("edge_attribution", {"method": "eap_ig_activations", "steps": 2}), ("cdt", {"receivers": 2})]
+            ("edge_attribution", {"method": "eap_ig_activations", "steps": 2}), ("cdt", {"receiver_count": 2})]
 
 
 def test_the_variants_cover_every_engine_that_reads_a_trained_model():
@@ -71,7 +71,7 @@ def test_compare_on_a_model_split_over_two_simulated_gpus(unembedding):
     import circuits
 
     graphs = [engines.get("activation_patching").run(toy(), TASK, n=2, seed=0),
-              engines.get("cdt", receivers=2).run(toy(), TASK, n=2, seed=0)]
+              engines.get("cdt", receiver_count=2).run(toy(), TASK, n=2, seed=0)]
     expected = circuits.compare(graphs, toy(), TASK, n=4, draws=3)
     model = simulated.on_gpus(toy(), unembedding)
     with simulated.SimulatedDevices():
@@ -168,7 +168,7 @@ def test_every_engine_on_a_model_with_a_layer_offloaded_to_disk(plain_and_offloa
 def test_the_tiny_llama_on_two_simulated_gpus(tiny_llama):
     """Rotary tables, grouped-query attention and a gated MLP, placed per block: CD-T builds its rotary tables and
     masks on each block's device."""
-    engine = engines.get("cdt", receivers=2)
+    engine = engines.get("cdt", receiver_count=2)
     expected = engine.run(boot(tiny_llama), TASK, n=2, seed=0)
     model = simulated.on_gpus(boot(tiny_llama))
     with simulated.SimulatedDevices():
@@ -186,7 +186,7 @@ def test_a_sweep_over_a_hub_model_with_a_device_map(tiny_llama, tmp_path):
             "models": [{"name": "tiny-llama", "hub": str(tiny_llama), "device_map": DEVICE_MAP,
                         "offload_folder": str(tmp_path / "offload")}],
             "engines": [{"name": "edge_attribution", "options": {"method": "eap"}},
-                        {"name": "cdt", "options": {"receivers": 2}}], "n": 2}
+                        {"name": "cdt", "options": {"receiver_count": 2}}], "n": 2}
     report = circuits.sweep(spec, tmp_path / "out", backend="local", progress=False)
     assert report.ok and len(report.ran) == 2
     plain = boot(tiny_llama)

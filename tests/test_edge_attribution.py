@@ -17,7 +17,7 @@ from circuits._task import PromptBatch
 from circuits.engines import ActivationPatching, PathPatching
 from circuits.engines.edge_attribution import EdgeAttribution, Layout, reader_gradients
 from circuits.errors import InvalidBatchError, InvalidOptionError, MetricError
-from circuits.graph import EMBED, LOGITS, head_name, mlp_name
+from circuits.nodes import EMBED, LOGITS, MLP, Head
 from tests.references import RandomTokens
 
 SETTINGS = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
@@ -123,11 +123,11 @@ def test_a_writer_edges_sum_to_the_writers_total_attribution(kwargs, method):
         _, dz = base_and_change(model, batch, Z.format(layer))
         g = sum(leaf_gradient(model, batch, r, Z.format(layer)) for r in residuals)
         for h in range(model.cfg.n_heads):
-            expected[head_name(layer, h)] = (dz[:, :, h] * g[:, :, h]).sum() / scale
+            expected[Head(layer, h).name] = (dz[:, :, h] * g[:, :, h]).sum() / scale
         if not model.cfg.attn_only:
             _, dm = base_and_change(model, batch, MLP_OUT.format(layer))
             g = sum(leaf_gradient(model, batch, r, MLP_OUT.format(layer)) for r in residuals)
-            expected[mlp_name(layer)] = (dm * g).sum() / scale
+            expected[MLP(layer).name] = (dm * g).sum() / scale
     for node, value in expected.items():
         assert outgoing(graph, node) == pytest.approx(float(value), **tolerance(model)), node
         if node != EMBED:
@@ -160,7 +160,7 @@ def test_b_per_head_reader_gradients_sum_to_the_blocks_gradient_change(kwargs):
         assert len(heads) == 3 * cfg.n_heads
         close(grads[heads].sum(0), pre - mid)
         if not cfg.attn_only:
-            close(grads[readers.index((mlp_name(layer), "", 2 * layer + 1))], mlp_in)
+            close(grads[readers.index((MLP(layer).name, "", 2 * layer + 1))], mlp_in)
     close(grads[-1], post)
 
 
@@ -174,7 +174,7 @@ def test_c_edges_into_logits_equal_path_patchings_direct_effect(attn_only, direc
     exact = PathPatching(receivers=(LOGITS,), freeze_mlps=True, direction=direction).run(model, TASK, n=3, seed=1)
     for layer in range(model.cfg.n_layers):
         for h in range(model.cfg.n_heads):
-            head = head_name(layer, h)
+            head = Head(layer, h).name
             # path patching's metric means are float32 (copies_metric): about 1e-7 of the metric's size
             assert ours.nx.edges[head, LOGITS]["score"] == pytest.approx(exact.nx.edges[head, LOGITS]["score"],
                                                                          rel=1e-5, abs=1e-6)
@@ -214,7 +214,7 @@ def test_grouped_query_attention_equals_its_ungrouped_twin():
         for key in ("score", "score_q", "score_k", "score_v"):
             if key in data:
                 assert ours.nx.edges[u, v][key] == pytest.approx(data[key], **tolerance(twin)), (u, v, key)
-    k_scores = [ours.nx.edges["L0H0", head_name(1, h)]["score_k"] for h in range(4)]
+    k_scores = [ours.nx.edges["L0H0", Head(1, h).name]["score_k"] for h in range(4)]
     assert len({round(s, 8) for s in k_scores}) == 4  # the two query heads of a group differ
 
 
@@ -322,7 +322,7 @@ def test_d_integrated_gradients_converge_to_exact_patching_like_one_over_steps_s
             out.append(abs(total(graph) - exact))
         return out
 
-    layer_0 = lambda g: sum(g.nx.nodes[head_name(0, h)]["score"] for h in range(4))  # noqa: E731
+    layer_0 = lambda g: sum(g.nx.nodes[Head(0, h).name]["score"] for h in range(4))  # noqa: E731
     embed = lambda g: outgoing(g, EMBED)  # noqa: E731
     for method, exact, total in (("eap_ig_activations", exact_layer, layer_0), ("eap_ig_inputs", 1.0, embed)):
         coarse, fine = errors(method, "midpoint", exact, total)
@@ -351,7 +351,7 @@ def test_bundled_smollm2_reader_gradients_split_the_blocks_gradient(bundled_mode
         heads = [i for i, (node, which, _) in enumerate(readers) if which and node.startswith(f"L{layer}H")]
         attention = pre - post - mlp_in
         assert (grads[heads].sum(0) - attention).norm() < 1e-4 * attention.norm()
-        mlp = grads[readers.index((mlp_name(layer), "", 2 * layer + 1))]
+        mlp = grads[readers.index((MLP(layer).name, "", 2 * layer + 1))]
         assert (mlp - mlp_in).norm() < 1e-4 * mlp_in.norm()
 
 

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from circuits.errors import InvalidOptionError, UnknownNameError
-from circuits.graph import HeadGraph, parse_head
+from circuits.graph import HeadGraph
+from circuits.nodes import Head
 
 finite = st.floats(-1e6, 1e6, allow_nan=False, width=32)
 leaves = st.one_of(st.integers(-1000, 1000), st.text(max_size=8), st.booleans(), st.none(), finite,
@@ -30,7 +31,7 @@ def graphs(draw):
         u, v = draw(st.sampled_from(heads)), draw(st.sampled_from(heads))
         graph.add_edge(u, v, draw(finite), q=draw(finite), kind="path", inputs=draw(st.tuples(st.text(max_size=2))))
     if draw(st.booleans()):  # an unmeasured head
-        graph.add_head(f"L{n_layers}H0")
+        graph.add_node(f"L{n_layers}H0")
     return graph
 
 
@@ -62,9 +63,9 @@ def test_scores_matrix_top_prune():
 
 
 def test_parse_head_names_the_bad_value():
-    assert parse_head("L12H3") == (12, 3)
+    assert Head.parse("L12H3") == Head(12, 3)
     with pytest.raises(UnknownNameError, match="'head3'"):
-        parse_head("head3")
+        Head.parse("head3")
 
 
 def test_draw_writes_a_png(tmp_path):
@@ -79,7 +80,7 @@ def test_mlp_nodes_join_edges_but_not_head_scores():
     graph = HeadGraph(n_layers=2, n_heads=2)
     graph.add_edge("L0H1", "M0", 0.5)
     graph.add_edge("M0", "logits", -0.25)
-    graph.add_mlp(1, 0.75)
+    graph.add_node("M1", 0.75)
     assert graph.mlps() == ["M0", "M1"] and graph.heads() == ["L0H1"]
     assert graph.nx.nodes["M0"] == {"kind": "mlp", "layer": 0} and graph.nx.nodes["M1"]["score"] == 0.75
     assert graph.scores() == {} and graph.matrix().isnan().all()

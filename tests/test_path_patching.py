@@ -14,7 +14,7 @@ from circuits.engines import kit
 from circuits.engines import ActivationPatching, PathPatching
 from circuits.engines.path_patching import top_receivers
 from circuits.errors import InvalidOptionError, MetricError, UnknownNameError
-from circuits.graph import LOGITS, head_name
+from circuits.nodes import LOGITS, Head
 from tests.references import RandomTokens, activations, pair_loop, path_metric, tl_metric
 
 SETTINGS = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -53,7 +53,7 @@ def test_engine_equals_the_literal_per_pair_loop(seed, n_layers, attn_only, norm
     model = toy(n_layers=n_layers, n_heads=2, attn_only=attn_only, normalization=normalization, seed=seed)
     engine = PathPatching(direction=direction, freeze_mlps=freeze_mlps, inputs=inputs)
     batch = batch_for(model, seed=seed)
-    assert_same_edges(engine.patched_metrics(model, TASK, batch), pair_loop(model, TASK, batch, engine))
+    assert_same_edges(engine.measure(model, TASK, batch).values, pair_loop(model, TASK, batch, engine))
 
 
 @pytest.mark.parametrize("n_kv_heads", [1, 2])
@@ -64,10 +64,10 @@ def test_grouped_query_attention_patches_one_query_head(n_kv_heads):
     assert model.W_K.shape[1] == n_kv_heads
     engine = PathPatching(senders=("L0H0", "L0H3"))
     batch = batch_for(model)
-    ours = engine.patched_metrics(model, TASK, batch)
+    ours = engine.measure(model, TASK, batch).values
     assert_same_edges(ours, pair_loop(model, TASK, batch, engine))
     # the query heads of one group get different k edges from the same sender: not one shared value
-    k_edges = [ours[("L0H0", head_name(1, h))]["k"] for h in range(4)]
+    k_edges = [ours[("L0H0", Head(1, h).name)]["k"] for h in range(4)]
     assert len({round(v, 6) for v in k_edges}) > 1
 
 
@@ -78,9 +78,9 @@ def test_frozen_mlps_and_noising_head_to_head_edges(direction):
     model = toy(n_layers=3, attn_only=False, seed=21)
     batch = batch_for(model, seed=2)
     frozen = PathPatching(direction=direction, freeze_mlps=True, receivers=("L2H1", "L1H0"))
-    ours = frozen.patched_metrics(model, TASK, batch)
+    ours = frozen.measure(model, TASK, batch).values
     assert_same_edges(ours, pair_loop(model, TASK, batch, frozen))
-    recomputed = PathPatching(direction=direction, receivers=("L2H1", "L1H0")).patched_metrics(model, TASK, batch)
+    recomputed = PathPatching(direction=direction, receivers=("L2H1", "L1H0")).measure(model, TASK, batch).values
     assert max(abs(ours[e][c] - recomputed[e][c]) for e in ours for c in ours[e] if e[0].startswith("L0")
                and e[1] == "L2H1") > 1e-4  # L0 -> L2 paths go through layer 0's and 1's MLPs
 
@@ -95,7 +95,7 @@ def test_float_inputs_through_path_patching():
     batch = task.batch(model, n=4, seed=0)
     assert batch.clean.is_floating_point()
     engine = PathPatching()
-    ours = engine.patched_metrics(model, task, batch)
+    ours = engine.measure(model, task, batch).values
     assert_same_edges(ours, pair_loop(model, task, batch, engine))
     assert max(abs(v) for e in ours.values() for v in e.values()) > 0
 
@@ -106,7 +106,7 @@ def test_sender_positions_after_every_read_out_change_nothing(induction, random_
     batch = induction.batch(random_model, n=3, seed=1)
     after = int(batch.position.max()) + 1
     assert after < batch.clean.shape[1]
-    edges = PathPatching(positions=(after,), receivers=("L1H0", LOGITS)).patched_metrics(random_model, induction, batch)
+    edges = PathPatching(positions=(after,), receivers=("L1H0", LOGITS)).measure(random_model, induction, batch).values
     base = tl_metric(random_model, induction, batch, batch.corrupted)
     assert all(value == pytest.approx(base, abs=1e-5) for edge in edges.values() for value in edge.values())
 
@@ -115,16 +115,16 @@ def test_sender_positions_restrict_the_patch():
     model = toy(n_layers=2, attn_only=False, seed=5)
     batch = batch_for(model)
     engine = PathPatching(positions=(1, 4), senders=("L0H1", "L0H2", "L1H0"))
-    assert_same_edges(engine.patched_metrics(model, TASK, batch), pair_loop(model, TASK, batch, engine))
-    everywhere = PathPatching(senders=("L0H1", "L0H2", "L1H0")).patched_metrics(model, TASK, batch)
-    assert engine.patched_metrics(model, TASK, batch) != everywhere
+    assert_same_edges(engine.measure(model, TASK, batch).values, pair_loop(model, TASK, batch, engine))
+    everywhere = PathPatching(senders=("L0H1", "L0H2", "L1H0")).measure(model, TASK, batch).values
+    assert engine.measure(model, TASK, batch).values != everywhere
 
 
 @pytest.mark.parametrize("attn_only,direction", [(True, "denoising"), (False, "denoising"), (False, "noising")])
 def test_last_layer_senders_to_logits_equal_activation_patching(attn_only, direction):
     model = toy(n_layers=3, attn_only=attn_only, seed=7)
     last = model.cfg.n_layers - 1
-    senders = tuple(head_name(last, h) for h in range(model.cfg.n_heads))
+    senders = tuple(Head(last, h).name for h in range(model.cfg.n_heads))
     graph = PathPatching(direction=direction, senders=senders, receivers=(LOGITS,)).run(model, TASK, n=4, seed=1)
     activation = ActivationPatching(direction=direction).run(model, TASK, n=4, seed=1)
     for name in senders:
@@ -141,7 +141,7 @@ def test_direct_effects_add_up_without_layernorm(seed, n_layers, n_heads, direct
     model = toy(n_layers=n_layers, n_heads=n_heads, normalization=None, seed=seed)
     batch = batch_for(model, seed=seed)
     engine = PathPatching(direction=direction, receivers=(LOGITS,))
-    edges = engine.patched_metrics(model, TASK, batch)
+    edges = engine.measure(model, TASK, batch).values
     runs = kit.PatchRuns.prepare(model, TASK, batch, direction)
     base = runs.corrupted_metric if direction == "denoising" else runs.clean_metric
     every = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
@@ -177,7 +177,7 @@ class _Fixed:
 def test_induction_key_input_comes_from_the_previous_token_head(induction, induction_model):
     """The strongest edge into the top induction head's key input comes from the layer-0 previous-token head."""
     model = induction_model
-    graph = PathPatching(senders=tuple(head_name(0, h) for h in range(model.cfg.n_heads))).run(
+    graph = PathPatching(senders=tuple(Head(0, h).name for h in range(model.cfg.n_heads))).run(
         model, induction, n=24, seed=0)
     # The top induction head by activation patching. (Senders are layer-0 heads only, so the path graph
     # measures no layer-1 direct effects: its layer-1 heads are unscored.)
@@ -188,7 +188,7 @@ def test_induction_key_input_comes_from_the_previous_token_head(induction, induc
     batch = induction.batch(model, n=24, seed=0)
     pattern = hooks.site(model, 0, "pattern")
     previous = activations(model, batch.clean, [pattern])[pattern].diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(0, 2))
-    assert strongest == head_name(0, int(previous.argmax())) == "L0H3"
+    assert strongest == Head(0, int(previous.argmax())).name == "L0H3"
     # Negative when denoising: the key now says "my previous token is x_k" at a position whose (corrupted)
     # value is the foil y_{k+1}, so the head copies the foil. What matters is the size.
     assert abs(into_key[strongest]) > 0.2 and previous.max() > 0.5
@@ -209,8 +209,8 @@ def test_graph_edges_nodes_meta_and_registry(random_model):
     direct = path_metric(random_model, task, batch, [(1, 2)], LOGITS)
     assert graph.nx.nodes["L1H2"]["score"] == pytest.approx((direct - corrupted) / (clean - corrupted), abs=1e-4)
     assert graph.nx.edges["L1H2", LOGITS]["score"] == graph.nx.nodes["L1H2"]["score"]
-    assert not any(graph.nx.has_edge(head_name(1, a), head_name(1, b)) for a in range(4) for b in range(4))
-    assert not any(graph.nx.has_edge(head_name(1, a), head_name(0, b)) for a in range(4) for b in range(4))
+    assert not any(graph.nx.has_edge(Head(1, a).name, Head(1, b).name) for a in range(4) for b in range(4))
+    assert not any(graph.nx.has_edge(Head(1, a).name, Head(0, b).name) for a in range(4) for b in range(4))
     assert graph.nx.number_of_edges() == 4 * 4 + 8
 
 

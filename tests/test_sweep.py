@@ -92,7 +92,7 @@ def test_replicas_share_a_models_cells_round_robin():
     ({"tasks": ["nope"], "models": ["default"], "engines": ["cdt"]}, UnknownNameError, "nope"),
     ({"tasks": ["induction"], "models": ["default"], "engines": ["nope"]}, UnknownNameError, "activation_patching"),
     ({"tasks": ["induction"], "models": ["default"],
-      "engines": [{"name": "cdt", "options": {"receivers": -1}}]}, InvalidOptionError, "receivers=-1"),
+      "engines": [{"name": "cdt", "options": {"receiver_count": -1}}]}, InvalidOptionError, "receiver_count=-1"),
     ({"tasks": ["induction"], "models": ["default"], "engines": ["cdt"], "seed": [1]}, InvalidOptionError, "'seed'"),
     ({"tasks": ["induction"], "models": [{"name": "x", "toy": {"n_layer": 2}}], "engines": ["cdt"]},
      InvalidOptionError, "n_layer"),

@@ -23,7 +23,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from circuits import forward, hooks
-from circuits.engines.kit import Baseline, chunks, copies_metric, copies_per_pass, read_out_and_cache, trimmed
+from circuits.engines.kit import Baseline, chunks, copies_per_pass, metric_means, on_model, read_out_and_cache
 from circuits.comparison.ranking import Numbers
 from circuits._task import PromptBatch
 from circuits.errors import InvalidOptionError
@@ -35,7 +35,7 @@ Masks = Bool[Tensor, "copies n_layers n_heads"]  # True: the head is in the circ
 def reference_means(model: Any, reference: PromptBatch, n_positions: int) -> list[Float[Tensor, "pos head d_head"]]:
     """Per layer, the mean of ``hook_z`` over the reference prompts at each of `n_positions` positions."""
     causal = model.cfg.attention_dir == "causal"
-    reference = trimmed(reference, causal)
+    reference = on_model(model, reference)
     names = [hooks.site(model, layer, "z") for layer in range(model.cfg.n_layers)]
     _, cache = read_out_and_cache(model, reference.clean, names, reference.position)
     length = reference.clean.shape[1]
@@ -71,10 +71,10 @@ class MeanAblation:
     @classmethod
     def prepare(cls, model: Any, task: Any, batch: PromptBatch, reference: PromptBatch,
                 memory_mb: float = 256.0) -> "MeanAblation":
-        batch = trimmed(batch, causal=model.cfg.attention_dir == "causal")
+        batch = on_model(model, batch)
         names = [hooks.site(model, layer, "resid_pre") for layer in range(model.cfg.n_layers)]
         logits, cache = read_out_and_cache(model, batch.clean, names, batch.position)
-        full = float(copies_metric(task, logits, batch, 1)[0])
+        full = float(metric_means(task, logits, batch)[0])
         means = reference_means(model, reference, batch.clean.shape[1])
         return cls(model, task, batch, [cache[name] for name in names], means, full, memory_mb)
 
@@ -108,11 +108,11 @@ class MeanAblation:
         fwd = [(hooks.site(self.model, layer, "z"), ablating(layer)) for layer in ablated_layers]
         with hooks.attached(self.model, fwd):
             logits = forward.run_from(self.model, residual, start, self.batch.position.repeat(copies))
-        return copies_metric(self.task, logits, self.batch, copies)
+        return metric_means(self.task, logits, self.batch, copies)
 
     def faithfulness(self, keep: Masks, empty: float) -> Float[Tensor, " copies"]:
         """``(m_C − m_∅) / (m_full − m_∅)`` per circuit (`UndefinedScoreError` when m_full = m_∅)."""
-        return Baseline(clean=self.full, corrupted=empty).score(self.metrics(keep), "denoising")
+        return Baseline(clean=self.full, corrupted=empty).normalise(self.metrics(keep) - empty, "denoising")
 
 
 def masks(heads: Sequence[Sequence[str]], n_layers: int, n_heads: int) -> Masks:

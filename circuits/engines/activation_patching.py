@@ -4,26 +4,35 @@ Denoising (default): run the corrupted prompts with one head's output set to its
 the reverse. Each patched run starts at the patched layer from the cached residual stream plus the head's
 change through W_O, so layers below it are not run again; copies of the batch that patch different
 heads are stacked into one forward pass (chunked to `memory_mb`), and only read-out positions are
-unembedded. Scores follow `circuits.engines.kit.Baseline.score`.
+unembedded. Scores: `kit.Baseline.normalise` of the patched metric's change.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
-from circuits.engines import kit
-from circuits.engines.kit import PatchRuns
 from circuits._task import PromptBatch
-from circuits.engines import base
-from circuits.graph import HeadGraph
+from circuits.engines import base, kit
+from circuits.engines.kit import Measurement, PatchRuns
+from circuits.graph import LOGITS, HeadGraph
+from circuits.nodes import all_heads
 
 
+class HeadPatches(NamedTuple):
+    """Patched metric means (unnormalised), per head and, with ``per_position``, per head and position."""
+
+    heads: Float[Tensor, "n_layers n_heads"]
+    positions: Optional[Float[Tensor, "n_layers n_heads pos"]] = None
+
+
+@base.options()
 @dataclass(frozen=True)
-class ActivationPatching:
+class ActivationPatching(base.EngineBase):
     direction: str = "denoising"  # or "noising"; checked in __post_init__ (typed error)
     per_position: bool = False  # also score each head at each position (node attribute "position_scores")
     memory_mb: float = 256.0  # budget for one stacked forward pass
@@ -36,24 +45,28 @@ class ActivationPatching:
 
     @property
     def score_meaning(self) -> str:
-        return (f"node and head->logits edge: the head's total effect on the metric when patched ({self.direction}), "
-                "normalised by m_clean - m_corrupted")
+        return (f"node and head->logits edge (effect 'total'): the head's total effect on the metric when patched "
+                f"({self.direction}), normalised by m_clean - m_corrupted")
 
-    def run(self, model: Any, task: Any, n: int = 32, seed: int = 0) -> HeadGraph:
-        with base.patch_runs(model, task, self.direction, n=n, seed=seed) as runs:
-            baseline = runs.baseline()
-            patched, per_position = self._patch_heads(runs)
-            extras = {} if per_position is None else {"position_scores": baseline.score(per_position, self.direction)}
-            meta = base.graph_meta(self, model, task, n=n, seed=seed, score=self.score_meaning, baseline=baseline)
-            return HeadGraph.from_scores(baseline.score(patched, self.direction), meta=meta, **extras)
+    def measure(self, model: Any, task: Any, batch: PromptBatch) -> Measurement[HeadPatches]:
+        """Patched metric means `HeadPatches` for a batch you built yourself."""
+        with base.session(model):
+            runs = PatchRuns.prepare(model, task, batch, self.direction)
+            return runs.measured(self._patch_heads(runs))
 
-    def patched_metrics(self, model: Any, task: Any, batch: PromptBatch) -> tuple[Tensor, Optional[Tensor]]:
-        """Unnormalised patched metric means ``[n_layers, n_heads]`` (and ``[n_layers, n_heads, pos]``
-        when per position), for a batch you built yourself."""
-        with base.patch_runs(model, task, self.direction, batch=batch) as runs:
-            return self._patch_heads(runs)
+    def graph(self, model: Any, measurement: Measurement[HeadPatches]) -> HeadGraph:
+        baseline, patched = measurement.baseline(), measurement.values
+        graph = HeadGraph(n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads)
+        heads = baseline.score(patched.heads, self.direction)
+        positions = None if patched.positions is None else baseline.score(patched.positions, self.direction)
+        for head in all_heads(model):
+            extras = {} if positions is None else {"position_scores": positions[head.layer, head.head].tolist()}
+            score = float(heads[head.layer, head.head])
+            graph.add_node(head, score, **extras)
+            graph.add_edge(head, LOGITS, score, effect="total")
+        return graph
 
-    def _patch_heads(self, runs: PatchRuns) -> tuple[Tensor, Optional[Tensor]]:
+    def _patch_heads(self, runs: PatchRuns) -> HeadPatches:
         cfg = runs.model.cfg
         n_pos = runs.batch.clean.shape[1]
         per_copy = kit.copies_per_pass(runs.model, runs.batch, self.memory_mb)
@@ -73,4 +86,4 @@ class ActivationPatching:
                     values = runs.finish(layer, at_position)
                     for i, (h, p) in enumerate(picked):
                         positions[layer, h, p] = values[i]
-        return heads, positions
+        return HeadPatches(heads, positions)

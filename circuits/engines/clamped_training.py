@@ -5,7 +5,7 @@ per head with that head ablated from the first step to the last (`circuits.clamp
 all on the task's training objective with the same seed and the same batches in the same order; then compare
 the held-out losses. A head whose absence leaves the final loss high is one the solution cannot do without;
 a head whose absence moves the phase change (the step where the held-out loss first falls below half its
-plateau) is one the circuit's formation leans on. For the `top_k` heads, runs with both ablated give
+plateau) is one the circuit's formation leans on. For the `interaction_heads` heads with the largest |score|, runs with both ablated give
 interaction edges (effect of both minus the sum of each).
 
 `model` is a toy bridge or plain native module (its weights are the starting point; it is never trained
@@ -28,21 +28,35 @@ from circuits import clamps as clamp_lib
 from circuits import forward, models
 from circuits.clamped_runs import Objective, Run, Settings, train_clamped
 from circuits.engines import base
+from circuits.engines.kit import Measurement
 from circuits.errors import IncompatibleModelError, InvalidOptionError, UndefinedScoreError
-from circuits.graph import Head, HeadGraph, all_heads
+from circuits.graph import HeadGraph
+from circuits.nodes import Head, all_heads
 
 PARITY_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
-class ClampedTraining:
+class TrainingRuns:
+    """What clamped training measures: the run without ablation, one run per ablated head, one per pair of
+    heads (keys ``"L0H1+L1H2"``), and the plateau loss whose half marks the phase change."""
+
+    baseline: Run
+    ablated: dict[str, Run]
+    pairs: dict[str, Run]
+    plateau: float
+
+
+@base.options(renamed={"top_k": "interaction_heads"})
+@dataclass(frozen=True)
+class ClampedTraining(base.EngineBase):
     steps: int = 1500
     lr: Optional[float] = None  # None: the task's ``lr`` if it has one, else 1e-3
     eval_every: int = 25
     batch_size: Optional[int] = None  # None: the task's own training batch
     heads: Optional[tuple[str, ...]] = None  # heads to ablate, one run each; None: every head
     mode: str = "zero"  # Ablate mode: "zero" or "mean"
-    top_k: int = 3  # pairwise runs among the top_k heads by |score|
+    interaction_heads: int = 3  # pairwise runs among this many heads, the top by |score| (interaction edges)
     clamps: tuple = ()  # clamps applied in every run, baseline included
     plateau: Optional[float] = None  # None: the task's plateau_loss, else the baseline's loss at 10% of steps
     workers: int = 1
@@ -59,8 +73,9 @@ class ClampedTraining:
             raise InvalidOptionError(f"batch_size must be >= 1; got {self.batch_size}")
         if self.mode not in ("zero", "mean"):
             raise InvalidOptionError(f"mode={self.mode!r}; expected 'zero' or 'mean'")
-        if self.top_k < 0 or self.workers < 1:
-            raise InvalidOptionError(f"top_k must be >= 0 and workers >= 1; got {self.top_k}, {self.workers}")
+        if self.interaction_heads < 0 or self.workers < 1:
+            raise InvalidOptionError(f"interaction_heads must be >= 0 and workers >= 1; got {self.interaction_heads}, "
+                                     f"{self.workers}")
         if self.plateau is not None and not self.plateau > 0:
             raise InvalidOptionError(f"plateau must be a positive loss; got {self.plateau}")
         if self.heads is not None:
@@ -69,18 +84,32 @@ class ClampedTraining:
 
     @property
     def score_meaning(self) -> str:
-        return ("node score: (final held-out loss with the head ablated throughout training - final loss without) / "
+        return ("node score (metric: the held-out loss): (final held-out loss with the head ablated throughout training - final loss without) / "
                 "|initial loss - final loss without|; 1 = training without the head ends as bad as untrained. "
                 "Node attributes: final_loss, crossing_step (first step with held-out loss < half the plateau; None: "
-                "never) and crossing_delay (vs. no ablation). Edge score: interaction of two ablated heads, "
+                "never) and crossing_delay (vs. no ablation). Edge score (effect 'interaction'): interaction of two ablated heads, "
                 "(effect of both - effect of each summed), normalised the same way.")
 
     def run(self, model: Any, task: Any, n: int = 32, seed: int = 0) -> HeadGraph:
-        initial, reference = _starting_point(model)
+        """As every engine's, with `seed` also the training seed (batches, held-out set)."""
+        start = _starting_point(model)
+        with base.session(start[1]):
+            batch = base.task_batch(start[1], task, n, seed)
+        return self.recorded(start[1], task, seed, self._measure(start, task, batch, seed))
+
+    def measure(self, model: Any, task: Any, batch: Any) -> Measurement[TrainingRuns]:
+        """The training runs (`TrainingRuns`) with training seed 0 (``run(..., seed=s)`` trains with seed s);
+        `batch` checks that the plain copy computes what `model` does. Measurement.clean is the final held-out
+        loss without ablation, Measurement.corrupted that plus |initial loss - final loss| (the initial loss when
+        training lowered it): their gap normalises the scores."""
+        return self._measure(_starting_point(model), task, batch, seed=0)
+
+    def _measure(self, start: tuple[Any, Any], task: Any, batch: Any, seed: int) -> Measurement[TrainingRuns]:
+        initial, reference = start
         with base.session(reference, grad=True):
-            batch = base.prompts(reference, task, n, seed)
+            batch = base.on_model(reference, batch)
             objective = Objective.of(task, reference, self.batch_size)
-            held_out = objective.held_out(max(n, 2), seed)
+            held_out = objective.held_out(max(batch.size, 2), seed)
             clamp_lib.check_all(self.clamps, initial.cfg, held_out[0])
             heads = self._heads(initial.cfg)
             clamp_lib.check_all([clamp_lib.Ablate(h, self.mode) for h in heads], initial.cfg, held_out[0])
@@ -88,38 +117,50 @@ class ClampedTraining:
                 _check_parity(reference, initial, batch)
             settings = training_settings(task, self.steps, self.eval_every, seed, self.lr)
             jobs = {"": ()} | {h: (clamp_lib.Ablate(h, self.mode),) for h in heads}
-            runs = self._train(initial, objective, settings, held_out, jobs)
-            baseline = runs.pop("")
-            threshold = 0.5 * self._plateau(task, baseline, settings)
-            scale = abs(baseline.loss[0] - baseline.final_loss)
-            if not scale > 0:
-                raise UndefinedScoreError(f"training left the held-out loss at {baseline.final_loss:.6g}: no loss "
-                                          "change to normalise the scores by")
-            graph = HeadGraph(n_layers=initial.cfg.n_layers, n_heads=initial.cfg.n_heads, meta=base.graph_meta(
-                self, reference, task, n=n, seed=seed, score=self.score_meaning, initial_loss=baseline.loss[0],
-                final_loss=baseline.final_loss, plateau=2 * threshold, threshold=threshold,
-                crossing_step=baseline.crossing(threshold), steps=baseline.steps, curve=baseline.loss))
-            for head in all_heads(_Config(initial.cfg)):
-                run = runs.get(str(head))
-                if run is None:
-                    graph.add_head(head)  # not ablated: unmeasured, no score
-                    continue
-                graph.add_head(head, (run.final_loss - baseline.final_loss) / scale,
-                               **_summary(run, baseline, threshold))
-            top = sorted(runs, key=lambda h: -abs(graph.nx.nodes[h]["score"]))[: self.top_k]
+            ablated = self._train(initial, objective, settings, held_out, jobs)
+            baseline = ablated.pop("")
+            plateau = self._plateau(task, baseline, settings)
+            top = sorted(ablated, key=lambda h: -abs(ablated[h].final_loss - baseline.final_loss))[: self.interaction_heads]
             pairs = {f"{a}+{b}": (clamp_lib.Ablate(a, self.mode), clamp_lib.Ablate(b, self.mode))
                      for a, b in combinations(sorted(top, key=Head.parse), 2)}
-            for key, run in self._train(initial, objective, settings, held_out, pairs).items():
-                a, b = key.split("+")
-                both = run.final_loss - baseline.final_loss
-                each = runs[a].final_loss + runs[b].final_loss - 2 * baseline.final_loss
-                graph.add_edge(a, b, (both - each) / scale, **_summary(run, baseline, threshold))
-            return graph
+            runs = TrainingRuns(baseline, ablated, self._train(initial, objective, settings, held_out, pairs), plateau)
+            # the normalisation: the loss training removed (its size, should training have raised the loss)
+            scale = abs(baseline.loss[0] - baseline.final_loss)
+            return Measurement(baseline.final_loss, baseline.final_loss + scale, runs, batch)
+
+    def graph(self, model: Any, measurement: Measurement[TrainingRuns]) -> HeadGraph:
+        """Node: the final-loss change with the head ablated; edge: the interaction of two ablated heads; both
+        normalised by the loss training removed (noising: ablation takes behaviour away)."""
+        runs = measurement.values
+        baseline, threshold = runs.baseline, 0.5 * runs.plateau
+        if not measurement.corrupted > measurement.clean:
+            raise UndefinedScoreError(f"training left the held-out loss at {baseline.final_loss:.6g}: no loss "
+                                      "change to normalise the scores by")
+        normalised = measurement.baseline().normalise
+        cfg = model.cfg if hasattr(model, "cfg") else model
+        graph = HeadGraph(n_layers=cfg.n_layers, n_heads=cfg.n_heads)
+        graph.meta.update(initial_loss=baseline.loss[0], final_loss=baseline.final_loss, plateau=runs.plateau,
+                          threshold=threshold, crossing_step=baseline.crossing(threshold), steps=baseline.steps,
+                          curve=baseline.loss)
+        for head in all_heads(cfg):
+            run = runs.ablated.get(head.name)
+            if run is None:
+                graph.add_node(head)  # not ablated: unmeasured, no score
+                continue
+            graph.add_node(head, normalised(run.final_loss - baseline.final_loss, "noising"),
+                           **_summary(run, baseline, threshold))
+        for key, run in runs.pairs.items():
+            a, b = key.split("+")
+            both = run.final_loss - baseline.final_loss
+            each = runs.ablated[a].final_loss + runs.ablated[b].final_loss - 2 * baseline.final_loss
+            graph.add_edge(a, b, normalised(both - each, "noising"), effect="interaction",
+                           **_summary(run, baseline, threshold))
+        return graph
 
     def _heads(self, cfg: Any) -> list[str]:
         if self.heads is None:
-            return [str(h) for h in all_heads(_Config(cfg))]
-        return [str(clamp_lib.head_of(cfg, h, "clamped_training heads")) for h in self.heads]
+            return [str(h) for h in all_heads(cfg)]
+        return [Head.in_model(cfg, h, what="head for clamped_training heads").name for h in self.heads]
 
     def _plateau(self, task: Any, baseline: Run, settings: Settings) -> float:
         if self.plateau is not None:
@@ -159,13 +200,6 @@ def training_settings(task: Any, steps: int, eval_every: int, seed: int, lr: Opt
 
 def _train_job(args: tuple) -> Run:
     return train_clamped(*args)
-
-
-class _Config:
-    """`all_heads` reads ``model.cfg``; this lends it a bare config."""
-
-    def __init__(self, cfg: Any):
-        self.cfg = cfg
 
 
 def _summary(run: Run, baseline: Run, threshold: float) -> dict[str, Any]:

@@ -38,16 +38,15 @@ from jaxtyping import Float
 from torch import Tensor
 
 from circuits import forward, hooks
-from circuits.engines import kit
-from circuits.engines.kit import Baseline
 from circuits._task import PromptBatch
-from circuits.engines import base
+from circuits.engines import base, kit
+from circuits.engines.kit import Measurement
 from circuits.errors import InvalidOptionError, MetricError
-from circuits.graph import EMBED, LOGITS, HeadGraph, head_name, mlp_layer, mlp_name
+from circuits.graph import HeadGraph
+from circuits.nodes import EMBED, INPUTS, LOGITS, MLP, Head
 
 METHODS = ("eap", "eap_ig_inputs", "eap_ig_activations")
 QUADRATURES = ("midpoint", "base_end")
-INPUTS = ("q", "k", "v")
 
 
 @dataclass(frozen=True)
@@ -69,14 +68,14 @@ class Layout:
     def writers(self) -> list[tuple[str, int]]:
         out = [(EMBED, -1)]
         for layer in range(self.n_layers):
-            out += [(head_name(layer, h), 2 * layer) for h in range(self.n_heads)]
-            out += [(mlp_name(layer), 2 * layer + 1)] if self.has_mlp else []
+            out += [(Head(layer, h).name, 2 * layer) for h in range(self.n_heads)]
+            out += [(MLP(layer).name, 2 * layer + 1)] if self.has_mlp else []
         return out
 
     def layer_readers(self, layer: int) -> list[tuple[str, str, int]]:
         """(node, input, stage) for layer `layer`: q of every head, then k, then v, then the MLP input."""
-        out = [(head_name(layer, h), i, 2 * layer) for i in INPUTS for h in range(self.n_heads)]
-        return out + ([(mlp_name(layer), "", 2 * layer + 1)] if self.has_mlp else [])
+        out = [(Head(layer, h).name, i, 2 * layer) for i in INPUTS for h in range(self.n_heads)]
+        return out + ([(MLP(layer).name, "", 2 * layer + 1)] if self.has_mlp else [])
 
     @property
     def readers(self) -> list[tuple[str, str, int]]:
@@ -101,8 +100,9 @@ class Layout:
         return w[:, None] < r[None, :]
 
 
+@base.options()
 @dataclass(frozen=True)
-class EdgeAttribution:
+class EdgeAttribution(base.EngineBase):
     method: str = "eap_ig_inputs"  # "eap", "eap_ig_inputs" or "eap_ig_activations"
     steps: int = 5  # integration points of the IG methods (EAP uses one point, the base run)
     quadrature: str = "midpoint"  # or "base_end": where on [0, 1] the IG points lie (module docstring)
@@ -123,7 +123,7 @@ class EdgeAttribution:
 
     @property
     def score_meaning(self) -> str:
-        return (f"edge writer->reader: the gradient estimate ({self.method}) of the metric change when only that "
+        return (f"edge writer->reader (effect 'direct'): the gradient estimate ({self.method}) of the metric change when only that "
                 f"path is patched ({self.direction}), Δa_writer · dM/d(reader input); a head receiver's score is "
                 "the sum of its q/k/v inputs' (score_q/score_k/score_v); node: the estimate for the node's whole "
                 "output (the sum of its outgoing edges, comparable to activation patching); all normalised by "
@@ -137,43 +137,37 @@ class EdgeAttribution:
             return [(k + 0.5) / self.steps for k in range(self.steps)]
         return [k / self.steps for k in range(self.steps)]
 
-    def run(self, model: Any, task: Any, n: int = 32, seed: int = 0) -> HeadGraph:
-        with base.session(model, grad=True):
-            batch = base.prompts(model, task, n, seed)
-            sums, baseline = self.attributions(model, task, batch)
-            meta = base.graph_meta(self, model, task, n=n, seed=seed, score=self.score_meaning, baseline=baseline,
-                                   method=self.method, steps=len(self.alphas()), alphas=self.alphas(),
-                                   direction=self.direction)
-            sign = 1.0 if self.direction == "denoising" else -1.0
-            normalised = sign * sums / (baseline.clean - baseline.corrupted)
-            return edge_graph(Layout.of(model), normalised, meta)
-
-    def attributions(self, model: Any, task: Any, batch: PromptBatch) -> tuple[Float[Tensor, "writer reader"], Baseline]:
+    def measure(self, model: Any, task: Any, batch: PromptBatch) -> Measurement[Float[Tensor, "writer reader"]]:
         """Unnormalised batch-mean ``Δa_u · ḡ_v`` for every (writer, reader) of `Layout` (zero where no edge
-        exists), and the baseline. Runs in the caller's session (`run` opens one with gradients on)."""
-        batch = base.on_model(model, batch)
-        batch = kit.trimmed(batch, causal=model.cfg.attention_dir == "causal")
-        runs = _Runs.prepare(model, task, batch, self.direction)
-        baseline = Baseline(clean=runs.clean_metric, corrupted=runs.corrupted_metric)  # fails fast without a gap
-        layout = Layout.of(model)
-        sums = torch.zeros(len(layout.writers), len(layout.readers), dtype=torch.float64)
-        with torch.enable_grad():
+        exists), float64, for a batch you built yourself."""
+        with base.session(model, grad=True):
+            runs = kit.Runs.prepare(model, task, batch, self.direction, writer_sites(model))
+            batch, layout = runs.batch, Layout.of(model)
+            sums = torch.zeros(len(layout.writers), len(layout.readers), dtype=torch.float64)
             for chunk in kit.chunks(batch.size, _prompts_per_pass(model, layout, batch, self.memory_mb)):
-                sums += self._chunk(model, task, _rows(batch, chunk), runs.rows(chunk), layout)
-        return sums / batch.size * layout.mask(), baseline
+                sums += self._chunk(model, task, runs.rows(chunk), layout)
+            return runs.measured(sums / batch.size * layout.mask())
 
-    def _chunk(self, model: Any, task: Any, batch: PromptBatch, runs: "_Runs", layout: Layout) -> Tensor:
-        """Summed ``Δa_u · ḡ_v`` over the prompts of `batch`: ``[writer, reader]``."""
-        deltas = runs.writer_deltas(model).flatten(1)  # [writer, batch * pos * d_model]
+    def graph(self, model: Any, measurement: Measurement[Tensor]) -> HeadGraph:
+        normalised = measurement.baseline().normalise(measurement.values, self.direction)
+        graph = edge_graph(Layout.of(model), normalised)
+        graph.meta.update(method=self.method, steps=len(self.alphas()), alphas=self.alphas(), direction=self.direction)
+        return graph
+
+    def _chunk(self, model: Any, task: Any, runs: kit.Runs, layout: Layout) -> Tensor:
+        """Summed ``Δa_u · ḡ_v`` over the prompts of `runs`: ``[writer, reader]``."""
+        batch = runs.batch
+        deltas = writer_deltas(model, runs).flatten(1)  # [writer, batch * pos * d_model]
         alphas = self.alphas()
         out = torch.zeros(len(layout.writers), len(layout.readers), dtype=torch.float64)
         # the score is linear in the gradient: sum the gradients over the IG points, then one product per block
-        stages = [(slice(None), {})] if self.method != "eap_ig_activations" else runs.stages(layout)
+        stages = [(slice(None), {})] if self.method != "eap_ig_activations" else activation_stages(runs, layout)
+        embed, resid_change = runs.base[EMBED_SITE], runs.change(EMBED_SITE)
         for rows, replace in stages:
             total: Optional[list[Tensor]] = None
             for alpha in alphas:
                 interpolate = self.method == "eap_ig_inputs" or rows == slice(0, 1)
-                residual = runs.base_resid + alpha * runs.resid_change if interpolate else runs.base_resid
+                residual = embed + alpha * resid_change if interpolate else embed
                 swap = {key: base_value + alpha * change for key, (base_value, change) in replace.items()}
                 grads = reader_gradients(model, task, batch, residual, swap)
                 total = grads if total is None else [t + g for t, g in zip(total, grads)]
@@ -187,66 +181,39 @@ class EdgeAttribution:
         return out
 
 
-@dataclass
-class _Runs:
-    """The base and source runs: writer outputs (the embedding, each layer's z and MLP output) and the
-    metric means, for the whole batch (one forward pass without gradients)."""
+EMBED_SITE = (0, "resid_pre")  # what the embedding writes: the residual stream entering block 0
 
-    base_resid: Tensor  # [batch, pos, d_model] entering block 0
-    resid_change: Tensor
-    base_z: list[Tensor]  # per layer [batch, pos, head, d_head]
-    z_change: list[Tensor]
-    base_mlp: list[Tensor]  # per layer [batch, pos, d_model]; empty without MLPs
-    mlp_change: list[Tensor]
-    clean_metric: float = float("nan")
-    corrupted_metric: float = float("nan")
 
-    @classmethod
-    def prepare(cls, model: Any, task: Any, batch: PromptBatch, direction: str) -> "_Runs":
-        base_in, source_in = (batch.corrupted, batch.clean) if direction == "denoising" else (batch.clean, batch.corrupted)
-        layers = range(model.cfg.n_layers)
-        z = [hooks.site(model, layer, "z") for layer in layers]
-        mlp = [] if model.cfg.attn_only else [hooks.site(model, layer, "mlp_out") for layer in layers]
-        cache: dict[str, Tensor] = {}
-        fwd = [(name, (lambda t, hook, name=name: cache.__setitem__(name, t.detach()))) for name in z + mlp]
-        with torch.no_grad(), hooks.attached(model, fwd):
-            resid = forward.embed(model, torch.cat([base_in, source_in]))
-            logits = forward.unembed(model, forward.run_blocks(model, resid, 0), batch.position.repeat(2))
-        base_metric, source_metric = kit.copies_metric(task, logits, batch, 2).tolist()
-        clean, corrupted = (source_metric, base_metric) if direction == "denoising" else (base_metric, source_metric)
-        n = batch.size
-        split = lambda name: (cache[name][:n], cache[name][n:] - cache[name][:n])  # noqa: E731
-        zs, mlps = [split(name) for name in z], [split(name) for name in mlp]
-        return cls(resid[:n], resid[n:] - resid[:n], [b for b, _ in zs], [c for _, c in zs],
-                   [b for b, _ in mlps], [c for _, c in mlps], clean, corrupted)
+def writer_sites(model: Any) -> list[kit.Site]:
+    """The activations writers' outputs are read from: the embedding, each layer's z and MLP output."""
+    kinds = ("z",) if model.cfg.attn_only else ("z", "mlp_out")
+    return [EMBED_SITE, *kit.every_layer(model, *kinds)]
 
-    def rows(self, rows: range) -> "_Runs":
-        pick = lambda t: t[rows.start:rows.stop]  # noqa: E731
-        return _Runs(pick(self.base_resid), pick(self.resid_change), [pick(t) for t in self.base_z],
-                     [pick(t) for t in self.z_change], [pick(t) for t in self.base_mlp],
-                     [pick(t) for t in self.mlp_change], self.clean_metric, self.corrupted_metric)
 
-    def writer_deltas(self, model: Any) -> Float[Tensor, "writer batch pos d_model"]:
-        """Each writer's output change in `Layout.writers` order; a head's is ``Δz W_O``."""
-        out = [self.resid_change[None]]
-        for layer, change in enumerate(self.z_change):
-            w_o = kit.output_weights(model, layer).detach().to(change.device, change.dtype)
-            out.append(einops.einsum(change, w_o, "b p h e, h e d -> h b p d"))
-            if self.mlp_change:
-                out.append(self.mlp_change[layer][None])
-        return torch.cat([t.to(self.resid_change.device) for t in out])  # each layer's on its own device
+def writer_deltas(model: Any, runs: kit.Runs) -> Float[Tensor, "writer batch pos d_model"]:
+    """Each writer's output change (source - base) in `Layout.writers` order; a head's is ``Δz W_O``."""
+    resid_change = runs.change(EMBED_SITE)
+    out = [resid_change[None]]
+    for layer in range(model.cfg.n_layers):
+        change = runs.change((layer, "z"))
+        w_o = kit.output_weights(model, layer).detach().to(change.device, change.dtype)
+        out.append(einops.einsum(change, w_o, "b p h e, h e d -> h b p d"))
+        if not model.cfg.attn_only:
+            out.append(runs.change((layer, "mlp_out"))[None])
+    return torch.cat([t.to(resid_change.device) for t in out])  # each layer's on its own device
 
-    def stages(self, layout: Layout) -> list[tuple[slice, dict[tuple[int, str], tuple[Tensor, Tensor]]]]:
-        """For `eap_ig_activations`: (writer rows, {(layer, site kind): (base value, change)}) per stage."""
-        out: list[tuple[slice, dict]] = [(slice(0, 1), {})]
-        row = 1
-        for layer in range(layout.n_layers):
-            out.append((slice(row, row + layout.n_heads), {(layer, "z"): (self.base_z[layer], self.z_change[layer])}))
-            row += layout.n_heads
-            if layout.has_mlp:
-                out.append((slice(row, row + 1), {(layer, "mlp_out"): (self.base_mlp[layer], self.mlp_change[layer])}))
-                row += 1
-        return out
+
+def activation_stages(runs: kit.Runs, layout: Layout) -> list[tuple[slice, dict[kit.Site, tuple[Tensor, Tensor]]]]:
+    """For `eap_ig_activations`: (writer rows, {(layer, site kind): (base value, change)}) per stage."""
+    out: list[tuple[slice, dict]] = [(slice(0, 1), {})]
+    row = 1
+    for layer in range(layout.n_layers):
+        for kind, size in (("z", layout.n_heads), ("mlp_out", 1)):
+            if kind == "mlp_out" and not layout.has_mlp:
+                continue
+            out.append((slice(row, row + size), {(layer, kind): (runs.base[layer, kind], runs.change((layer, kind)))}))
+            row += size
+    return out
 
 
 def reader_gradients(model: Any, task: Any, batch: PromptBatch, residual: Float[Tensor, "batch pos d_model"],
@@ -359,12 +326,6 @@ def _group_size(model: Any) -> int:
     return model.cfg.n_heads // n_kv
 
 
-def _rows(batch: PromptBatch, rows: range) -> PromptBatch:
-    pick = lambda t: None if t is None else t[rows.start:rows.stop]  # noqa: E731
-    return PromptBatch(clean=pick(batch.clean), corrupted=pick(batch.corrupted), answer=pick(batch.answer),
-                       position=pick(batch.position), foil=pick(batch.foil))
-
-
 def _prompts_per_pass(model: Any, layout: Layout, batch: PromptBatch, memory_mb: float) -> int:
     """Prompts per gradient pass within `memory_mb`: writer deltas, one pass's reader gradients and
     batched cotangents, and the autograd graph of the forward pass (a rough per-prompt size)."""
@@ -377,10 +338,10 @@ def _prompts_per_pass(model: Any, layout: Layout, batch: PromptBatch, memory_mb:
     return max(1, int(memory_mb * 2**20 // (itemsize * floats)))
 
 
-def edge_graph(layout: Layout, scores: Float[Tensor, "writer reader"], meta: dict[str, Any]) -> HeadGraph:
+def edge_graph(layout: Layout, scores: Float[Tensor, "writer reader"]) -> HeadGraph:
     """Every head and MLP a node scored by the sum of its outgoing edges; every edge of `layout` with its
     score; a head receiver's edge sums its q, k and v inputs and keeps each in score_q/score_k/score_v."""
-    graph = HeadGraph(n_layers=layout.n_layers, n_heads=layout.n_heads, meta=meta)
+    graph = HeadGraph(n_layers=layout.n_layers, n_heads=layout.n_heads)
     scores = scores * layout.mask()
     values = scores.tolist()
     writers, readers = layout.writers, layout.readers
@@ -388,10 +349,7 @@ def edge_graph(layout: Layout, scores: Float[Tensor, "writer reader"], meta: dic
         total = float(scores[w].sum())
         if writer == EMBED:
             continue
-        if mlp_layer(writer) is not None:
-            graph.add_mlp(mlp_layer(writer), total)
-        else:
-            graph.add_head(writer, total)
+        graph.add_node(writer, total)
     heads: dict[str, dict[str, int]] = {}
     others: list[tuple[str, int]] = []
     for r, (node, which, _) in enumerate(readers):
@@ -406,8 +364,8 @@ def edge_graph(layout: Layout, scores: Float[Tensor, "writer reader"], meta: dic
         for node, columns in heads.items():
             if stage[writer] < reader_stage[node]:
                 per = {f"score_{i}": row[c] for i, c in columns.items()}
-                graph.add_edge(writer, node, sum(per.values()), inputs="+".join(INPUTS), **per)
+                graph.add_edge(writer, node, sum(per.values()), effect="direct", inputs="+".join(INPUTS), **per)
         for node, c in others:
             if stage[writer] < reader_stage[node]:
-                graph.add_edge(writer, node, row[c])
+                graph.add_edge(writer, node, row[c], effect="direct")
     return graph

@@ -1,9 +1,23 @@
-"""Pieces every patching engine shares: cached runs, metric means, the normalised score, chunking."""
+"""The engine kit: what engines build on, each piece once.
+
+- options: `check_direction`, `check_memory`; budgets: `copies_per_pass`, `chunks`;
+- metrics: `metric_means` (the task's metric on stacked copies of a batch, checked for shape and NaN) and
+  `Baseline`, whose one method `normalise` turns a metric change into the normalised score of every engine;
+- runs: `read_out_and_cache` (read-out logits plus cached activations, one pass), `Runs` (the base and source
+  runs of a batch, stacked into one pass, with the denoising/noising swap), `PatchRuns` (restarting the base
+  run at a patched layer), `block_activations` (one block run with replaced and captured activations);
+- `Measurement`: what every engine's ``measure(model, task, batch)`` returns.
+
+`circuits.engines.base` holds the engine protocol and the session an engine runs in.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any, Literal, Optional
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, Optional, TypeVar
 
 import einops
 import torch
@@ -17,6 +31,21 @@ from circuits._task import PromptBatch
 
 Direction = Literal["denoising", "noising"]
 DIRECTIONS = ("denoising", "noising")
+Site = tuple[int, str]  # (layer, kind of `circuits.hooks.SITES`)
+V = TypeVar("V")
+_GAP_REQUIRED: ContextVar[bool] = ContextVar("gap_required", default=False)
+
+
+@contextmanager
+def gap_required() -> Iterator[None]:
+    """Inside, `Runs.prepare` refuses prompts whose clean and corrupted metrics are equal (`UndefinedScoreError`)
+    as soon as it has measured them, before an engine's long work: `EngineBase.run` normalises what it measures,
+    so it fails fast; ``engine.measure`` alone needs no gap."""
+    token = _GAP_REQUIRED.set(True)
+    try:
+        yield
+    finally:
+        _GAP_REQUIRED.reset(token)
 
 
 def check_direction(direction: str) -> None:
@@ -29,18 +58,7 @@ def check_memory(memory_mb: float) -> None:
         raise InvalidOptionError(f"memory_mb={memory_mb!r}; expected a positive number of megabytes")
 
 
-def trimmed(batch: PromptBatch, causal: bool) -> PromptBatch:
-    """In a causal model nothing after the last read-out position can change the result: drop it."""
-    keep = int(batch.position.max().item()) + 1 if causal else batch.clean.shape[1]
-    return replace(batch, clean=batch.clean[:, :keep], corrupted=batch.corrupted[:, :keep])
-
-
-def metric_mean(task: Any, logits: Tensor, batch: PromptBatch) -> Tensor:
-    """The batch mean of the task's metric, checked for shape and NaN."""
-    return copies_metric(task, logits, batch, 1)[0]
-
-
-def copies_metric(task: Any, logits: Tensor, batch: PromptBatch, copies: int) -> Tensor:
+def metric_means(task: Any, logits: Tensor, batch: PromptBatch, copies: int = 1) -> Tensor:
     """Metric means of `copies` stacked copies of `batch`: logits ``[copies * batch, vocab]`` -> ``[copies]``.
     One call of the task's metric on the repeated batch, checked for shape and NaN."""
     stacked = batch if copies == 1 else batch.repeated(copies)
@@ -55,7 +73,8 @@ def copies_metric(task: Any, logits: Tensor, batch: PromptBatch, copies: int) ->
 
 @dataclass(frozen=True)
 class Baseline:
-    """Metric means on the clean and corrupted prompts; the denominator of every normalised score."""
+    """Metric means on the clean and corrupted prompts; their gap is the denominator of every normalised score.
+    Made only where the gap is not zero (`UndefinedScoreError` otherwise)."""
 
     clean: float
     corrupted: float
@@ -66,13 +85,37 @@ class Baseline:
                 f"the metric is {self.clean:.6g} on clean and {self.corrupted:.6g} on corrupted prompts; "
                 "with no gap the normalised score (m_patched - m_corrupted) / (m_clean - m_corrupted) is undefined")
 
-    def score(self, patched: Tensor, direction: Direction) -> Tensor:
-        """Denoising: (m_patched - m_corrupted) / gap; noising: (m_clean - m_patched) / gap.
-        Both are 1 when the patch carries the whole behaviour and 0 when it carries none."""
-        gap = self.clean - self.corrupted
-        if direction == "denoising":
-            return (patched - self.corrupted) / gap
-        return (self.clean - patched) / gap
+    def base(self, direction: Direction) -> float:
+        """The metric of the run an intervention starts from: corrupted (denoising) or clean (noising)."""
+        return self.corrupted if direction == "denoising" else self.clean
+
+    def normalise(self, change: Any, direction: Direction) -> Any:
+        """The normalised score of a metric change ``m_intervened - m_base`` (a number or a tensor):
+        denoising ``change / (m_clean - m_corrupted)``, i.e. (m_patched - m_corrupted) / gap; noising
+        ``-change / (m_clean - m_corrupted)``, i.e. (m_clean - m_patched) / gap. Both are 1 when the
+        intervention carries the whole behaviour and 0 when it carries none."""
+        sign = 1.0 if direction == "denoising" else -1.0
+        return sign * change / (self.clean - self.corrupted)
+
+    def score(self, patched: Any, direction: Direction) -> Any:
+        """The normalised score of a patched metric value: `normalise` of its change from the base run."""
+        return self.normalise(patched - self.base(direction), direction)
+
+
+@dataclass(frozen=True)
+class Measurement(Generic[V]):
+    """What ``engine.measure(model, task, batch)`` returns: the metric means on the batch's clean and corrupted
+    prompts and the engine's own values, unnormalised (the engine's docstring says what they are). Measuring
+    needs no gap between clean and corrupted; normalising does (`baseline`)."""
+
+    clean: float
+    corrupted: float
+    values: V
+    batch: PromptBatch  # what was measured (validated, on the model's device, trimmed)
+
+    def baseline(self) -> Baseline:
+        """The normalisation (`UndefinedScoreError` when the clean and corrupted metrics are equal)."""
+        return Baseline(clean=self.clean, corrupted=self.corrupted)
 
 
 def read_out_and_cache(model: Any, inputs: Tensor, names: list[str],
@@ -100,48 +143,97 @@ def copies_per_pass(model: Any, batch: PromptBatch, memory_mb: float) -> int:
     return max(1, int(memory_mb * 2**20 // (4 * floats)))
 
 
+def every_layer(model: Any, *kinds: str) -> list[Site]:
+    """The sites of `kinds` in every block, layer by layer."""
+    return [(layer, kind) for layer in range(model.cfg.n_layers) for kind in kinds]
+
+
+def on_model(model: Any, batch: PromptBatch) -> PromptBatch:
+    """`batch` validated against `model` (typed errors naming the bad value), on its input device, and trimmed
+    of the positions no read-out can see (causal models): the one place prompts are made ready."""
+    batch.validate(model)
+    return batch.to(forward.input_device(model)).trimmed(causal=model.cfg.attention_dir == "causal")
+
+
 @dataclass
-class PatchRuns:
-    """Cached base and source runs, and how to finish a patched run from the patched layer."""
+class Runs:
+    """The base and source runs of a batch, from one forward pass over both stacked, with the activations at
+    `sites`. Denoising: base = corrupted, source = clean; noising: the reverse. A site's activations lie where
+    the model computed them (on a model spread over devices, on that block's device). `batch` is the batch
+    made ready (`on_model`)."""
 
     model: Any
     task: Any
-    batch: PromptBatch  # trimmed to the positions the read-out needs
-    n_positions: int  # the prompts' length before trimming
-    base_resid: list[Tensor]  # residual entering each block, base run
-    base_attn_out: list[Tensor]  # attention output of each block, base run
-    z_change: list[Tensor]  # source z - base z per block, [batch, pos, head, d_head]
+    batch: PromptBatch
+    direction: Direction
+    base: dict[Site, Tensor]
+    source: dict[Site, Tensor]
+    base_logits: Tensor  # read-out logits of the base run [batch, vocab]
+    source_logits: Tensor
     clean_metric: float
     corrupted_metric: float
+
+    @classmethod
+    def prepare(cls, model: Any, task: Any, batch: PromptBatch, direction: Direction,
+                sites: Iterable[Site] = ()) -> "Runs":
+        check_direction(direction)
+        batch = on_model(model, batch)
+        sites = list(dict.fromkeys(sites))
+        base_in, source_in = (batch.corrupted, batch.clean) if direction == "denoising" else (batch.clean, batch.corrupted)
+        names = [hooks.site(model, layer, kind) for layer, kind in sites]
+        # One forward pass over base and source stacked: half the per-call overhead of two passes.
+        with torch.no_grad():
+            logits, cache = read_out_and_cache(model, torch.cat([base_in, source_in]), names, batch.position.repeat(2))
+            base_metric, source_metric = metric_means(task, logits, batch, 2).tolist()
+        clean, corrupted = (source_metric, base_metric) if direction == "denoising" else (base_metric, source_metric)
+        if _GAP_REQUIRED.get():
+            Baseline(clean=clean, corrupted=corrupted)  # UndefinedScoreError before any long work
+        n = batch.size
+        return Runs(model, task, batch, direction, base={site: cache[name][:n] for site, name in zip(sites, names)},
+                    source={site: cache[name][n:] for site, name in zip(sites, names)},
+                    base_logits=logits[:n], source_logits=logits[n:], clean_metric=clean, corrupted_metric=corrupted)
+
+    def change(self, site: Site) -> Tensor:
+        """source - base at `site`."""
+        return self.source[site] - self.base[site]
 
     def baseline(self) -> Baseline:
         return Baseline(clean=self.clean_metric, corrupted=self.corrupted_metric)
 
+    def rows(self, rows: range) -> "Runs":
+        """The same runs restricted to prompts `rows` (views, not copies)."""
+        pick = lambda t: t[rows.start:rows.stop]  # noqa: E731
+        return Runs(self.model, self.task, self.batch.rows(rows), self.direction,
+                    {k: pick(v) for k, v in self.base.items()}, {k: pick(v) for k, v in self.source.items()},
+                    pick(self.base_logits), pick(self.source_logits), self.clean_metric, self.corrupted_metric)
+
+    def measured(self, values: V) -> Measurement[V]:
+        return Measurement(self.clean_metric, self.corrupted_metric, values, self.batch)
+
+
+@dataclass
+class PatchRuns(Runs):
+    """Base and source runs for patching head outputs, and how to finish a patched run from the patched layer:
+    the base run's residual entering each block and its attention output, and each layer's z change."""
+
+    base_resid: list[Tensor] = field(default_factory=list)
+    base_attn_out: list[Tensor] = field(default_factory=list)
+    z_change: list[Tensor] = field(default_factory=list)
+
     @classmethod
-    def prepare(cls, model: Any, task: Any, batch: PromptBatch, direction: str) -> "PatchRuns":
+    def prepare(cls, model: Any, task: Any, batch: PromptBatch, direction: Direction,
+                sites: Iterable[Site] = ()) -> "PatchRuns":
         if getattr(model.cfg, "parallel_attn_mlp", False):
-            raise IncompatibleModelError("activation patching restarts at the patched layer, which assumes "
-                                         "sequential attention then MLP; this model runs them in parallel")
-        n_positions = batch.clean.shape[1]
-        batch = trimmed(batch, causal=model.cfg.attention_dir == "causal")
-        base, source = (batch.corrupted, batch.clean) if direction == "denoising" else (batch.clean, batch.corrupted)
+            raise IncompatibleModelError("patching restarts at the patched layer, which assumes sequential "
+                                         "attention then MLP; this model runs them in parallel")
+        runs = Runs.prepare(model, task, batch, direction, [*every_layer(model, "resid_pre", "attn_out", "z"), *sites])
         layers = range(model.cfg.n_layers)
-        z_names = [hooks.site(model, layer, "z") for layer in layers]
-        resid_names = [hooks.site(model, layer, "resid_pre") for layer in layers]
-        attn_names = [hooks.site(model, layer, "attn_out") for layer in layers]
-        # One forward pass over base and source stacked: half the per-call overhead of two passes.
-        logits, cache = read_out_and_cache(model, torch.cat([base, source]), z_names + resid_names + attn_names,
-                                       batch.position.repeat(2))
-        base_metric, source_metric = copies_metric(task, logits, batch, 2).tolist()
-        n = batch.size
-        clean, corrupted = (source_metric, base_metric) if direction == "denoising" else (base_metric, source_metric)
         # On a model spread over devices, a block's input may be captured before the block moves it to its own
         # device: keep each layer's activations together, where its attention computed.
-        return cls(model, task, batch, n_positions,
-                   base_resid=[cache[r][:n].to(cache[a].device) for r, a in zip(resid_names, attn_names)],
-                   base_attn_out=[cache[name][:n] for name in attn_names],
-                   z_change=[cache[name][n:] - cache[name][:n] for name in z_names],
-                   clean_metric=clean, corrupted_metric=corrupted)
+        return cls(**vars(runs),
+                   base_resid=[runs.base[layer, "resid_pre"].to(runs.base[layer, "attn_out"].device) for layer in layers],
+                   base_attn_out=[runs.base[layer, "attn_out"] for layer in layers],
+                   z_change=[runs.change((layer, "z")) for layer in layers])
 
     def head_deltas(self, layer: int) -> Float[Tensor, "head batch pos d_model"]:
         """Each head's change to the residual stream: (z_source - z_base) through its W_O."""
@@ -156,7 +248,7 @@ class PatchRuns:
         residual = finish_block(self.model, layer, residual)
         position = self.batch.position.repeat(copies)
         logits = forward.run_from(self.model, residual, layer + 1, position)
-        return copies_metric(self.task, logits, self.batch, copies)
+        return metric_means(self.task, logits, self.batch, copies)
 
 
 def output_weights(model: Any, layer: int) -> Float[Tensor, "head d_head d_model"]:

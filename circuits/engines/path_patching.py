@@ -33,18 +33,20 @@ import torch
 from torch import Tensor
 
 from circuits import forward, hooks
-from circuits.engines import kit
-from circuits.engines.kit import PatchRuns, block_activations
 from circuits._task import PromptBatch
-from circuits.engines import base
+from circuits.engines import base, kit
+from circuits.engines.kit import Measurement, PatchRuns, block_activations
 from circuits.errors import InvalidOptionError
-from circuits.graph import LOGITS, Head, HeadGraph, all_heads
+from circuits.graph import HeadGraph
+from circuits.nodes import INPUTS, LOGITS, Head, all_heads
 
-INPUTS = ("q", "k", "v")
+# (sender, receiver) -> {input combination ("q", "k", "v", "q+k+v"; "" for the logits): patched metric mean}
+PathPatches = dict[tuple[str, str], dict[str, float]]
 
 
+@base.options()
 @dataclass(frozen=True)
-class PathPatching:
+class PathPatching(base.EngineBase):
     direction: str = "denoising"  # or "noising"
     # Sequences (or one name) are accepted and stored as tuples.
     receivers: Union[str, Sequence[str], None] = None  # head names and/or "logits"; None: every head and "logits"
@@ -75,25 +77,20 @@ class PathPatching:
 
     @property
     def score_meaning(self) -> str:
-        return (f"edge sender->receiver: the metric change when only that path is patched ({self.direction}; "
+        return (f"edge sender->receiver (effect 'direct'): the metric change when only that path is patched ({self.direction}; "
                 "receiver = a head's q/k/v inputs together, per input in score_q/score_k/score_v, or the logits); "
                 "node: the head's direct effect on the logits (absent when head->logits was not measured); "
                 "all normalised by m_clean - m_corrupted")
 
-    def run(self, model: Any, task: Any, n: int = 32, seed: int = 0) -> HeadGraph:
-        senders, receivers, to_logits = self.plan(model)  # bad names fail before any model work
-        with base.patch_runs(model, task, self.direction, n=n, seed=seed) as runs:
-            baseline = runs.baseline()
-            edges = self._edges(runs, senders, receivers, to_logits)
-            meta = base.graph_meta(self, model, task, n=n, seed=seed, score=self.score_meaning, baseline=baseline)
-            return self._graph(model, edges, baseline, meta)
+    def check(self, model: Any) -> None:
+        self.plan(model)  # bad names fail before any model work
 
-    def patched_metrics(self, model: Any, task: Any, batch: PromptBatch) -> dict[tuple[str, str], dict[str, float]]:
-        """Unnormalised patched metric means per edge ``(sender, receiver) -> {combo: metric}`` (combo
-        ``"q"``, ``"k"``, ``"v"`` or ``"q+k+v"``; ``""`` for the logits), for a batch you built yourself."""
+    def measure(self, model: Any, task: Any, batch: PromptBatch) -> Measurement[PathPatches]:
+        """Patched metric means per edge (`PathPatches`), for a batch you built yourself."""
         senders, receivers, to_logits = self.plan(model)
-        with base.patch_runs(model, task, self.direction, batch=batch) as runs:
-            return self._edges(runs, senders, receivers, to_logits)
+        with base.session(model):
+            runs = PatchRuns.prepare(model, task, batch, self.direction)
+            return runs.measured(self._edges(runs, senders, receivers, to_logits))
 
     def plan(self, model: Any) -> tuple[list[Head], list[Head], bool]:
         """Senders, receiver heads (sorted) and whether the logits are a receiver; typed errors on bad names."""
@@ -121,7 +118,7 @@ class PathPatching:
     def _edges(self, runs: PatchRuns, senders: list[Head], receivers: list[Head],
                to_logits: bool) -> dict[tuple[str, str], dict[str, float]]:
         model, batch = runs.model, runs.batch
-        mask = self._position_mask(runs.n_positions, batch.clean.shape[1], runs.base_resid[0])
+        mask = self._position_mask(batch.n_positions, batch.clean.shape[1], runs.base_resid[0])
         per_copy = kit.copies_per_pass(model, batch, self.memory_mb)
         edges: dict[tuple[str, str], dict[str, float]] = {}
         state = runs.base_resid[0].new_zeros((0,) + runs.base_resid[0].shape)  # step-3 residuals [sender, ...]
@@ -142,7 +139,7 @@ class PathPatching:
             for chunk in kit.chunks(len(done), per_copy):
                 flat = einops.rearrange(state[chunk.start:chunk.stop], "c b p d -> (c b) p d")
                 logits = forward.unembed(model, flat, position.repeat(len(chunk)))
-                values = kit.copies_metric(runs.task, logits, batch, len(chunk))
+                values = kit.metric_means(runs.task, logits, batch, len(chunk))
                 for i, value in zip(chunk, values):
                     edges[(done[i].name, LOGITS)] = {"": float(value)}
         return edges
@@ -206,21 +203,21 @@ class PathPatching:
         return out
 
     # --- the result -----------------------------------------------------------------------------------
-    def _graph(self, model: Any, edges: dict[tuple[str, str], dict[str, float]], baseline: kit.Baseline,
-               meta: dict[str, Any]) -> HeadGraph:
+    def graph(self, model: Any, measurement: Measurement[PathPatches]) -> HeadGraph:
         """Every head a node (scored by its direct effect where head -> logits was measured), every edge."""
-        graph = HeadGraph(n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads, meta=meta)
+        baseline, edges = measurement.baseline(), measurement.values
+        graph = HeadGraph(n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads)
         score = lambda metric: float(baseline.score(torch.tensor(metric), self.direction))  # noqa: E731
         for head in all_heads(model):
             direct = edges.get((head.name, LOGITS))
-            graph.add_head(head, score(direct[""]) if direct else None)
+            graph.add_node(head, score(direct[""]) if direct else None)
         joint = "+".join(self.inputs)
         for (sender, receiver), metrics in edges.items():
             if receiver == LOGITS:
-                graph.add_edge(sender, receiver, score(metrics[""]))
+                graph.add_edge(sender, receiver, score(metrics[""]), effect="direct")
                 continue
             extras = {f"score_{combo}": score(m) for combo, m in metrics.items() if combo != joint}
-            graph.add_edge(sender, receiver, score(metrics[joint]), inputs=joint, **extras)
+            graph.add_edge(sender, receiver, score(metrics[joint]), effect="direct", inputs=joint, **extras)
         return graph
 
 

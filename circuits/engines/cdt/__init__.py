@@ -24,19 +24,19 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuits import forward, hooks
-from circuits.engines import kit
-from circuits.engines.kit import Baseline
+from circuits import forward
 from circuits._task import Inputs
-from circuits.engines import base
+from circuits.engines import base, kit
 from circuits.engines.cdt.model import check_model
 from circuits.engines.cdt.propagation import Decomposition, Propagation
+from circuits.engines.kit import Measurement
 from circuits.errors import IncompatibleModelError, InvalidOptionError
-from circuits.graph import LOGITS, Head, HeadGraph, all_heads
+from circuits.graph import HeadGraph
+from circuits.nodes import LOGITS, Head, all_heads
 
 Source = Union[str, Head, tuple[Union[str, Head], int]]
 
-__all__ = ["CDT", "Decomposition", "decompose", "source_masks"]
+__all__ = ["CDT", "CDTScores", "Decomposition", "decompose", "source_masks"]
 
 
 def decompose(model: Any, tokens: Inputs, sources: Sequence[Sequence[Source]],
@@ -96,16 +96,29 @@ def checked_baseline(model: Any, baseline: Optional[Tensor], propagation: Propag
 
 
 @dataclass(frozen=True)
-class CDT:
-    receivers: int = 10  # head -> head edges into the top receivers by |node score| (0: none)
-    iterative: bool = False  # the paper's discovery instead: from the logits, top_k sources per step
-    top_k: int = 2  # iterative: sources kept per step
+class CDTScores:
+    """What CD-T measures on a batch, unnormalised: per source head the metric change when its rel part is
+    removed, ``m(irrel) - m(rel + irrel)`` ``[n_layers, n_heads]``, and per (sender, receiver) pair
+    ``[sender layer, head, receiver layer, head]`` the receiver's rel share (``dot``: projected on its clean -
+    corrupted change; ``l1``: the reference's mean|rel| / (mean|rel| + mean|irrel|))."""
+
+    nodes: Float[Tensor, "n_layers n_heads"]
+    dot: Tensor
+    l1: Tensor
+
+
+@base.options(renamed={"receivers": "receiver_count", "top_k": "sources_per_step"})
+@dataclass(frozen=True)
+class CDT(base.EngineBase):
+    receiver_count: int = 10  # head -> head edges into this many receivers, the top heads by |node score| (0: none)
+    iterative: bool = False  # the paper's discovery instead: from the logits, sources_per_step sources per step
+    sources_per_step: int = 2  # iterative: sources kept per step
     memory_mb: float = 256.0  # budget for one stacked pass (sets x batch rows, both parts)
 
     name = "cdt"
 
     def __post_init__(self) -> None:
-        for field, low in (("receivers", 0), ("top_k", 1)):
+        for field, low in (("receiver_count", 0), ("sources_per_step", 1)):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise InvalidOptionError(f"{field}={value!r}; expected an integer >= {low}")
@@ -115,55 +128,49 @@ class CDT:
 
     @property
     def score_meaning(self) -> str:
-        return ("node and head->logits edge: (m(rel+irrel) - m(irrel)) / (m_clean - m_corrupted), the head's z "
-                "at every position as the CD-T source, the corrupted prompts' z as its baseline (clean run); "
-                "head->head edge: the receiver's z at the read-out position, its rel part for the sender projected "
-                "on the receiver's clean - corrupted change, sum<z_rel, dz> / sum<dz, dz> (score_l1: the "
-                "reference's l1 share mean|rel| / (mean|rel| + mean|irrel|))")
+        return ("node and head->logits edge (effect 'total'): (m(rel+irrel) - m(irrel)) / (m_clean - m_corrupted), "
+                "the head's z at every position as the CD-T source, the corrupted prompts' z as its baseline (clean "
+                "run); head->head edge (effect 'share'): the receiver's z at the read-out position, its rel part for "
+                "the sender projected on the receiver's clean - corrupted change, sum<z_rel, dz> / sum<dz, dz> "
+                "(score_l1: the reference's l1 share mean|rel| / (mean|rel| + mean|irrel|))")
 
-    def run(self, model: Any, task: Any, n: int = 32, seed: int = 0) -> HeadGraph:
+    def check(self, model: Any) -> None:
         check_model(model)  # a model without a rule fails before any work
-        with base.session(model):
-            batch = base.prompts(model, task, n, seed)
-            result = self.scores(model, task, batch)
-            meta = base.graph_meta(self, model, task, n=n, seed=seed, score=self.score_meaning,
-                                   baseline=result["baseline"])
-            return self._graph(model, result, meta)
 
-    def scores(self, model: Any, task: Any, batch: Any) -> dict[str, Any]:
-        """Node scores ``[n_layers, n_heads]`` and edge scores ``[sender layer, head, receiver layer, head]``
-        (dot and l1 reductions) for a batch already on the model's device."""
-        batch = kit.trimmed(batch, causal=model.cfg.attention_dir == "causal")
-        layers = range(model.cfg.n_layers)
-        z_names = [hooks.site(model, layer, "z") for layer in layers]
-        clean_logits, clean = kit.read_out_and_cache(model, batch.clean, z_names, batch.position)
-        corrupted_logits, corrupted = kit.read_out_and_cache(model, batch.corrupted, z_names, batch.position)
-        baseline = Baseline(clean=float(kit.metric_mean(task, clean_logits, batch)),
-                            corrupted=float(kit.metric_mean(task, corrupted_logits, batch)))
+    def measure(self, model: Any, task: Any, batch: Any) -> Measurement[CDTScores]:
+        """`CDTScores` for a batch you built yourself."""
+        check_model(model)
+        with base.session(model):
+            runs = kit.Runs.prepare(model, task, batch, "denoising", kit.every_layer(model, "z"))
+            return runs.measured(self._scores(model, task, runs))
+
+    def _scores(self, model: Any, task: Any, runs: kit.Runs) -> CDTScores:
+        batch, cfg = runs.batch, model.cfg
+        layers = range(cfg.n_layers)
         device = forward.input_device(model)  # each layer's z lies on its own device in a model spread over devices
-        clean, corrupted = ({name: z.to(device) for name, z in run.items()} for run in (clean, corrupted))
-        z_base = torch.stack([corrupted[name] for name in z_names], dim=1)  # [batch, layer, pos, head, d_head]
+        clean = [runs.source[layer, "z"].to(device) for layer in layers]
+        corrupted = [runs.base[layer, "z"].to(device) for layer in layers]
+        z_base = torch.stack(corrupted, dim=1)  # [batch, layer, pos, head, d_head]
         rows = torch.arange(batch.size, device=device)
         position = batch.position.to(device)
-        change = torch.stack([clean[name][rows, position] - corrupted[name][rows, position] for name in z_names])
+        change = torch.stack([c[rows, position] - b[rows, position] for c, b in zip(clean, corrupted)])
         propagation = Propagation(model, batch.clean, batch.position)
         heads = all_heads(model)
         masks = source_masks(model, [[h] for h in heads], propagation.n_pos)
         z_base = checked_baseline(model, z_base, propagation)
-        cfg = model.cfg
         nodes = torch.zeros(len(heads))
         dot = torch.zeros(len(heads), cfg.n_layers, cfg.n_heads)
         l1 = torch.zeros(len(heads), cfg.n_layers, cfg.n_heads)
         change = change.to(propagation.device)  # [layer, batch, head, d_head]
         per_pass = self._sets_per_pass(model, propagation)
         # Sets grouped by their head's layer: a pass starts at its sources' layer (below it rel is 0).
-        groups = [range(layer * cfg.n_heads, (layer + 1) * cfg.n_heads) for layer in range(cfg.n_layers)]
+        groups = [range(layer * cfg.n_heads, (layer + 1) * cfg.n_heads) for layer in layers]
         for chunk in (range(g.start + c.start, g.start + c.stop) for g in groups for c in kit.chunks(len(g), per_pass)):
             part = propagation.run(masks[:, chunk.start:chunk.stop], z_base, keep_z=True)
-            self._check_exact(part, clean_logits)
-            total = kit.copies_metric(task, (part.rel + part.irrel).flatten(0, 1), batch, len(chunk))
-            rest = kit.copies_metric(task, part.irrel.flatten(0, 1), batch, len(chunk))
-            nodes[chunk.start:chunk.stop] = (total - rest) / (baseline.clean - baseline.corrupted)
+            self._check_exact(part, runs.source_logits)
+            total = kit.metric_means(task, (part.rel + part.irrel).flatten(0, 1), batch, len(chunk))
+            rest = kit.metric_means(task, part.irrel.flatten(0, 1), batch, len(chunk))
+            nodes[chunk.start:chunk.stop] = rest - total
             z_rel = torch.stack(part.z_rel, dim=1)  # [set, layer, batch, head, d_head]
             z_irrel = torch.stack(part.z_irrel, dim=1)
             dot[chunk.start:chunk.stop] = torch.einsum("slbhe,lbhe->slh", z_rel, change).cpu()
@@ -171,8 +178,7 @@ class CDT:
             l1[chunk.start:chunk.stop] = (rel_size / (rel_size + irrel_size + 1e-12)).cpu()
         dot = dot / change.pow(2).sum((1, 3)).cpu().clamp_min(1e-12)
         shape = (cfg.n_layers, cfg.n_heads, cfg.n_layers, cfg.n_heads)
-        return {"baseline": baseline, "nodes": nodes.view(cfg.n_layers, cfg.n_heads),
-                "edges": dot.view(shape), "edges_l1": l1.view(shape)}
+        return CDTScores(nodes.view(cfg.n_layers, cfg.n_heads), dot.view(shape), l1.view(shape))
 
     def _sets_per_pass(self, model: Any, propagation: Propagation) -> int:
         cfg = model.cfg
@@ -191,30 +197,31 @@ class CDT:
                                          "model computes something the CD-T rules do not describe")
 
     # --- the graph ------------------------------------------------------------------------------------
-    def _graph(self, model: Any, result: dict[str, Any], meta: dict[str, Any]) -> HeadGraph:
-        cfg = model.cfg
-        nodes, edges, edges_l1 = result["nodes"], result["edges"], result["edges_l1"]
-        graph = HeadGraph(n_layers=cfg.n_layers, n_heads=cfg.n_heads, meta=meta)
+    def graph(self, model: Any, measurement: Measurement[CDTScores]) -> HeadGraph:
+        """Removing a head's rel part from the clean run is the noising direction: normalised as such."""
+        scores = measurement.values
+        nodes = measurement.baseline().normalise(scores.nodes, "noising")
+        graph = HeadGraph(n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads)
         for head in all_heads(model):
             score = float(nodes[head.layer, head.head])
-            graph.add_head(head, score)
-            graph.add_edge(head, LOGITS, score)
-        pairs = self._circuit(model, nodes, edges) if self.iterative else self._into_top(model, nodes)
+            graph.add_node(head, score)
+            graph.add_edge(head, LOGITS, score, effect="total")
+        pairs = self._circuit(model, nodes, scores.dot) if self.iterative else self._into_top(model, nodes)
         for sender, receiver in pairs:
             index = (sender.layer, sender.head, receiver.layer, receiver.head)
-            graph.add_edge(sender, receiver, float(edges[index]), score_l1=float(edges_l1[index]))
+            graph.add_edge(sender, receiver, float(scores.dot[index]), effect="share", score_l1=float(scores.l1[index]))
         return graph
 
     def _into_top(self, model: Any, nodes: Tensor) -> list[tuple[Head, Head]]:
-        receivers = ranked(nodes, all_heads(model))[: self.receivers]
+        receivers = ranked(nodes, all_heads(model))[: self.receiver_count]
         return [(s, r) for r in receivers for s in all_heads(model) if s.layer < r.layer]
 
     def _circuit(self, model: Any, nodes: Tensor, edges: Tensor) -> list[tuple[Head, Head]]:
-        """The paper's iterative discovery: the top_k heads for the logits are the first targets; each step
-        scores every head below a target by the sum of its edge scores into the targets and keeps the top_k
-        as the next targets, until no head lies below them."""
+        """The paper's iterative discovery: the `sources_per_step` heads for the logits are the first targets;
+        each step scores every head below a target by the sum of its edge scores into the targets and keeps the
+        `sources_per_step` best as the next targets, until no head lies below them."""
         heads = all_heads(model)
-        targets = ranked(nodes, heads)[: self.top_k]
+        targets = ranked(nodes, heads)[: self.sources_per_step]
         kept, pairs = set(targets), []
         while True:
             candidates = [s for s in heads if s not in kept and any(s.layer < t.layer for t in targets)]
@@ -222,7 +229,7 @@ class CDT:
                 return pairs
             sums = torch.tensor([sum(float(edges[s.layer, s.head, t.layer, t.head]) for t in targets if s.layer < t.layer)
                                  for s in candidates])
-            chosen = [candidates[i] for i in sums.abs().argsort(descending=True)[: self.top_k].tolist()]
+            chosen = [candidates[i] for i in sums.abs().argsort(descending=True)[: self.sources_per_step].tolist()]
             pairs += [(s, t) for s in chosen for t in targets if s.layer < t.layer]
             kept.update(chosen)
             targets = chosen
