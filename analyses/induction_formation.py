@@ -38,7 +38,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from circuits import clamped_runs, clamps, models, training  # noqa: E402
-from circuits.engines.clamped_training import training_settings  # noqa: E402
 from tasks.few_shot import FewShot  # noqa: E402
 from tasks.few_shot import model_config as few_shot_model  # noqa: E402
 from tasks.induction import Induction  # noqa: E402
@@ -128,27 +127,20 @@ def additivity(module: Any, strengths: torch.Tensor, held_out: tuple) -> dict[st
 
 
 # --- runs -------------------------------------------------------------------------------------------------
-def plateau(setting: Setting, baseline: clamped_runs.Run) -> float:
-    if getattr(setting.task, "plateau_loss", None) is not None:
-        return float(setting.task.plateau_loss)
-    at = next(i for i, s in enumerate(baseline.steps) if s >= 0.1 * setting.steps and s > 0)
-    return baseline.loss[at]
-
-
 def run_setting(setting: Setting, seeds: Sequence[int], progress: bool = True) -> dict[str, Any]:
     """Every clamp for every seed; the curves, crossing steps and the unclamped model's measures."""
     objective = clamped_runs.Objective.of(setting.task, None)
     out: dict[str, Any] = {"steps": None, "curves": {}, "crossing": {}, "final_loss": {}, "threshold": {},
                            "previous_token_head": {}, "induction_strengths": {}, "additivity": {}}
     for seed in seeds:
-        initial = models.native(setting.model(seed))
+        initial = models.new_native(setting.model(seed))
         held_out = objective.held_out(setting.held_out, seed)
-        settings = training_settings(setting.task, setting.steps, setting.eval_every, seed)
+        settings = clamped_runs.Settings.for_task(setting.task, setting.steps, setting.eval_every, seed)
         train = lambda named, keep=False: clamped_runs.train_clamped(  # noqa: E731
             initial, objective, named, settings, held_out, keep_module=keep, progress=progress,
             description=f"{setting.name} seed {seed}")
         baseline = train((), keep=True)
-        threshold = 0.5 * plateau(setting, baseline)
+        threshold = 0.5 * clamped_runs.plateau_loss(setting.task, baseline, setting.steps)
         previous = int(previous_token_scores(baseline.module, held_out[0]).argmax())
         runs = {NO_CLAMP: baseline, **{name: train(named) for name, named in setting.clamps.items()}}
         runs[ABLATE_PREVIOUS] = train((clamps.Ablate(f"L0H{previous}"),))

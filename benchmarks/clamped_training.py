@@ -6,7 +6,7 @@ One training step (forward, backward, AdamW update), in two cases: the default i
 heads, d_model 64, batch 64 x 48 tokens; compute dominates) and the few-shot model (2 layers x 8 heads, float
 inputs, batch 128 x 5 positions; per-call overhead dominates), timed for:
 
-- the plain native module (`models.unwrapped`), unclamped and with each clamp of `circuits.clamps`
+- the plain native module (`models.native_copy`), unclamped and with each clamp of `circuits.clamps`
   (torch hooks on its submodules: what `clamped_training` and the analysis train);
 - the TransformerBridge, unclamped and with the same previous-token clamp written as a TransformerLens
   ``hook_pattern`` hook (what `circuits.training.train(hooks=...)` would run).
@@ -88,7 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, float]]:
 
 def compare(bridge: Any, inputs: torch.Tensor, targets: torch.Tensor, steps: int, rounds: int) -> dict[str, float]:
     """Median seconds per step of each configuration, over `rounds` interleaved rounds of `steps` steps."""
-    native = models.unwrapped(bridge)
+    native = models.native_copy(bridge)
     native_clamps = {
         "Ablate L1H0": [clamps.Ablate("L1H0")], "Ablate L1H0 (mean)": [clamps.Ablate("L1H0", "mean")],
         "PreviousToken L0H0": [clamps.PreviousToken("L0H0")], "Match L1H0": [clamps.Match("L1H0")],

@@ -1,15 +1,19 @@
-"""The contract between tasks and engines: `PromptBatch` and the `Task` protocol.
+"""The contract between tasks and engines: `PromptBatch`, the `Task` protocol, and `TrainableTask` for the
+engines that train (clamped training).
 
-Engines import this module, never the `tasks` package: any object with the members of `Task`
-is a task (no `isinstance` checks against our classes).
+Engines import this module, never the `tasks` package: any object with the members of `Task` is a task (no
+`isinstance` checks against our classes; the protocols are structural). `TrainingDefaults` gives a task the
+optional parts of `TrainableTask` (next-token loss, held-out batches from the training sampler, AdamW settings).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, replace
 from typing import Any, Optional, Protocol, Union, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -138,3 +142,77 @@ class Task(Protocol):
     def metric(self, logits: Float[Tensor, "batch d_vocab_out"], batch: PromptBatch) -> Float[Tensor, " batch"]: ...
 
     def default_model(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """A task's optimiser settings for the training loop (AdamW) and the loss of its plateau, if known."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    grad_clip: Optional[float] = 1.0
+    plateau_loss: Optional[float] = None  # e.g. chance level; None: read off the unablated run's curve
+
+
+@runtime_checkable
+class TrainableTask(Task, Protocol):
+    """What training a model on a task needs (clamped training, `circuits.clamped_runs`).
+
+    - ``training_sample(generator) -> (inputs, targets)``: a training batch (token ids or float inputs);
+    - ``training_loss(outputs, targets)``: the loss on full-sequence outputs;
+    - ``held_out_sample(n, seed) -> (inputs, targets)``: `n` rows no training batch uses;
+    - ``training_settings() -> TrainingSettings``;
+    - ``resized(train_batch) -> TrainableTask``: the same task with training batches of that size.
+
+    `TrainingDefaults` gives all but ``training_sample``.
+    """
+
+    def training_sample(self, generator: torch.Generator) -> tuple[Tensor, Tensor]: ...
+
+    def training_loss(self, outputs: Tensor, targets: Tensor) -> Tensor: ...
+
+    def held_out_sample(self, n: int, seed: int) -> tuple[Tensor, Tensor]: ...
+
+    def training_settings(self) -> TrainingSettings: ...
+
+    def resized(self, train_batch: int) -> "TrainableTask": ...
+
+
+TRAINABLE_MEMBERS = ("training_sample", "training_loss", "held_out_sample", "training_settings", "resized")
+
+
+def missing_training_members(task: Any) -> list[str]:
+    """The members of `TrainableTask` that `task` lacks."""
+    return [name for name in TRAINABLE_MEMBERS if not callable(getattr(task, name, None))]
+
+
+def next_token_loss(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy of full-sequence outputs against integer targets; ``-100`` is ignored."""
+    return F.cross_entropy(outputs.flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+
+class TrainingDefaults:
+    """Mixin for a task dataclass with ``training_sample``: the other members of `TrainableTask` (next-token
+    loss, held-out rows from the sampler, settings from the task's attributes, resizing its ``train_batch``)."""
+
+    def training_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return next_token_loss(outputs, targets)
+
+    def held_out_sample(self, n: int, seed: int) -> tuple[Tensor, Tensor]:
+        """At least `n` rows from the training sampler seeded with `seed` (callers pick a seed no training run
+        uses), cut to `n`."""
+        generator = torch.Generator().manual_seed(seed)
+        parts = [self.training_sample(generator)]
+        while sum(p[0].shape[0] for p in parts) < n:
+            parts.append(self.training_sample(generator))
+        return torch.cat([p[0] for p in parts])[:n], torch.cat([p[1] for p in parts])[:n]
+
+    def training_settings(self) -> TrainingSettings:
+        """`TrainingSettings` from the task's own attributes of the same names (``lr``, ``weight_decay``,
+        ``grad_clip``, ``plateau_loss``: a dataclass field or property), the defaults for the others."""
+        names = [field.name for field in dataclasses.fields(TrainingSettings)]
+        return TrainingSettings(**{name: getattr(self, name) for name in names if hasattr(self, name)})
+
+    def resized(self, train_batch: int) -> Any:
+        """The same task with training batches of `train_batch` rows (its ``train_batch`` field)."""
+        return dataclasses.replace(self, train_batch=train_batch)

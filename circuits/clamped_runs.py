@@ -1,95 +1,97 @@
 """Training runs with clamps, for the clamped-training engine and the induction-formation analysis.
 
-A run trains a plain native copy of a toy model (`models.unwrapped`) with clamps installed as torch hooks
+A run trains a plain native copy of a toy model (`models.native_copy`) with clamps installed as torch hooks
 (`circuits.clamps`), on the task's own training objective, and records the held-out loss along the way. Every
 run of a comparison starts from the same weights and sees the same batches in the same order (one seed for
 the data generator and torch), so differences between runs come from the clamps alone.
 
-What a task provides for training (any of it may be missing):
-- ``training_sample(generator) -> (inputs, targets)``: a training batch (token ids or float inputs);
-- ``training_loss(outputs, targets)`` or ``loss(outputs, targets)``: the loss on full-sequence outputs;
-  default: next-token cross-entropy over integer targets, ``-100`` ignored.
-Without ``training_sample`` the batches come from ``task.batch`` (clean prompts), trained to put the answer
-at the read-out position (cross-entropy), which needs integer answers.
+What a task provides for training is the `TrainableTask` protocol (`circuits._task`): a training sampler, a loss,
+held-out rows and its optimiser settings (`TrainingDefaults` supplies all but the sampler). A task without it
+(`trainable`) trains on its own prompts instead, to put the answer at the read-out position (cross-entropy),
+which needs integer answers; a task that can do neither is refused with a typed error naming what it lacks.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from circuits import clamps as clamp_hooks
 from circuits import training
+from circuits._task import (TrainableTask, TrainingDefaults, TrainingSettings, missing_training_members,
+                            next_token_loss)
 from circuits.errors import IncompatibleModelError, InvalidOptionError
 
 Sampler = Callable[[torch.Generator], tuple[Tensor, Tensor]]
 HELD_OUT_OFFSET = 1_000_003  # the held-out generator's seed is the run's seed plus this: never a training batch
 
 
-def next_token_loss(outputs: Tensor, targets: Tensor) -> Tensor:
-    return F.cross_entropy(outputs.flatten(0, 1), targets.flatten(), ignore_index=-100)
-
-
 @dataclass(frozen=True)
-class Objective:
-    """How to train a model on a task: a batch sampler and a loss on full-sequence outputs."""
+class PromptTraining(TrainingDefaults):
+    """A plain task (no `TrainableTask` members) made trainable: its clean prompts as training batches, the
+    answer as the target at each read-out position (-100 elsewhere)."""
 
-    sample: Sampler
-    loss: Callable[[Tensor, Tensor], Tensor]
-    held_out_sample: Optional[Callable[[int, int], tuple[Tensor, Tensor]]] = None  # the task's test set, if any
+    task: Any
+    model: Any
+    train_batch: int = 32
 
-    @classmethod
-    def of(cls, task: Any, model: Any, batch_size: Optional[int] = None) -> "Objective":
-        loss = getattr(task, "training_loss", None) or getattr(task, "loss", None) or next_token_loss
-        sample = getattr(task, "training_sample", None)
-        test = getattr(task, "held_out_sample", None)
-        if sample is not None and batch_size is None:
-            return cls(sample, loss, test)
-        if sample is not None:
-            return cls(_resized(task, batch_size), loss, test)
-        return cls(_from_prompts(task, model, batch_size or 32), next_token_loss)
+    @property
+    def name(self) -> str:
+        return self.task.name
 
-    def held_out(self, n: int, seed: int) -> tuple[Tensor, Tensor]:
-        """The task's ``held_out_sample(n, seed)`` if it has one (e.g. held-out label pairs), else at least `n`
-        rows from a generator no training batch uses, cut to `n`."""
-        if self.held_out_sample is not None:
-            return self.held_out_sample(n, seed + HELD_OUT_OFFSET)
-        generator = torch.Generator().manual_seed(seed + HELD_OUT_OFFSET)
-        parts = [self.sample(generator)]
-        while sum(p[0].shape[0] for p in parts) < n:
-            parts.append(self.sample(generator))
-        return torch.cat([p[0] for p in parts])[:n], torch.cat([p[1] for p in parts])[:n]
+    def batch(self, model: Any, n: int, seed: int) -> Any:
+        return self.task.batch(model, n, seed)
 
+    def metric(self, logits: Tensor, batch: Any) -> Tensor:
+        return self.task.metric(logits, batch)
 
-def _resized(task: Any, batch_size: int) -> Sampler:
-    if not hasattr(task, "train_batch"):
-        raise InvalidOptionError(f"task {task.name!r} has no train_batch to resize; leave batch_size=None")
-    resized = dataclasses.replace(task, train_batch=batch_size)
-    return resized.training_sample
+    def default_model(self) -> Any:
+        return self.task.default_model()
 
-
-def _from_prompts(task: Any, model: Any, batch_size: int) -> Sampler:
-    probe = task.batch(model, n=1, seed=0)
-    if probe.answer.is_floating_point():
-        raise IncompatibleModelError(
-            f"task {task.name!r} has no training_sample and float answers: clamped training cannot train on it")
-
-    def sample(generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def training_sample(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
-        batch = task.batch(model, n=batch_size, seed=seed)
+        batch = self.task.batch(self.model, n=self.train_batch, seed=seed)
         targets = torch.full(batch.clean.shape[:2], -100, dtype=torch.long)
         targets[torch.arange(batch.size), batch.position] = batch.answer.long()
         return batch.clean, targets
 
-    return sample
+
+def trainable(task: Any, model: Any, batch_size: Optional[int] = None) -> TrainableTask:
+    """`task` itself (resized to `batch_size` if given) when it is a `TrainableTask`; else `PromptTraining` on its
+    prompts where its answers are token ids; else `IncompatibleModelError` naming the members it lacks."""
+    if isinstance(task, TrainableTask):
+        return task if batch_size is None else task.resized(batch_size)
+    missing = missing_training_members(task)
+    if model is None or task.batch(model, n=1, seed=0).answer.is_floating_point():
+        raise IncompatibleModelError(f"task {task.name!r} cannot be trained on: it lacks {', '.join(missing)} "
+                                     "(circuits.TrainableTask), and float answers give no token targets to train "
+                                     "on its prompts instead")
+    return PromptTraining(task, model, batch_size or 32)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """How to train a model on a task: a batch sampler, a loss on full-sequence outputs, held-out rows."""
+
+    sample: Sampler
+    loss: Callable[[Tensor, Tensor], Tensor]
+    held_out_sample: Callable[[int, int], tuple[Tensor, Tensor]]
+
+    @classmethod
+    def of(cls, task: Any, model: Any, batch_size: Optional[int] = None) -> "Objective":
+        trained = trainable(task, model, batch_size)
+        return cls(trained.training_sample, trained.training_loss, trained.held_out_sample)
+
+    def held_out(self, n: int, seed: int) -> tuple[Tensor, Tensor]:
+        """`n` held-out rows for a run with `seed`: the task's ``held_out_sample`` with a seed no training batch
+        uses (e.g. few_shot's held-out label pairs)."""
+        return self.held_out_sample(n, seed + HELD_OUT_OFFSET)
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,14 @@ class Settings:
             raise InvalidOptionError(f"steps and eval_every must be >= 1; got {self.steps}, {self.eval_every}")
         if not self.lr > 0:
             raise InvalidOptionError(f"lr must be > 0; got {self.lr}")
+
+    @classmethod
+    def for_task(cls, task: Any, steps: int, eval_every: int, seed: int, lr: Optional[float] = None) -> "Settings":
+        """The task's own optimiser settings (`TrainableTask.training_settings`; the defaults of
+        `TrainingSettings` for a task trained on its prompts), with `lr` overriding the task's if given."""
+        own = task.training_settings() if isinstance(task, TrainableTask) else TrainingSettings()
+        return cls(steps=steps, lr=lr or own.lr, weight_decay=own.weight_decay, grad_clip=own.grad_clip,
+                   eval_every=eval_every, seed=seed)
 
 
 @dataclass
@@ -170,3 +180,13 @@ def train_clamped(initial: Any, objective: Objective, clamps: Sequence[Any], set
     run.module = module if keep_module else None
     return run
 
+
+
+def plateau_loss(task: Any, baseline: Run, steps: int) -> float:
+    """The loss of the task's plateau (`TrainingSettings.plateau_loss`) if it names one, else the unablated
+    run's held-out loss at 10% of the steps."""
+    own = task.training_settings().plateau_loss if isinstance(task, TrainableTask) else None
+    if own is not None:
+        return float(own)
+    at = next(i for i, s in enumerate(baseline.steps) if s >= 0.1 * steps and s > 0)
+    return baseline.loss[at]

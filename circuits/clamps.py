@@ -31,8 +31,8 @@ from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
 from circuits import _compat, models
-from circuits.errors import IncompatibleModelError, InvalidBatchError, InvalidOptionError, UnknownNameError
-from circuits.graph import Head
+from circuits.errors import IncompatibleModelError, InvalidBatchError, InvalidOptionError
+from circuits.nodes import Head
 
 Pattern = Float[Tensor, "batch head query key"]
 
@@ -53,18 +53,6 @@ class Clamp(Protocol):
 
 
 # --- shared checks --------------------------------------------------------------------------------------
-def head_of(cfg: Any, name: Union[str, Head], what: str) -> Head:
-    """`name` parsed and checked against the config: `UnknownNameError` naming the head and the valid range."""
-    valid = [f"L0H0 .. L{cfg.n_layers - 1}H{cfg.n_heads - 1}"]
-    try:
-        head = Head.parse(name)
-    except UnknownNameError:
-        raise UnknownNameError(f"head for {what}", name, valid) from None
-    if head.layer >= cfg.n_layers or head.head >= cfg.n_heads:
-        raise UnknownNameError(f"head for {what}", str(head), valid)
-    return head
-
-
 def check_inputs(cfg: Any, inputs: Tensor, what: str) -> None:
     """Prompts a pattern clamp can fit: ``[batch, pos]`` ids or ``[batch, pos, d_model]`` floats, 2 <= pos <= n_ctx."""
     if inputs.ndim not in (2, 3) or (inputs.ndim == 3 and inputs.shape[-1] != cfg.d_model):
@@ -94,7 +82,7 @@ class PatternClamp:
         raise NotImplementedError
 
     def check(self, cfg: Any, inputs: Tensor) -> None:
-        head_of(cfg, self.head, type(self).__name__)
+        Head.in_model(cfg, self.head, what=f"head for {type(self).__name__}")
         check_inputs(cfg, inputs, type(self).__name__)
 
     def apply(self, pattern: Pattern, state: ClampState, h: int) -> Pattern:
@@ -190,7 +178,7 @@ class Ablate:
             raise InvalidOptionError(f"Ablate.mode={self.mode!r}; expected 'zero' or 'mean'")
 
     def check(self, cfg: Any, inputs: Tensor) -> None:
-        head_of(cfg, self.head, "Ablate")
+        Head.in_model(cfg, self.head, what="head for Ablate")
 
     def install(self, module: Any, state: ClampState) -> list[RemovableHandle]:
         head = Head.parse(self.head)
@@ -215,7 +203,7 @@ class Copy:
     head: Union[str, Head]
 
     def check(self, cfg: Any, inputs: Tensor) -> None:
-        head_of(cfg, self.head, "Copy")
+        Head.in_model(cfg, self.head, what="head for Copy")
 
     def install(self, module: Any, state: ClampState) -> list[RemovableHandle]:
         head = Head.parse(self.head)
@@ -283,8 +271,8 @@ def _inputs_of(args: tuple, kwargs: dict) -> Tensor:
 def attached(module: Any, clamps: Sequence[Clamp]) -> Iterator[ClampState]:
     """`clamps` installed on a plain native module for the duration of the block (hooks removed afterwards)."""
     if not isinstance(module, models.NativeModel) or _compat.is_wrapped(module):
-        raise IncompatibleModelError(f"clamps attach to a plain native module (models.native(config)); got "
-                                     f"{type(module).__name__} (use models.unwrapped(bridge) for a bridge)")
+        raise IncompatibleModelError(f"clamps attach to a plain native module (models.new_native(config)); got "
+                                     f"{type(module).__name__} (use models.native_copy(bridge) for a bridge)")
     state = ClampState()
 
     def remember_inputs(_module: Any, args: tuple, kwargs: dict) -> None:

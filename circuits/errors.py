@@ -42,6 +42,17 @@ class RenamedOptionError(InvalidOptionError, TypeError):
         super().__init__(f"{where}: {old!r} was renamed; use {new}")
 
 
+class RenamedError(CircuitsError, AttributeError):
+    """A function under its old name (a module attribute); the message names the new one (see CHANGELOG.md)."""
+
+    def __init__(self, where: str, old: str, new: str):
+        self.where, self.old, self.new = where, old, new
+        super().__init__(f"{where}.{old} was renamed; use {new}")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
 class MixedEffectsError(InvalidOptionError):
     """Edges that measure different effects (direct, total, ...) selected together; the message lists them."""
 

@@ -30,7 +30,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuits.errors import InvalidOptionError, MissingOptionError, MixedEffectsError, RenamedOptionError
+from circuits.errors import InvalidOptionError, MissingOptionError, MixedEffectsError, RenamedError, RenamedOptionError
 from circuits.nodes import EMBED, LOGITS, MLP, Head, Input, Node, Readout, all_heads, parse_node
 
 __all__ = ["EFFECTS", "EMBED", "LOGITS", "RANKINGS", "Head", "HeadGraph", "all_heads"]
@@ -43,7 +43,7 @@ _RENAMED = {"head_name": "circuits.nodes.Head(layer, head).name", "parse_head": 
 
 def __getattr__(name: str) -> Any:
     if name in _RENAMED:
-        raise RenamedOptionError("circuits.graph", name, _RENAMED[name])
+        raise RenamedError("circuits.graph", name, _RENAMED[name])
     raise AttributeError(f"module 'circuits.graph' has no attribute {name!r}")
 
 

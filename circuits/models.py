@@ -28,7 +28,8 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from circuits import _compat, training
 from circuits._compat import NativeModel
-from circuits.errors import DamagedCacheWarning, IncompatibleModelError, InvalidOptionError, MissingDependencyError
+from circuits.errors import (DamagedCacheWarning, IncompatibleModelError, InvalidOptionError, MissingDependencyError,
+                             RenamedError)
 
 BUNDLED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -86,7 +87,7 @@ class ToyConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def native(config: ToyConfig) -> NativeModel:
+def new_native(config: ToyConfig) -> NativeModel:
     """A seeded, randomly initialised native module (plain torch; train this, then `wrap` it)."""
     cfg = config.bridge_config()
     with torch.random.fork_rng(devices=[]):
@@ -120,7 +121,7 @@ def wrap(module: NativeModel, config: ToyConfig) -> TransformerBridge:
 def toy(config: Optional[ToyConfig] = None, **fields: Any) -> TransformerBridge:
     """A randomly initialised toy model: ``toy(n_layers=2, n_heads=8)`` or ``toy(ToyConfig(...))``."""
     config = config or ToyConfig(**fields)
-    return wrap(native(config), config)
+    return wrap(new_native(config), config)
 
 
 def native_module(bridge: TransformerBridge) -> NativeModel:
@@ -128,13 +129,13 @@ def native_module(bridge: TransformerBridge) -> NativeModel:
     return _compat.native_module(bridge)
 
 
-def unwrapped(model: Any) -> NativeModel:
+def native_copy(model: Any) -> NativeModel:
     """A plain native module with the weights (and frozen flags, causal masks) of a toy bridge or native
     module: a copy to train fast, with torch hooks on its own submodules (`circuits.clamps`)."""
     try:
         return _compat.unwrapped_copy(model)
     except TypeError as error:
-        raise IncompatibleModelError(f"{error}; expected a toy model (models.toy / models.native / "
+        raise IncompatibleModelError(f"{error}; expected a toy model (models.toy / models.new_native / "
                                      "a task's default toy model)") from None
 
 
@@ -162,12 +163,12 @@ def cached(config: ToyConfig, train: Callable[[NativeModel], Any], **training_sp
     key = config.key(recipe=recipe_fingerprint(train), **training_spec)
 
     def read(path: Path) -> TransformerBridge:
-        module = native(config)
+        module = new_native(config)
         module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return wrap(module, config)
 
     def build(path: Path) -> TransformerBridge:
-        module = native(config)
+        module = new_native(config)
         train(module)
         tmp = path.with_suffix(".tmp")
         torch.save(module.state_dict(), tmp)
@@ -318,3 +319,13 @@ def _keep_converted(hf_model: Any, tokenizer: Any, path: Path) -> tuple[Any, Any
 def load(name: str, **kwargs: Any) -> TransformerBridge:
     """Any model TransformerLens 4 supports, from the Hugging Face hub (needs network access)."""
     return TransformerBridge.boot_transformers(name, **kwargs).eval()
+
+
+_RENAMED = {"native": "circuits.models.new_native(config) (it builds a new module)",
+            "unwrapped": "circuits.models.native_copy(model) (it returns a copy)"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RENAMED:
+        raise RenamedError("circuits.models", name, _RENAMED[name])
+    raise AttributeError(f"module 'circuits.models' has no attribute {name!r}")

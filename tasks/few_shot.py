@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+from circuits._task import TrainingDefaults
 from circuits import PromptBatch, metrics, models, training
 from circuits.errors import IncompatibleModelError, InvalidOptionError
 
@@ -54,7 +55,7 @@ class Sequences:
 
 
 @dataclass(frozen=True)
-class FewShot:
+class FewShot(TrainingDefaults):
     name: str = "few_shot"
     n_classes: int = 1600
     class_norm: float = 4.0

@@ -28,6 +28,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from circuits._task import TrainingDefaults
 from circuits import PromptBatch, forward, metrics, models, training
 from circuits.errors import IncompatibleModelError, InvalidOptionError
 
@@ -109,7 +110,7 @@ def tokens(x: Tensor, y: Tensor, x_q: Tensor) -> Float[Tensor, "n pos d_model"]:
 
 
 @dataclass(frozen=True)
-class ICLRegression:
+class ICLRegression(TrainingDefaults):
     name: str = "icl_regression"
     d: int = 5
     L: int = 40
@@ -145,7 +146,7 @@ class ICLRegression:
         return tokens(s.x, s.y, s.x_q), s.y_q
 
     @staticmethod
-    def loss(outputs: Tensor, targets: Tensor) -> Tensor:
+    def training_loss(outputs: Tensor, targets: Tensor) -> Tensor:
         """Mean squared error of the prediction read at the query (last position)."""
         return ((outputs[:, -1, 0] - targets) ** 2).mean()
 
@@ -187,7 +188,7 @@ class ICLRegression:
         device = forward.input_device(model)
         with torch.no_grad():
             out = training.outputs(model, tokens(s.x, s.y, s.x_q).to(device))
-        return self.loss(out, s.y_q.to(device)).item()
+        return self.training_loss(out, s.y_q.to(device)).item()
 
     def train(self, module: Any, progress: bool = True, schedule: Schedule | None = None) -> list[dict[str, Any]]:
         """Train a native module in place (through `QueryReadout`); returns the evaluation history."""
@@ -198,7 +199,7 @@ class ICLRegression:
         try:
             for phase, (lr, steps) in enumerate(schedule or self.schedule):
                 history += training.train(
-                    QueryReadout(module), self.training_sample, self.loss, steps=steps, lr=lr, weight_decay=0.0,
+                    QueryReadout(module), self.training_sample, self.training_loss, steps=steps, lr=lr, weight_decay=0.0,
                     grad_clip=None, seed=self.seed + phase, eval_every=1000, progress=progress,
                     evaluate=lambda m: {"mse": self.validation_mse(m, n=2048)},
                     description=f"training icl_regression ({module.cfg.n_heads} heads, lr {lr:g})")

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+from circuits._task import TrainingDefaults
 from circuits import PromptBatch, metrics, models, training
 from circuits.errors import IncompatibleModelError, InvalidOptionError
 
@@ -40,7 +41,7 @@ class Prompts:
 
 
 @dataclass(frozen=True)
-class Induction:
+class Induction(TrainingDefaults):
     name: str = "induction"
     seq_len: int = 48
     min_length: int = 6

@@ -19,7 +19,7 @@ CONFIG = models.ToyConfig(n_layers=2, n_heads=3, d_model=12, d_vocab=10, n_ctx=9
 def pair(seed: int = 3):
     """A bridge and a plain copy with the same weights."""
     bridge = models.toy(CONFIG.__class__(**{**CONFIG.__dict__, "seed": seed}))
-    return bridge, models.unwrapped(bridge)
+    return bridge, models.native_copy(bridge)
 
 
 def tokens(seed: int, n: int = 4, n_pos: int = 9) -> torch.Tensor:

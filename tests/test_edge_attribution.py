@@ -198,7 +198,7 @@ def test_grouped_query_attention_equals_its_ungrouped_twin():
     must agree, so a query head's k/v edges are its own, not its group's."""
     grouped_config = config(attn_only=False, normalization="RMS", positional="rotary", n_kv_heads=2, seed=7)
     twin_config = config(attn_only=False, normalization="RMS", positional="rotary", seed=7)
-    grouped, twin = models.native(grouped_config), models.native(twin_config)
+    grouped, twin = models.new_native(grouped_config), models.new_native(twin_config)
     state = grouped.state_dict()
     repeats = grouped_config.n_heads // grouped_config.n_kv_heads
     for key, value in list(state.items()):

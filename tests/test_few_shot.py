@@ -59,7 +59,7 @@ def test_batch_swaps_the_labels_in_the_corrupted_prompt():
 
 
 def test_a_head_clamped_on_the_matching_label_has_induction_strength_one():
-    module = models.native(model_config())
+    module = models.new_native(model_config())
     with clamps.attached(module, [clamps.Match("L1H3")]):
         strengths = TASK.induction_strength(module, n=256)
     assert strengths[3].item() == pytest.approx(1.0)

@@ -38,7 +38,7 @@ def test_float_inputs_enter_the_residual_stream_directly():
 
 def test_frozen_parts_stay_zero_through_training():
     config = models.ToyConfig(n_layers=1, n_heads=2, d_model=8, d_vocab=6, positional="none", bias=False)
-    module = models.native(config)
+    module = models.new_native(config)
     sample = lambda g: (torch.randint(0, 6, (4, 5), generator=g), torch.randint(0, 6, (4, 5), generator=g))  # noqa
     loss = lambda out, y: torch.nn.functional.cross_entropy(out.flatten(0, 1), y.flatten())  # noqa: E731
     training.train(module, sample, loss, steps=5, progress=False)

@@ -20,7 +20,7 @@ def hand_built(omega: list[float], mu: list[float], d: int = 5, L: int = 40, x_d
     (ov_x, 0, ..., 0, μ_h): every pattern measure is known exactly."""
     heads = len(omega)
     config = model_config(heads, d, L)
-    module = prepare(circuits.models.native(config))
+    module = prepare(circuits.models.new_native(config))
     attn = module.layers[0].attn
     size = d + 1
     with torch.no_grad():
@@ -165,7 +165,7 @@ def test_hand_built_model_computes_the_softmax_estimator(task):
 
 @pytest.mark.parametrize("heads", [1, 4])
 def test_query_readout_matches_the_full_forward(task, heads):
-    module = prepare(circuits.models.native(model_config(heads, seed=heads)))
+    module = prepare(circuits.models.new_native(model_config(heads, seed=heads)))
     s = task.sample(8, torch.Generator().manual_seed(1))
     z = tokens(s.x, s.y, s.x_q)
     fast = QueryReadout(module)(inputs_embeds=z)

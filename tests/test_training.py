@@ -20,7 +20,7 @@ def loss(logits, targets):
 
 
 def test_same_seed_same_weights_and_mode_restored():
-    first, second = models.native(CONFIG), models.native(CONFIG)
+    first, second = models.new_native(CONFIG), models.new_native(CONFIG)
     first.eval()
     history = training.train(first, sample, loss, steps=20, seed=3, progress=False,
                              evaluate=lambda m: {"one": 1.0}, eval_every=10)
@@ -54,6 +54,6 @@ def test_clamped_training_keeps_the_clamp_on_every_step():
 
 def test_hooks_need_a_bridge_and_steps_must_be_positive():
     with pytest.raises(InvalidOptionError, match="NativeModel"):
-        training.train(models.native(CONFIG), sample, loss, steps=1, hooks=[("x", lambda t, hook: t)])
+        training.train(models.new_native(CONFIG), sample, loss, steps=1, hooks=[("x", lambda t, hook: t)])
     with pytest.raises(InvalidOptionError, match="steps must be >= 1; got 0"):
-        training.train(models.native(CONFIG), sample, loss, steps=0)
+        training.train(models.new_native(CONFIG), sample, loss, steps=0)

@@ -32,7 +32,8 @@ from circuits.comparison.faithfulness import MeanAblation, circuit_sizes, cmd, c
 from circuits.comparison.ranking import jaccard, ranked_heads, score_agreement, spearman, top_heads
 from circuits.engines.base import prompts, session
 from circuits.errors import InvalidOptionError, MismatchedGraphsError, UnknownNameError
-from circuits.graph import Head, HeadGraph
+from circuits.graph import HeadGraph
+from circuits.nodes import all_heads
 
 __all__ = ["Comparison", "Curve", "compare", "jaccard", "ranked_heads", "spearman", "top_heads"]
 
@@ -135,7 +136,7 @@ def compare(graphs: Union[Sequence[Any], Mapping[str, Any]], model: Any, task: A
     overlap = {(a, b): jaccard(top_heads(labelled[a], k), top_heads(labelled[b], k)) for a, b in pairs}
 
     generator = torch.Generator().manual_seed(seed)
-    every = [Head(layer, head).name for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
+    every = [head.name for head in all_heads(model)]
     with session(model):
         batch, reference = prompts(model, task, n, seed), prompts(model, task, n, reference_seed)
         ablation = MeanAblation.prepare(model, task, batch, reference, memory_mb=memory_mb)

@@ -27,7 +27,7 @@ from circuits.engines.kit import Baseline, chunks, copies_per_pass, metric_means
 from circuits.comparison.ranking import Numbers
 from circuits._task import PromptBatch
 from circuits.errors import InvalidOptionError
-from circuits.graph import Head
+from circuits.nodes import Head
 
 Masks = Bool[Tensor, "copies n_layers n_heads"]  # True: the head is in the circuit (kept)
 

@@ -13,7 +13,8 @@ from typing import Union
 import numpy as np
 
 from circuits.errors import InvalidOptionError
-from circuits.graph import Head, HeadGraph
+from circuits.graph import HeadGraph
+from circuits.nodes import all_heads
 
 Numbers = Union[Sequence[Union[int, float]], np.ndarray]
 
@@ -55,7 +56,7 @@ def ranked_heads(graph: HeadGraph) -> list[str]:
     """Every head of the graph's model, best first: by |score| descending, unscored heads last; ties (and the
     unscored heads) in layer-then-head order."""
     scores = graph.scores()
-    heads = [Head(layer, head).name for layer in range(graph.n_layers) for head in range(graph.n_heads)]
+    heads = [head.name for head in all_heads(graph)]  # a graph has n_layers and n_heads, as a config does
     return sorted(heads, key=lambda name: (name not in scores, -abs(scores.get(name, 0.0))))
 
 

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from circuits import clamps as clamp_lib
 from circuits import forward, models
-from circuits.clamped_runs import Objective, Run, Settings, train_clamped
+from circuits.clamped_runs import Objective, Run, Settings, plateau_loss, train_clamped
 from circuits.engines import base
 from circuits.engines.kit import Measurement
 from circuits.errors import IncompatibleModelError, InvalidOptionError, UndefinedScoreError
@@ -115,11 +115,11 @@ class ClampedTraining(base.EngineBase):
             clamp_lib.check_all([clamp_lib.Ablate(h, self.mode) for h in heads], initial.cfg, held_out[0])
             if reference is not initial:
                 _check_parity(reference, initial, batch)
-            settings = training_settings(task, self.steps, self.eval_every, seed, self.lr)
+            settings = Settings.for_task(task, self.steps, self.eval_every, seed, self.lr)
             jobs = {"": ()} | {h: (clamp_lib.Ablate(h, self.mode),) for h in heads}
             ablated = self._train(initial, objective, settings, held_out, jobs)
             baseline = ablated.pop("")
-            plateau = self._plateau(task, baseline, settings)
+            plateau = self.plateau if self.plateau is not None else plateau_loss(task, baseline, settings.steps)
             top = sorted(ablated, key=lambda h: -abs(ablated[h].final_loss - baseline.final_loss))[: self.interaction_heads]
             pairs = {f"{a}+{b}": (clamp_lib.Ablate(a, self.mode), clamp_lib.Ablate(b, self.mode))
                      for a, b in combinations(sorted(top, key=Head.parse), 2)}
@@ -162,14 +162,6 @@ class ClampedTraining(base.EngineBase):
             return [str(h) for h in all_heads(cfg)]
         return [Head.in_model(cfg, h, what="head for clamped_training heads").name for h in self.heads]
 
-    def _plateau(self, task: Any, baseline: Run, settings: Settings) -> float:
-        if self.plateau is not None:
-            return self.plateau
-        if getattr(task, "plateau_loss", None) is not None:
-            return float(task.plateau_loss)
-        at = next(i for i, s in enumerate(baseline.steps) if s >= 0.1 * settings.steps and s > 0)
-        return baseline.loss[at]
-
     def _train(self, initial: Any, objective: Objective, settings: Settings, held_out: Any,
                jobs: dict[str, tuple]) -> dict[str, Run]:
         """One run per job (extra clamps first), in order, or in `workers` processes; a progress bar over runs."""
@@ -191,13 +183,6 @@ class ClampedTraining(base.EngineBase):
         return dict(zip(jobs, results))
 
 
-def training_settings(task: Any, steps: int, eval_every: int, seed: int, lr: Optional[float] = None) -> Settings:
-    """The task's own optimiser settings where it names them (``lr``, ``weight_decay``, ``grad_clip``), else
-    those of `circuits.training.train`."""
-    return Settings(steps=steps, lr=lr or getattr(task, "lr", 1e-3), weight_decay=getattr(task, "weight_decay", 0.01),
-                    grad_clip=getattr(task, "grad_clip", 1.0), eval_every=eval_every, seed=seed)
-
-
 def _train_job(args: tuple) -> Run:
     return train_clamped(*args)
 
@@ -211,9 +196,9 @@ def _summary(run: Run, baseline: Run, threshold: float) -> dict[str, Any]:
 def _starting_point(model: Any) -> tuple[Any, Any]:
     """(plain native module to copy for every run, the model prompts are validated against)."""
     if isinstance(model, models.ToyConfig):
-        module = models.native(model)
+        module = models.new_native(model)
         return module, module
-    initial = models.unwrapped(model)  # IncompatibleModelError for models that are not toys
+    initial = models.native_copy(model)  # IncompatibleModelError for models that are not toys
     return initial, model
 
 
