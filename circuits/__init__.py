@@ -10,10 +10,10 @@ functions `compare` and `sweep` live in the modules `circuits.comparison` and `c
 `Spec`, ...), so that a module never hides behind a function of the same name.
 """
 
-from circuits import clamped_runs, clamps, engines, errors, forward, hooks, metrics, models, training
+from circuits import clamped_runs, clamps, engines, errors, forward, hooks, metrics, models, nodes, training
 from circuits._discovery import discover
 from circuits._registry import Registry
-from circuits._task import PromptBatch, Task
+from circuits._task import PromptBatch, Task, TrainableTask, TrainingDefaults, TrainingSettings
 from circuits.comparison import compare
 from circuits._version import package_version
 from circuits.engines.base import Engine
@@ -22,5 +22,6 @@ from circuits.sweeps import sweep
 
 __version__ = package_version()  # of the installed distribution, tl-circuits
 
-__all__ = ["EMBED", "LOGITS", "Engine", "Head", "HeadGraph", "PromptBatch", "Registry", "Task", "clamped_runs", "clamps",
-           "compare", "discover", "engines", "errors", "forward", "hooks", "metrics", "models", "sweep", "training"]
+__all__ = ["EMBED", "LOGITS", "Engine", "Head", "HeadGraph", "PromptBatch", "Registry", "Task", "TrainableTask",
+           "TrainingDefaults", "TrainingSettings", "clamped_runs", "clamps", "compare", "discover", "engines", "errors",
+           "forward", "hooks", "metrics", "models", "nodes", "sweep", "training"]

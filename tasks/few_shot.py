@@ -29,8 +29,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from circuits._task import TrainingDefaults
-from circuits import PromptBatch, metrics, models, training
+from circuits import PromptBatch, TrainingDefaults, metrics, models, training
 from circuits.errors import IncompatibleModelError, InvalidOptionError
 
 N_LABELS = 5

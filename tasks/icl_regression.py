@@ -28,8 +28,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuits._task import TrainingDefaults
-from circuits import PromptBatch, forward, metrics, models, training
+from circuits import PromptBatch, TrainingDefaults, forward, metrics, models, training
 from circuits.errors import IncompatibleModelError, InvalidOptionError
 
 DATA_VERSION = 1

@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from circuits._task import TrainingDefaults
-from circuits import PromptBatch, metrics, models, training
+from circuits import PromptBatch, TrainingDefaults, metrics, models, training
 from circuits.errors import IncompatibleModelError, InvalidOptionError
 
 DEFAULT_MODEL = models.ToyConfig(n_layers=2, n_heads=4, d_model=64, d_vocab=64, n_ctx=64, attn_only=True,
