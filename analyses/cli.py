@@ -1,5 +1,8 @@
 """The `circuits` console command: discover circuits, compare engines, run sweeps, list tasks and engines."""
 
+# Start-up stays light: `circuits --help`, `tasks`, `engines` and argument errors import neither torch nor
+# TransformerLens (`circuits` and `tasks` export lazily, names come from entry points); commands that run import
+# what they need inside their functions. tests/test_plugins.py checks it.
 from __future__ import annotations
 
 import argparse
@@ -21,6 +24,26 @@ def _table(graph: circuits.HeadGraph, k: int, by: str) -> str:
     rows = [f"top heads, ordered {ORDER[by]}:", f"{'rank':>4}  {'head':<8}{'score':>9}", "-" * 23]
     rows += [f"{i:>4}  {name:<8}{score:>9.4f}" for i, (name, score) in enumerate(graph.top(k, by=by), 1)]
     return "\n".join(rows)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1, refused while parsing (before any model loads)."""
+    return _at_least(1, text)
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    return _at_least(0, text)
+
+
+def _at_least(least: int, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected an integer >= {least}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{value} is too small; expected an integer >= {least}")
+    return value
 
 
 def _discover(args: argparse.Namespace) -> int:
@@ -74,9 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     discover.add_argument("--engine", default="activation_patching",
                           help=f"one of: {', '.join(circuits.engines.names())}")
     discover.add_argument("--out", default="out", help="folder for graph.json and graph.png")
-    discover.add_argument("--n", type=int, default=32, help="number of prompts")
+    discover.add_argument("--n", type=positive_int, default=32, help="number of prompts")
     discover.add_argument("--seed", type=int, default=0)
-    discover.add_argument("--top", type=int, default=10, help="rows of the printed table")
+    discover.add_argument("--top", type=positive_int, default=10, help="rows of the printed table")
     discover.add_argument("--direction", choices=["denoising", "noising"], default=None)
     discover.add_argument("--by", choices=["signed", "absolute"], default="signed",
                           help="rank heads by score or by |score| (the table and the picture alike)")
@@ -89,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", required=True, help="folder with one subfolder per cell, and results.csv")
     sweep.add_argument("--backend", choices=["local", "ray"], default="local")
     sweep.add_argument("--address", default=None, help="Ray cluster address ('auto': the running cluster)")
-    sweep.add_argument("--retries", type=int, default=2, help="restarts of a worker that dies (Ray backend)")
+    sweep.add_argument("--retries", type=non_negative_int, default=2, help="restarts of a worker that dies (Ray backend)")
     sweep.add_argument("--retry-failed", action="store_true", help="rerun only the cells that failed")
     sweep.add_argument("--dry-run", action="store_true", help="print the cells and their status; run nothing")
     sweep.set_defaults(run=_sweep)

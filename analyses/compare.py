@@ -24,14 +24,16 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import circuits
 import tasks
-from circuits.comparison import Comparison
-from circuits.graph import HeadGraph
 from circuits.errors import InvalidOptionError
 from analyses._script import add_figure_arguments, at_most_two_threads
+
+if TYPE_CHECKING:  # imported when used: `circuits compare --help` (add_arguments) loads no torch
+    from circuits.comparison import Comparison
+    from circuits.graph import HeadGraph
 
 ENGINE_OPTIONS = {"path_patching": {"receivers": "logits", "per_input": False}, "cdt": {"receiver_count": 0}}
 BUNDLED = ("factual_recall", "capitals")  # tasks on SmolLM2: loaded once, smaller settings
@@ -69,7 +71,7 @@ def sweep_graphs(folder: Path, task_name: str, engine_names: Sequence[str]) -> d
     if len(set(engines)) < len(engines):
         raise InvalidOptionError(f"{folder}/results.csv has several seed-0 cells per engine for {task_name!r} "
                                  f"({sorted(engines)}); expected one each")
-    return {row["engine"]: HeadGraph.from_json(folder / row["folder"] / "graph.json") for row in rows}
+    return {row["engine"]: circuits.HeadGraph.from_json(folder / row["folder"] / "graph.json") for row in rows}
 
 
 def compare_task(task: Any, model: Any, settings: Settings, engine_names: Sequence[str],
@@ -178,7 +180,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", action="append", default=None,
                         help=f"a task to compare on (repeatable; default: all of {', '.join(tasks.names())})")
     parser.add_argument("--engine", action="append", default=None,
-                        help=f"an engine to compare (repeatable; default: all of {', '.join(circuits.engines.for_trained_models())})")
+                        help="an engine to compare (repeatable; default: every engine that scores a trained model as "
+                             f"it is, of {', '.join(circuits.engines.names())})")
     add_figure_arguments(parser, "out/compare", "fewer prompts and random draws (SmolLM2: 2 prompts)")
     parser.add_argument("--graphs", type=Path, default=None,
                         help="a `circuits sweep` output folder: use its seed-0 default-model graphs (make figures)")

@@ -19,7 +19,13 @@ class UnknownNameError(CircuitsError, KeyError):
 
 
 class DuplicateNameError(CircuitsError, ValueError):
-    """Registering a name twice."""
+    """A name registered twice (two distributions' entry points, or `register` of a taken name); the message
+    names both sources."""
+
+
+class PluginImportError(CircuitsError, ImportError):
+    """A task or engine whose code cannot be loaded (an entry point or a ``"module:attribute"`` name): the message
+    carries the real ImportError or AttributeError (also chained as ``__cause__``) and, where it can tell, why."""
 
 
 class InvalidBatchError(CircuitsError, ValueError):

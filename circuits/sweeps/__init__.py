@@ -14,8 +14,9 @@ any other exception is recorded too (``--retry-failed`` reruns it). A worker pro
 
 Backends: ``local`` runs cells in this process (no extra dependency); ``ray`` (`circuits.sweeps.ray_backend`, the
 ``[ray]`` extra) runs one actor per model, which keeps the model loaded across that model's cells.
-Task names resolve through the `tasks` package (or ``"module:attribute"`` for your own tasks), imported when
-a spec is read: the library itself knows no concrete task.
+Task and engine names resolve through the library's registries when a spec is read: the entry points of installed
+distributions (docs/plugins.md) or ``"module:attribute"`` for your own code; the library itself knows no concrete
+task and never imports the `tasks` package.
 """
 
 from __future__ import annotations

@@ -6,18 +6,17 @@ Read by `circuits.sweep` (see there and docs/sweep.md). Names and options are ch
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
 
-from circuits import engines
+from circuits._registry import ENGINES, TASKS, Registry
 from circuits._version import package_version
-from circuits.errors import InvalidOptionError, MissingDependencyError, UnknownNameError
+from circuits.errors import InvalidOptionError, MissingDependencyError
 
 SPEC_KEYS = ("tasks", "models", "engines", "seeds", "n")
 MODEL_SOURCES = ("default", "bundled", "toy", "hub")
@@ -29,21 +28,13 @@ def canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _resolve(name: str, registry: Callable[..., Any], options: dict[str, Any]) -> Any:
-    """``registry(name, **options)``, or for ``"module:attribute"`` that attribute called with the options."""
+def _resolve(name: str, registry: Registry[Any], options: dict[str, Any]) -> Any:
+    """``registry.get(name, **options)``: a registered name (entry points included) or ``"module:attribute"``; a name
+    that fails to import raises `PluginImportError` with the real error."""
     try:
-        if ":" not in name:
-            return registry(name, **options)
-        module, attribute = name.split(":", 1)
-        return getattr(importlib.import_module(module), attribute)(**options)
+        return registry.get(name, **options)
     except TypeError as error:  # an unknown keyword
         raise InvalidOptionError(f"{name!r} rejects options {options}: {error}") from None
-    except (ImportError, AttributeError) as error:
-        raise UnknownNameError("task or engine", name, ["a registered name", "'module:attribute'"]) from error
-
-
-def _task_registry(name: str, **options: Any) -> Any:
-    return importlib.import_module("tasks").get(name, **options)
 
 
 @dataclass(frozen=True)
@@ -52,7 +43,7 @@ class TaskSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
     def build(self) -> Any:
-        return _resolve(self.name, _task_registry, self.options)
+        return _resolve(self.name, TASKS, self.options)
 
     @property
     def label(self) -> str:
@@ -69,7 +60,7 @@ class EngineSpec:
     label: str = ""
 
     def build(self) -> Any:
-        return _resolve(self.name, engines.get, self.options)
+        return _resolve(self.name, ENGINES, self.options)
 
     def config(self) -> dict[str, Any]:
         """Name and every option, defaults included (so spelling out a default keeps the key)."""
