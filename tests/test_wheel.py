@@ -47,6 +47,7 @@ print("CHECKS " + json.dumps({
     "relations": facts.relation_names(),
     "gguf": str(models.bundled_gguf_path()),
     "scripts": scripts,
+    "registered": {"tasks": tasks.names(), "engines": circuits.engines.names()},  # from the wheel's entry points
     "top3": graph.top(3, by="absolute"),
 }))
 '''
@@ -106,6 +107,10 @@ def test_wheel_installs_and_runs_the_readme_example(tmp_path, induction_model):
     assert set(checks["relations"]) >= {"capital", "language"}  # the shipped facts are read as package data
     assert Path(checks["gguf"]).exists()  # the bundled-model loader finds SmolLM2's GGUF
     assert checks["scripts"] == {"circuits": "analyses.cli:main"} and (venv / "bin" / "circuits").exists()
+    # the wheel's entry points, once: the test venv's editable install is on sys.path too, under the same name
+    assert checks["registered"] == {
+        "tasks": ["capitals", "factual_recall", "few_shot", "icl_regression", "induction", "regular_languages"],
+        "engines": ["activation_patching", "cdt", "clamped_training", "edge_attribution", "path_patching"]}
     shown = ast.literal_eval(re.search(r'graph\.top\(3, by="absolute"\)\s+# (\[.*\])', code).group(1))
     assert [name for name, _ in checks["top3"]] == [name for name, _ in shown]
     assert [score for _, score in checks["top3"]] == pytest.approx([score for _, score in shown], abs=5e-4)
