@@ -112,7 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", required=True, help="folder with one subfolder per cell, and results.csv")
     sweep.add_argument("--backend", choices=["local", "ray"], default="local")
     sweep.add_argument("--address", default=None, help="Ray cluster address ('auto': the running cluster)")
-    sweep.add_argument("--retries", type=non_negative_int, default=2, help="restarts of a worker that dies (Ray backend)")
+    sweep.add_argument("--retries", type=non_negative_int, default=2,
+                       help="restarts of a worker that dies (Ray backend)")
     sweep.add_argument("--retry-failed", action="store_true", help="rerun only the cells that failed")
     sweep.add_argument("--dry-run", action="store_true", help="print the cells and their status; run nothing")
     sweep.set_defaults(run=_sweep)
