@@ -35,8 +35,8 @@ get = ENGINES.get
 names = ENGINES.names
 register = ENGINES.register
 
-__all__ = ["ActivationPatching", "CDT", "ClampedTraining", "EdgeAttribution", "Engine", "PathPatching", "for_trained_models",
-           "get", "names", "register"]
+__all__ = ["ActivationPatching", "CDT", "ClampedTraining", "EdgeAttribution", "Engine", "PathPatching",
+           "for_trained_models", "get", "names", "register"]
 
 __getattr__, __dir__ = _lazy.exports(__name__, {
     "ActivationPatching": "circuits.engines.activation_patching", "CDT": "circuits.engines.cdt",
