@@ -21,8 +21,8 @@ def test_library_example_runs_and_shows_its_own_numbers(tmp_path, monkeypatch, i
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(code, str(README), "exec"), namespace)
-    shown = ast.literal_eval(re.search(r'graph\.top\(3, by="absolute"\)\s+# (\[.*\])', code).group(1))
-    measured = namespace["graph"].top(3, by="absolute")
+    shown = ast.literal_eval(re.search(r'graph\.top\(3, by="signed"\)\s+# (\[.*\])', code).group(1))
+    measured = namespace["graph"].top(3, by="signed")
     assert [name for name, _ in measured] == [name for name, _ in shown]
     assert [score for _, score in measured] == pytest.approx([score for _, score in shown], abs=5e-4)
     assert (tmp_path / "g.json").exists() and (tmp_path / "g.png").exists()

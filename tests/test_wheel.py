@@ -48,7 +48,7 @@ print("CHECKS " + json.dumps({
     "gguf": str(models.bundled_gguf_path()),
     "scripts": scripts,
     "registered": {"tasks": tasks.names(), "engines": circuits.engines.names()},  # from the wheel's entry points
-    "top3": graph.top(3, by="absolute"),
+    "top3": graph.top(3, by="signed"),
 }))
 '''
 
@@ -111,7 +111,7 @@ def test_wheel_installs_and_runs_the_readme_example(tmp_path, induction_model):
     assert checks["registered"] == {
         "tasks": ["capitals", "factual_recall", "few_shot", "icl_regression", "induction", "regular_languages"],
         "engines": ["activation_patching", "cdt", "clamped_training", "edge_attribution", "path_patching"]}
-    shown = ast.literal_eval(re.search(r'graph\.top\(3, by="absolute"\)\s+# (\[.*\])', code).group(1))
+    shown = ast.literal_eval(re.search(r'graph\.top\(3, by="signed"\)\s+# (\[.*\])', code).group(1))
     assert [name for name, _ in checks["top3"]] == [name for name, _ in shown]
     assert [score for _, score in checks["top3"]] == pytest.approx([score for _, score in shown], abs=5e-4)
     assert (work / "g.json").exists() and (work / "g.png").exists()
