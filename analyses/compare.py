@@ -136,7 +136,7 @@ def run(task_names: Optional[Sequence[str]] = None, quick: bool = False, out: Pa
     already loaded (else the task's default model; SmolLM2 is loaded once for its tasks); `graphs` is a
     `circuits sweep` output folder whose seed-0 default-model graphs are used instead of running those engines."""
     start = time.perf_counter()
-    task_names = list(task_names or tasks.names())
+    task_names = list(task_names or tasks.ready_made())
     for name in task_names:
         tasks.get(name)  # an unknown task fails here, before any model loads
     engine_names = list(engine_names or circuits.engines.for_trained_models())

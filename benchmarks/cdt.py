@@ -75,7 +75,7 @@ def agreement(n: int = 32) -> dict[str, float]:
     import tasks
 
     out = {}
-    for name in tasks.names():
+    for name in tasks.ready_made():
         task = tasks.get(name)
         model = task.default_model()
         cdt = circuits.discover(model, task, engine="cdt", n=n, seed=0, receiver_count=0)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from circuits.errors import InvalidBatchError
+from circuits.errors import InvalidBatchError, InvalidTaskError
 
 Tokens = Int[Tensor, "batch pos"]
 Embeddings = Float[Tensor, "batch pos d_in"]
@@ -36,6 +36,9 @@ class PromptBatch:
     position: the read-out position of each prompt.
     full_length: the prompts' length before `trimmed` dropped the positions no read-out can see (None: the
         prompts are whole); `n_positions` reads it.
+    clean_logprobs: optional log-probabilities of the model's clean run at each read-out position
+        ``[batch, d_vocab_out]``, for metrics that compare a run with the clean distribution
+        (`circuits.metrics.kl_divergence`; `circuits.metrics.clean_logprobs` computes them).
     """
 
     # Plain `Tensor` fields: `validate` checks shapes with typed errors that name the bad values.
@@ -45,6 +48,9 @@ class PromptBatch:
     position: Tensor
     foil: Optional[Tensor] = None
     full_length: Optional[int] = None
+    clean_logprobs: Optional[Tensor] = None
+
+    PER_PROMPT = ("answer", "position", "foil", "clean_logprobs")  # fields with one row per prompt, beside the prompts
 
     @property
     def n_positions(self) -> int:
@@ -59,22 +65,21 @@ class PromptBatch:
     def size(self) -> int:
         return int(self.clean.shape[0])
 
+    def _each(self, change: Any) -> "PromptBatch":
+        """The batch with `change` applied to the prompts and every per-prompt field that is set."""
+        fields = ("clean", "corrupted", *self.PER_PROMPT)
+        return replace(self, **{name: change(getattr(self, name)) for name in fields if getattr(self, name) is not None})
+
     def to(self, device: Union[str, torch.device]) -> "PromptBatch":
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return replace(self, clean=move(self.clean), corrupted=move(self.corrupted), answer=move(self.answer),
-                       position=move(self.position), foil=move(self.foil))
+        return self._each(lambda t: t.to(device))
 
     def repeated(self, copies: int) -> "PromptBatch":
         """`copies` copies of this batch stacked along the batch axis (for stacked patched runs)."""
-        tile = lambda t: None if t is None else t.repeat(copies, *([1] * (t.ndim - 1)))  # noqa: E731
-        return replace(self, clean=tile(self.clean), corrupted=tile(self.corrupted), answer=tile(self.answer),
-                       position=tile(self.position), foil=tile(self.foil))
+        return self._each(lambda t: t.repeat(copies, *([1] * (t.ndim - 1))))
 
     def rows(self, rows: Union[range, slice]) -> "PromptBatch":
         """Prompts `rows` (a range or slice of the batch axis) with everything that belongs to them."""
-        pick = lambda t: None if t is None else t[rows.start:rows.stop]  # noqa: E731
-        return replace(self, clean=pick(self.clean), corrupted=pick(self.corrupted), answer=pick(self.answer),
-                       position=pick(self.position), foil=pick(self.foil))
+        return self._each(lambda t: t[rows.start:rows.stop])
 
     def trimmed(self, causal: bool) -> "PromptBatch":
         """In a causal model nothing after the last read-out position can change the result: those positions
@@ -101,7 +106,7 @@ class PromptBatch:
             raise InvalidBatchError("clean and corrupted must both be token ids or both be float inputs; "
                                     f"got dtypes {self.clean.dtype} and {self.corrupted.dtype}")
         n, n_pos = self.clean.shape[0], self.clean.shape[1]
-        for name in ("answer", "position", "foil"):
+        for name in self.PER_PROMPT:
             value = getattr(self, name)
             if value is not None and value.shape[0] != n:
                 raise InvalidBatchError(f"{name} has {value.shape[0]} rows; expected one per prompt ({n})")
@@ -111,6 +116,11 @@ class PromptBatch:
             raise InvalidBatchError(f"read-out positions must lie in [0, {n_pos}); got "
                                     f"{self.position.min().item()}..{self.position.max().item()}")
         cfg = model.cfg
+        d_vocab_out = getattr(cfg, "d_vocab_out", -1)
+        d_vocab_out = cfg.d_vocab if d_vocab_out in (None, -1) else d_vocab_out
+        if self.clean_logprobs is not None and tuple(self.clean_logprobs.shape) != (n, d_vocab_out):
+            raise InvalidBatchError(f"clean_logprobs has shape {tuple(self.clean_logprobs.shape)}; expected "
+                                    f"[batch, d_vocab_out] = ({n}, {d_vocab_out})")
         if n_pos > cfg.n_ctx:
             raise InvalidBatchError(f"prompts have {n_pos} positions; the model's context is n_ctx={cfg.n_ctx}")
         if self.is_continuous:
@@ -142,6 +152,19 @@ class Task(Protocol):
     def metric(self, logits: Float[Tensor, "batch d_vocab_out"], batch: PromptBatch) -> Float[Tensor, " batch"]: ...
 
     def default_model(self) -> Any: ...
+
+
+def check_task(task: Any) -> Any:
+    """`task` if it has the members engines use (`Task`); `InvalidTaskError` saying what to pass otherwise (a task's
+    name is not a task: ``tasks.get(name)`` is)."""
+    if isinstance(task, str):
+        raise InvalidTaskError(f"task {task!r} is a name; expected a task object, e.g. tasks.get({task!r}) "
+                               "(tasks.names() lists the names)")
+    missing = [member for member in ("name", "batch", "metric") if not hasattr(task, member)]
+    if missing:
+        raise InvalidTaskError(f"a {type(task).__name__} is not a task: it lacks {missing}; expected an object with "
+                               "name, batch(model, n, seed) and metric(logits, batch) (circuits.Task)")
+    return task
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,34 @@ class InvalidBatchError(CircuitsError, ValueError):
     """A PromptBatch that does not fit the model or is inconsistent with itself."""
 
 
+class UnequalLengthError(InvalidBatchError):
+    """A clean prompt and its corrupted twin of different token lengths (the read-out would sit at different
+    tokens); the message names the row and both lengths. Checked before padding, which would hide it."""
+
+
 class InvalidOptionError(CircuitsError, ValueError):
     """An engine or task option outside its allowed values."""
+
+
+class InvalidTaskError(InvalidOptionError, TypeError):
+    """Something passed as a task that is not one (a name instead of a task object, or an object without the
+    members of `circuits.Task`); the message says what to pass instead."""
+
+
+class PromptFileError(CircuitsError, ValueError):
+    """A prompt file or prompt records that cannot be read as asked: the message names the file, the line or row,
+    the bad value and what was expected. Raised before any model work."""
+
+
+class MultiTokenAnswerError(InvalidOptionError):
+    """An answer (or foil) that is more than one token under the model's tokenizer, or an answer tensor with more
+    than one token per prompt: the metrics read one logit per answer. The message names the answer and its
+    tokens (and, for prompt files, the file and row)."""
+
+
+class ModelNotFoundError(CircuitsError, OSError):
+    """A model that cannot be found: a folder that does not exist or holds no model, or a hub name that is not in
+    the local Hugging Face cache while the hub is out of reach (offline)."""
 
 
 class MissingOptionError(InvalidOptionError, TypeError):

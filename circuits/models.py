@@ -28,6 +28,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from circuits import _compat, training
 from circuits._compat import NativeModel
+from circuits._pretrained import load  # a folder or a hub name, with typed errors
 from circuits.errors import (DamagedCacheWarning, IncompatibleModelError, InvalidOptionError, MissingDependencyError,
                              RenamedError)
 
@@ -260,19 +261,31 @@ _PROBES = ("The capital of France is", "Context: Rome is the capital of Spain.\n
 
 
 def _bundled_hf() -> tuple[Any, Any]:
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     gguf = bundled_gguf_path()
-    versions = [gguf.name, gguf.stat().st_size, transformers.__version__, torch.__version__]
-    path = cache_dir() / f"smollm2-{hashlib.sha256(json.dumps(versions).encode()).hexdigest()[:16]}"
+    return _converted_gguf(gguf, f"smollm2-{_digest([gguf.name, gguf.stat().st_size, *_library_versions()])}")
+
+
+def _library_versions() -> list[str]:
+    import transformers
+
+    return [transformers.__version__, torch.__version__]
+
+
+def _digest(parts: list[Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+
+
+def _converted_gguf(gguf: Path, entry: str) -> tuple[Any, Any]:
+    """The Hugging Face model and tokenizer of a GGUF file, dequantised to float32, converted once and then read from
+    the cache entry `entry` (`_keep_converted` keeps a copy only if it reproduces the GGUF model exactly)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     def convert(path: Path) -> tuple[Any, Any]:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         hf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         return _keep_converted(hf_model.eval(), tokenizer, path)
 
-    return _cache_entry(path, _read_converted, convert, "converting the GGUF again")
+    return _cache_entry(cache_dir() / entry, _read_converted, convert, "converting the GGUF again")
 
 
 def _read_converted(path: Path) -> tuple[Any, Any]:
@@ -314,11 +327,6 @@ def _keep_converted(hf_model: Any, tokenizer: Any, path: Path) -> tuple[Any, Any
         shutil.rmtree(tmp, ignore_errors=True)
     # from the kept directory: TransformerLens reloads the tokenizer from its name_or_path (to add BOS)
     return reloaded, AutoTokenizer.from_pretrained(path)
-
-
-def load(name: str, **kwargs: Any) -> TransformerBridge:
-    """Any model TransformerLens 4 supports, from the Hugging Face hub (needs network access)."""
-    return TransformerBridge.boot_transformers(name, **kwargs).eval()
 
 
 _RENAMED = {"native": "circuits.models.new_native(config) (it builds a new module)",

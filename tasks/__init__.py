@@ -1,4 +1,5 @@
-"""Task registry: ``get(name, **options)`` returns a task; ``names()`` lists them; ``register(name, factory)``.
+"""Task registry: ``get(name, **options)`` returns a task; ``names()`` lists them; ``register(name, factory)``;
+``prompts(file_or_records, ...)`` makes a task of your own prompt pairs (`tasks.prompt_pairs`).
 
 Tasks are the entry points of the group ``tl_circuits.tasks`` of every installed distribution (this one's in
 pyproject.toml; another package declares its own the same way, docs/plugins.md). The registry is the library's
@@ -8,7 +9,7 @@ module is imported when its name is asked for, and the classes below on first us
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from circuits import _lazy
 from circuits._registry import TASKS
@@ -19,6 +20,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API reference
     from tasks.few_shot import FewShot
     from tasks.icl_regression import ICLRegression
     from tasks.induction import Induction
+    from tasks.prompt_pairs import PromptPairs, prompts
     from tasks.regular_languages import RegularLanguages
 
 # The registry's own methods are the public functions (``register`` refuses a name already taken).
@@ -26,11 +28,26 @@ get = TASKS.get
 names = TASKS.names
 register = TASKS.register
 
-__all__ = ["Capitals", "FactualRecall", "FewShot", "ICLRegression", "Induction", "RegularLanguages", "get", "names",
-           "register"]
+
+def ready_made() -> list[str]:
+    """The registered tasks that need no options (all but those built from your data, such as ``prompts``, which
+    needs a file): what "every task" means in comparisons and benchmarks. Imports each task's module."""
+    import inspect
+
+    def needs_nothing(factory: Any) -> bool:
+        try:
+            parameters = inspect.signature(factory).parameters.values()
+        except (TypeError, ValueError):  # no signature to read: assume it can be called bare
+            return True
+        return all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters)
+
+    return [name for name in names() if needs_nothing(TASKS.factory(name))]
+
+__all__ = ["Capitals", "FactualRecall", "FewShot", "ICLRegression", "Induction", "PromptPairs", "RegularLanguages", "get",
+           "names", "prompts", "ready_made", "register"]
 
 __getattr__, __dir__ = _lazy.exports(__name__, {
     "Capitals": "tasks.capitals", "FactualRecall": "tasks.factual_recall", "FewShot": "tasks.few_shot",
     "ICLRegression": "tasks.icl_regression", "Induction": "tasks.induction",
-    "RegularLanguages": "tasks.regular_languages",
+    "RegularLanguages": "tasks.regular_languages", "PromptPairs": "tasks.prompt_pairs", "prompts": "tasks.prompt_pairs",
 })

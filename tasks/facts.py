@@ -25,8 +25,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from circuits import PromptBatch, forward
-from circuits.errors import IncompatibleModelError, InvalidOptionError, UnknownNameError
+from circuits import PromptBatch, forward, tokens
+from circuits.errors import IncompatibleModelError, InvalidOptionError, MultiTokenAnswerError, UnknownNameError
+from circuits.tokens import padded  # noqa: F401 (tasks.facts.padded: the one padding, in the library)
 
 PLACEHOLDER = "{subject}"
 
@@ -44,10 +45,6 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
                  "Visitors flock to {subject} in the city of",
                  "Travellers go to see {subject} in the city of"),
 }
-
-
-class MultiTokenAnswerError(InvalidOptionError):
-    """An answer that is more than one token: the metrics read one logit per answer."""
 
 
 class TooFewFactsError(InvalidOptionError):
@@ -119,28 +116,15 @@ def is_single_token(model: Any, answer: str) -> bool:
     return len(encode(model, " " + answer, bos=False)) == 1
 
 
-def padded(prompts: Sequence[Sequence[int]], pad: int) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, " batch"]]:
-    """Right-padded token ids and each prompt's last position (causal models never see the padding)."""
-    width = max(len(p) for p in prompts)
-    tokens = torch.full((len(prompts), width), pad, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        tokens[i, : len(p)] = torch.tensor(p, dtype=torch.long)
-    return tokens, torch.tensor([len(p) - 1 for p in prompts], dtype=torch.long)
-
-
 def prompt_batch(model: Any, clean: Sequence[Sequence[int]], corrupted: Sequence[Sequence[int]],
                  answer: Sequence[int], foil: Sequence[int]) -> PromptBatch:
-    """A batch of equal-length clean/corrupted token prompts, right-padded, read out at each prompt's end."""
-    pad = pad_token(model)
-    clean_tokens, position = padded(clean, pad)
-    corrupted_tokens, _ = padded(corrupted, pad)
-    return PromptBatch(clean=clean_tokens, corrupted=corrupted_tokens, position=position,
-                       answer=torch.tensor(list(answer)), foil=torch.tensor(list(foil)))
+    """A batch of equal-length clean/corrupted token prompts, right-padded, read out at each prompt's end
+    (`circuits.tokens.paired`: a pair of unequal lengths is refused, naming the row)."""
+    return tokens.paired(clean, corrupted, answer, foil, pad=pad_token(model))
 
 
 def pad_token(model: Any) -> int:
-    tokenizer = model.tokenizer
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return tokens.pad_id(model)
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ ENGINES = [("activation_patching", {}), ("edge_attribution", {"method": "eap"}),
 
 def main(names: list[str]) -> int:
     failures = 0
-    for name in names or tasks.names():
+    for name in names or tasks.ready_made():
         task = tasks.get(name)
         task = task.quick() if name == "regular_languages" else task  # the default model trains for 36 min
         tied = name in ("factual_recall", "capitals")

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Optional, Protocol, runtime_checkable
 import torch
 
 from circuits._state import evaluation_mode, preserved
-from circuits._task import PromptBatch
+from circuits._task import PromptBatch, check_task
 from circuits._version import package_version
 from circuits.engines import kit
 from circuits.engines.kit import Baseline, Measurement, on_model
@@ -110,6 +110,7 @@ def session(model: Any, *, grad: bool = False) -> Iterator[Any]:
 
 def task_batch(model: Any, task: Any, n: int, seed: int) -> PromptBatch:
     """The task's batch of `n` prompts for `seed` (a warning when the task returns fewer)."""
+    check_task(task)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InvalidOptionError(f"n must be a positive number of prompts; got {n!r}")
     batch = task.batch(model, n=n, seed=seed)

@@ -63,8 +63,11 @@ def metric_means(task: Any, logits: Tensor, batch: PromptBatch, copies: int = 1)
     One call of the task's metric on the repeated batch, checked for shape and NaN."""
     stacked = batch if copies == 1 else batch.repeated(copies)
     values = task.metric(logits, stacked)
-    if values.shape != (stacked.size,):
-        raise MetricError(f"{task.name}.metric returned shape {tuple(values.shape)}; expected ({stacked.size},)")
+    if not isinstance(values, torch.Tensor) or values.shape != (stacked.size,):
+        shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+        stacking = "" if copies == 1 else f" (here {copies} stacked copies of them: shape ({stacked.size},))"
+        raise MetricError(f"{task.name}.metric returned {shape!r} for {batch.size} prompts; expected one value per "
+                          f"prompt, a tensor of shape ({batch.size},){stacking}: do not average over the batch")
     means = values.float().reshape(copies, batch.size).mean(1)
     if not torch.isfinite(means).all():
         raise MetricError(f"{task.name}.metric returned a non-finite value ({means.tolist()}) on this batch")
