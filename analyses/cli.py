@@ -13,6 +13,7 @@ from typing import Optional
 
 import circuits
 import tasks
+from analyses import _task_args, engine_options
 from analyses import compare as analyses_compare
 from circuits.errors import CircuitsError, InvalidOptionError
 
@@ -46,29 +47,56 @@ def _at_least(least: int, text: str) -> int:
     return value
 
 
+def _edges_table(graph: circuits.HeadGraph, k: int, by: str) -> str:
+    """The top `k` edges of each effect a graph engine measures (not the "total" head -> logits edges of activation
+    patching and CD-T, which repeat the node scores); empty for a graph without such edges."""
+    blocks = []
+    for effect in sorted(e for e in graph.effects() if e not in (None, "total")):
+        rows = [f"top edges (effect {effect!r}), ordered {ORDER[by]}:",
+                f"{'rank':>4}  {'sender':<8}  {'receiver':<10}{'score':>9}", "-" * 35]
+        rows += [f"{i:>4}  {u:<8}  {v:<10}{score:>9.4f}" for i, (u, v, score)
+                 in enumerate(graph.top_edges(k, by=by, effect=effect), 1)]
+        blocks.append("\n".join(rows))
+    return "\n\n".join(blocks)
+
+
 def _discover(args: argparse.Namespace) -> int:
+    # Everything that can be checked without a model is checked first: nothing loads, and nothing is written to
+    # --out, when the input is bad.
     out = Path(args.out)
-    if out.exists() and not out.is_dir():  # say so before the run, not after it
+    if out.exists() and not out.is_dir():
         raise InvalidOptionError(f"--out {str(out)!r} is a file; expected a folder (made if missing)")
-    engine = circuits.engines.get(args.engine, **({"direction": args.direction} if args.direction else {}))
-    task = tasks.get(args.task)
-    print(f"loading the default model of task {args.task!r} (trained and cached on first use)...", flush=True)
-    model = task.default_model()
-    graph = circuits.discover(model, task, engine=engine, n=args.n, seed=args.seed)
+    if (args.task is None) == (args.prompts is None):
+        raise InvalidOptionError("expected one of --task NAME or --prompts FILE")
+    options = engine_options.parse(args.engine, args.option)
+    if args.direction is not None:
+        if options.get("direction", args.direction) != args.direction:
+            raise InvalidOptionError(f"--direction {args.direction} and --option direction={options['direction']} "
+                                     "disagree; expected one of them")
+        options["direction"] = args.direction
+    engine = circuits.engines.get(args.engine, **options)  # option values checked by the engine
+    task = _task_args.prompt_task(args) or tasks.get(args.task)
+    label = f"--prompts {args.prompts}" if args.prompts else f"task {args.task!r}"
+    n = args.n if args.n is not None else (task.size if args.prompts else 32)
+    model = _task_args.model_for(args, task, label)
+    graph = circuits.discover(model, task, engine=engine, n=n, seed=args.seed)
     meta = graph.meta
-    print(f"\n{args.engine} on {args.task}: metric clean {meta.get('metric_clean', float('nan')):.3f}, "
-          f"corrupted {meta.get('metric_corrupted', float('nan')):.3f} (n={args.n}, seed={args.seed})")
+    print(f"\n{args.engine} on {task.name} ({meta['model']}): metric clean {meta.get('metric_clean', float('nan')):.3f}, "
+          f"corrupted {meta.get('metric_corrupted', float('nan')):.3f} (n={meta['n']}, seed={args.seed})")
     print(f"score: {meta['score']}\n")
     print(_table(graph, args.top, args.by))
+    edges = _edges_table(graph, args.top, args.by)
+    if edges:
+        print(f"\n{edges}")
     json_path = graph.to_json(out / "graph.json")
     png_path = out / "graph.png"
-    graph.draw(png_path, title=f"{args.engine} · {args.task}", by=args.by)
+    graph.draw(png_path, title=f"{args.engine} · {task.name}", by=args.by)
     print(f"\nwrote {json_path} and {png_path}")
     return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
-    analyses_compare.run(args.task, quick=args.quick, out=args.out, engine_names=args.engine, graphs=args.graphs)
+    analyses_compare.run_from_arguments(args)
     return 0
 
 
@@ -80,8 +108,10 @@ def _sweep(args: argparse.Namespace) -> int:
         print(dry_run_table(spec, args.out))
         return 0
     report = circuits.sweep(spec, args.out, backend=args.backend, address=args.address, retries=args.retries,
-                            retry_failed=args.retry_failed)
+                            retry_failed=args.retry_failed, verify=not args.no_verify)
     print(f"ran {len(report.ran)} cells, left {len(report.skipped)} alone; {report.out / 'results.csv'}")
+    for folder, changed in sorted(report.stale.items()):
+        print(f"  ran again, its {' and '.join(changed)} changed since it was done: {folder}")
     if report.failed:
         print(f"\n{len(report.failed)} failed cells (rerun them with --retry-failed):\n{report.failure_table()}",
               file=sys.stderr)
@@ -93,11 +123,16 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="circuits", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     discover = commands.add_parser("discover", help="attribute a task's behaviour to attention heads")
-    discover.add_argument("--task", required=True, help=f"one of: {', '.join(tasks.names())}")
+    discover.add_argument("--task", default=None, help=f"one of: {', '.join(tasks.names())} (or --prompts FILE)")
+    _task_args.add_arguments(discover)
     discover.add_argument("--engine", default="activation_patching",
                           help=f"one of: {', '.join(circuits.engines.names())}")
+    discover.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                          help="an engine option, typed by the engine's field (repeatable): e.g. --option method=eap "
+                               "--option steps=10; lists are comma-separated (--option receivers=L1H0,logits)")
     discover.add_argument("--out", default="out", help="folder for graph.json and graph.png")
-    discover.add_argument("--n", type=positive_int, default=32, help="number of prompts")
+    discover.add_argument("--n", type=positive_int, default=None,
+                          help="number of prompts (default 32; with --prompts every row of the file)")
     discover.add_argument("--seed", type=int, default=0)
     discover.add_argument("--top", type=positive_int, default=10, help="rows of the printed table")
     discover.add_argument("--direction", choices=["denoising", "noising"], default=None)
@@ -116,6 +151,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="restarts of a worker that dies (Ray backend)")
     sweep.add_argument("--retry-failed", action="store_true", help="rerun only the cells that failed")
     sweep.add_argument("--dry-run", action="store_true", help="print the cells and their status; run nothing")
+    sweep.add_argument("--no-verify", action="store_true",
+                       help="trust done cells without checking that their prompts and model weights are unchanged "
+                            "(their models are not loaded)")
     sweep.set_defaults(run=_sweep)
     commands.add_parser("tasks", help="list tasks").set_defaults(run=lambda a: print("\n".join(tasks.names())) or 0)
     commands.add_parser("engines", help="list engines").set_defaults(

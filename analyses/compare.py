@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import circuits
 import tasks
 from circuits.errors import InvalidOptionError
+from analyses import _task_args
 from analyses._script import add_figure_arguments, at_most_two_threads
 
 if TYPE_CHECKING:  # imported when used: `circuits compare --help` (add_arguments) loads no torch
@@ -97,6 +98,7 @@ def record(result: Comparison, seconds: dict[str, float],
            settings: Settings) -> dict[str, Any]:
     """Everything about one task's comparison, JSON-ready."""
     return {"task": result.task, "model": result.model, "settings": vars(settings) | result.settings,
+            "held_out": result.held_out_note or "yes",
             "seconds": seconds, "k": result.k, "metric_full": result.metric_full, "metric_empty": result.metric_empty,
             "rows": result.rows(), "top": result.top,
             "spearman": {f"{a} · {b}": rho for (a, b), rho in result.spearman.items()},
@@ -131,12 +133,16 @@ def write_tables(records: list[dict[str, Any]], details: list[str], out: Path) -
 
 def run(task_names: Optional[Sequence[str]] = None, quick: bool = False, out: Path = Path("out/compare"),
         engine_names: Optional[Sequence[str]] = None, models: Optional[dict[str, Any]] = None,
-        graphs: Optional[Path] = None) -> dict[str, Any]:
-    """Compare `engine_names` (default: all) on `task_names` (default: all); `models` maps a task name to a model
-    already loaded (else the task's default model; SmolLM2 is loaded once for its tasks); `graphs` is a
-    `circuits sweep` output folder whose seed-0 default-model graphs are used instead of running those engines."""
+        graphs: Optional[Path] = None, task_objects: Optional[dict[str, Any]] = None,
+        model: Optional[str] = None) -> dict[str, Any]:
+    """Compare `engine_names` (default: all) on `task_names` (default: every ready-made task, unless `task_objects`
+    are given) and on `task_objects` (label -> a task built already, e.g. ``tasks.prompts(file)``: every prompt it
+    has, for the engines and for faithfulness); `models` maps a task name to a model already loaded, `model` names
+    one (a folder or a hub name, `circuits.models.load`) for every task, else each task's default model (SmolLM2 is
+    loaded once for its tasks); `graphs` is a `circuits sweep` output folder whose seed-0 default-model graphs are
+    used instead of running those engines."""
     start = time.perf_counter()
-    task_names = list(task_names or tasks.ready_made())
+    task_names = list(task_names) if task_names else [] if task_objects else tasks.ready_made()
     for name in task_names:
         tasks.get(name)  # an unknown task fails here, before any model loads
     engine_names = list(engine_names or circuits.engines.for_trained_models())
@@ -144,13 +150,19 @@ def run(task_names: Optional[Sequence[str]] = None, quick: bool = False, out: Pa
         circuits.engines.get(name)
     if out.exists() and not out.is_dir():  # say so before the run, not after it
         raise InvalidOptionError(f"--out {str(out)!r} is a file; expected a folder (made if missing)")
+    chosen = [(name, task_for(name, quick), (QUICK if quick else FULL).get(name, DEFAULT)) for name in task_names]
+    draws = (QUICK if quick else FULL).get("induction", DEFAULT).draws
+    for name, task in (task_objects or {}).items():
+        size = getattr(task, "size", DEFAULT.n)
+        chosen.append((name, task, Settings(size, size, draws)))
     out.mkdir(parents=True, exist_ok=True)
     loaded = dict(models or {})
+    if model is not None:
+        print(f"loading model {model!r}...", flush=True)
+        loaded["given"] = circuits.models.load(model)
     records, details = [], []
-    for name in task_names:
-        task = task_for(name, quick)
-        settings = (QUICK if quick else FULL).get(name, DEFAULT)
-        key = "bundled" if name in BUNDLED and name not in loaded else name
+    for name, task, settings in chosen:
+        key = "given" if model is not None else "bundled" if name in BUNDLED and name not in loaded else name
         if key not in loaded:
             print(f"loading the default model of {name!r}...", flush=True)
             loaded[key] = task.default_model()
@@ -159,14 +171,15 @@ def run(task_names: Optional[Sequence[str]] = None, quick: bool = False, out: Pa
         given = sweep_graphs(graphs, name, engine_names) if graphs is not None else None
         done = compare_task(task, loaded[key], settings, engine_names, given)
         result = done["result"]
-        result.draw(out / f"compare_{name}.png")
+        stem = name.replace(":", "-")
+        result.draw(out / f"compare_{stem}.png")
         rec = record(result, done["seconds"], settings)
-        (out / f"compare_{name}.json").write_text(json.dumps(rec, indent=1))
+        (out / f"compare_{stem}.json").write_text(json.dumps(rec, indent=1))
         records.append(rec)
         details.append(result.table())
         print(result.table(), flush=True)
     write_tables(records, details, out)
-    summary = {"quick": quick, "tasks": task_names, "engines": engine_names,
+    summary = {"quick": quick, "tasks": [name for name, _, _ in chosen], "engines": engine_names,
                "headline": {f"{rec['task']}/{row['engine']}": {"cpr": round(row["cpr"], 4), "cmd": round(row["cmd"], 4)}
                             for rec in records for row in rec["rows"]},
                "spearman": {rec["task"]: rec["spearman"] for rec in records},
@@ -174,6 +187,14 @@ def run(task_names: Optional[Sequence[str]] = None, quick: bool = False, out: Pa
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"wrote {out}/compare_*.png, compare.md, compare.csv, summary.json in {summary['seconds']} s")
     return summary
+
+
+def run_from_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """`run` with the command line's arguments (`circuits compare` and ``python -m analyses.compare``); a
+    ``--prompts`` file is read and checked before any model loads."""
+    task = _task_args.prompt_task(args)
+    return run(args.task, quick=args.quick, out=args.out, engine_names=args.engine, graphs=args.graphs,
+               task_objects={task.name: task} if task is not None else None, model=args.model)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -185,6 +206,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_figure_arguments(parser, "out/compare", "fewer prompts and random draws (SmolLM2: 2 prompts)")
     parser.add_argument("--graphs", type=Path, default=None,
                         help="a `circuits sweep` output folder: use its seed-0 default-model graphs (make figures)")
+    _task_args.add_arguments(parser)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
@@ -192,7 +214,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     add_arguments(parser)
     args = parser.parse_args(argv)
     at_most_two_threads()
-    return run(args.task, quick=args.quick, out=args.out, engine_names=args.engine, graphs=args.graphs)
+    return run_from_arguments(args)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def from_records(records: Iterable[Any]) -> list[PromptPair]:
 def checked(pairs: Sequence[PromptPair], source: str) -> list[PromptPair]:
     """Refuse no pairs, a foil in some rows only, and answers of mixed kinds (text and token ids)."""
     if not pairs:
-        raise PromptFileError(f"{source} holds no prompt pairs; expected at least one")
+        raise PromptFileError(f"{source}: no prompt pairs; expected at least one")
     with_foil = [p.foil is not None for p in pairs]
     if any(with_foil) and not all(with_foil):
         odd = pairs[with_foil.index(not with_foil[0])]

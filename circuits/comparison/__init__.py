@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,8 @@ import torch
 from circuits import engines
 from circuits.comparison.faithfulness import MeanAblation, circuit_sizes, cmd, cpr, masks
 from circuits.comparison.ranking import jaccard, ranked_heads, score_agreement, spearman, top_heads
-from circuits.engines.base import prompts, session
+from circuits._task import PromptBatch
+from circuits.engines.base import on_model, prompts, session, task_batch
 from circuits.errors import InvalidOptionError, MismatchedGraphsError, UnknownNameError
 from circuits.graph import HeadGraph
 from circuits.nodes import all_heads
@@ -73,6 +75,17 @@ class Comparison:
     metric_full: float
     metric_empty: float
     settings: dict[str, Any] = field(default_factory=dict)
+    shared_prompts: int = 0  # faithfulness prompts that are also among the engines' prompts (0: truly held out)
+
+    @property
+    def held_out_note(self) -> str:
+        """Empty when the faithfulness prompts are held out; otherwise what is not (the table prints it)."""
+        if not self.shared_prompts:
+            return ""
+        n = self.settings.get("n")
+        return (f"not held out: {self.shared_prompts} of the {n} faithfulness prompts (seed {self.settings.get('seed')}) "
+                "are also among the prompts the engines scored (the task ignores seed, or has fewer prompts than "
+                "asked for): faithfulness is measured on the engines' own prompts")
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per engine and one for the random baseline: CPR, CMD, the top heads, and faithfulness at k."""
@@ -87,9 +100,11 @@ class Comparison:
     def table(self) -> str:
         """Markdown: per engine CPR, CMD and its top-k heads; then Spearman and top-k Jaccard per engine pair."""
         lines = [f"**{self.task}** on {self.model}: metric full {self.metric_full:.3f}, all heads mean-ablated "
-                 f"{self.metric_empty:.3f}", "",
-                 f"| engine | CPR ↑ | CMD ↓ | faithfulness of top {self.k} | top {self.k} heads (by abs. score) |",
-                 "|---|---|---|---|---|"]
+                 f"{self.metric_empty:.3f}", ""]
+        if self.held_out_note:
+            lines += [f"> **Warning:** {self.held_out_note}.", ""]
+        lines += [f"| engine | CPR ↑ | CMD ↓ | faithfulness of top {self.k} | top {self.k} heads (by abs. score) |",
+                  "|---|---|---|---|---|"]
         for row in self.rows():
             lines.append(f"| {row['engine']} | {row['cpr']:.3f} | {row['cmd']:.3f} | "
                          f"{row[f'faithfulness_top{self.k}']:.3f} | {row['top_heads']} |")
@@ -138,7 +153,13 @@ def compare(graphs: Union[Sequence[Any], Mapping[str, Any]], model: Any, task: A
     generator = torch.Generator().manual_seed(seed)
     every = [head.name for head in all_heads(model)]
     with session(model):
-        batch, reference = prompts(model, task, n, seed), prompts(model, task, n, reference_seed)
+        held_out = task_batch(model, task, n, seed)
+        shared = shared_rows(held_out, [task_batch(model, task, n_, seed_) for n_, seed_ in engine_batches(labelled)])
+        if shared:
+            warnings.warn(f"compare: {shared} of the {held_out.size} faithfulness prompts (seed {seed}) are also among "
+                          f"the engines' prompts: the task {task.name!r} ignores seed or has too few prompts; "
+                          "they are not held out", stacklevel=2)
+        batch, reference = on_model(model, held_out), prompts(model, task, n, reference_seed)
         ablation = MeanAblation.prepare(model, task, batch, reference, memory_mb=memory_mb)
         empty = float(ablation.metrics(masks([[]], cfg.n_layers, cfg.n_heads))[0])
         engine_values, random_values = [], []
@@ -157,7 +178,32 @@ def compare(graphs: Union[Sequence[Any], Mapping[str, Any]], model: Any, task: A
                       jaccard=overlap, curves=curves, random=random, random_draws=random_values,
                       metric_full=ablation.full, metric_empty=empty,
                       settings=dict(n=n, seed=seed, reference_seed=reference_seed, draws=draws, sizes=sizes,
-                                    ranking="absolute score, unscored heads last", ablation="mean of hook_z"))
+                                    ranking="absolute score, unscored heads last", ablation="mean of hook_z"),
+                      shared_prompts=shared)
+
+
+def engine_batches(graphs: Mapping[str, HeadGraph]) -> list[tuple[int, int]]:
+    """The (n, seed) of the prompts each graph's engine scored, once each (from ``meta``)."""
+    found = {(graph.meta["n"], graph.meta["seed"]) for graph in graphs.values()
+             if isinstance(graph.meta.get("n"), int) and isinstance(graph.meta.get("seed"), int)}
+    return sorted(found)
+
+
+def shared_rows(batch: PromptBatch, others: Sequence[PromptBatch]) -> int:
+    """How many prompts of `batch` also appear in `others` (same clean and corrupted prompt up to the read-out,
+    same answer and foil; padding ignored)."""
+    seen = {key for other in others for key in _row_keys(other)}
+    return sum(key in seen for key in _row_keys(batch))
+
+
+def _row_keys(batch: PromptBatch) -> list[bytes]:
+    keys = []
+    for i in range(batch.size):
+        end = int(batch.position[i]) + 1
+        parts = [batch.clean[i, :end], batch.corrupted[i, :end], batch.answer[i]]
+        parts += [] if batch.foil is None else [batch.foil[i]]
+        keys.append(b"|".join(t.detach().cpu().contiguous().numpy().tobytes() for t in parts))
+    return keys
 
 
 def random_circuits(heads: list[str], size: int, draws: int, generator: torch.Generator) -> list[list[str]]:

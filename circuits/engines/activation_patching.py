@@ -36,6 +36,7 @@ class ActivationPatching(base.EngineBase):
     direction: str = "denoising"  # or "noising"; checked in __post_init__ (typed error)
     per_position: bool = False  # also score each head at each position (node attribute "position_scores")
     memory_mb: float = 256.0  # budget for one stacked forward pass
+    progress: bool = True  # a progress bar over layers on large models (kit.progress); results do not depend on it
 
     name = "activation_patching"
 
@@ -72,7 +73,9 @@ class ActivationPatching(base.EngineBase):
         per_copy = kit.copies_per_pass(runs.model, runs.batch, self.memory_mb)
         heads = torch.zeros(cfg.n_layers, cfg.n_heads)
         positions = torch.zeros(cfg.n_layers, cfg.n_heads, n_pos) if self.per_position else None
+        bar = kit.progress(runs.model, cfg.n_layers, f"{self.name}: layers", self.progress)
         for layer in range(cfg.n_layers):
+            bar.update(1)
             delta = runs.head_deltas(layer)  # [head, batch, pos, d_model]
             for chunk in kit.chunks(cfg.n_heads, per_copy):
                 heads[layer, chunk.start:chunk.stop] = runs.finish(layer, delta[chunk.start:chunk.stop])
@@ -86,4 +89,5 @@ class ActivationPatching(base.EngineBase):
                     values = runs.finish(layer, at_position)
                     for i, (h, p) in enumerate(picked):
                         positions[layer, h, p] = values[i]
+        bar.close()
         return HeadPatches(heads, positions)

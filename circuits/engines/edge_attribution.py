@@ -108,6 +108,7 @@ class EdgeAttribution(base.EngineBase):
     quadrature: str = "midpoint"  # or "base_end": where on [0, 1] the IG points lie (module docstring)
     direction: str = "denoising"  # or "noising"
     memory_mb: float = 1024.0  # budget for one gradient pass; the batch is split into chunks to fit
+    progress: bool = True  # a progress bar over gradient passes on large models (kit.progress); results do not depend on it
 
     name = "edge_attribution"
 
@@ -144,8 +145,12 @@ class EdgeAttribution(base.EngineBase):
             runs = kit.Runs.prepare(model, task, batch, self.direction, writer_sites(model))
             batch, layout = runs.batch, Layout.of(model)
             sums = torch.zeros(len(layout.writers), len(layout.readers), dtype=torch.float64)
-            for chunk in kit.chunks(batch.size, _prompts_per_pass(model, layout, batch, self.memory_mb)):
-                sums += self._chunk(model, task, runs.rows(chunk), layout)
+            parts = kit.chunks(batch.size, _prompts_per_pass(model, layout, batch, self.memory_mb))
+            stages = 1 + model.cfg.n_layers * (1 if model.cfg.attn_only else 2) if self.method == "eap_ig_activations" else 1
+            with kit.progress(model, len(parts) * stages * len(self.alphas()), f"{self.name}: gradient passes",
+                              self.progress) as bar:
+                for chunk in parts:
+                    sums += self._chunk(model, task, runs.rows(chunk), layout, bar)
             return runs.measured(sums / batch.size * layout.mask())
 
     def graph(self, model: Any, measurement: Measurement[Tensor]) -> HeadGraph:
@@ -154,7 +159,7 @@ class EdgeAttribution(base.EngineBase):
         graph.meta.update(method=self.method, steps=len(self.alphas()), alphas=self.alphas(), direction=self.direction)
         return graph
 
-    def _chunk(self, model: Any, task: Any, runs: kit.Runs, layout: Layout) -> Tensor:
+    def _chunk(self, model: Any, task: Any, runs: kit.Runs, layout: Layout, bar: Any) -> Tensor:
         """Summed ``Δa_u · ḡ_v`` over the prompts of `runs`: ``[writer, reader]``."""
         batch = runs.batch
         deltas = writer_deltas(model, runs).flatten(1)  # [writer, batch * pos * d_model]
@@ -170,6 +175,7 @@ class EdgeAttribution(base.EngineBase):
                 residual = embed + alpha * resid_change if interpolate else embed
                 swap = {key: base_value + alpha * change for key, (base_value, change) in replace.items()}
                 grads = reader_gradients(model, task, batch, residual, swap)
+                bar.update(1)
                 total = grads if total is None else [t + g for t, g in zip(total, grads)]
             column = 0
             for block, (size, heard) in zip(total, layout.blocks()):

@@ -133,6 +133,19 @@ def read_out_and_cache(model: Any, inputs: Tensor, names: list[str],
     return out, cache
 
 
+PROGRESS_PARAMETERS = 20_000_000  # models with fewer parameters (the toy models) run without a progress bar
+
+
+def progress(model: Any, total: int, description: str, enabled: bool = True) -> Any:
+    """A progress bar (tqdm, on stderr) over `total` steps of an engine's run: shown on models of at least
+    `PROGRESS_PARAMETERS` parameters, once the run has taken a second, unless `enabled` is False (the engines'
+    ``progress`` option). Use it as a context manager and call ``update(steps)``."""
+    from tqdm.auto import tqdm
+
+    large = enabled and sum(p.numel() for p in model.parameters()) >= PROGRESS_PARAMETERS
+    return tqdm(total=total, desc=description, disable=not large, leave=False, delay=1.0)
+
+
 def chunks(total: int, size: int) -> list[range]:
     return [range(start, min(start + size, total)) for start in range(0, total, size)]
 

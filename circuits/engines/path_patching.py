@@ -56,6 +56,7 @@ class PathPatching(base.EngineBase):
     positions: Optional[Sequence[int]] = None  # sender patched only at these positions; None: all
     freeze_mlps: bool = False  # step 3: MLPs frozen at their base values instead of recomputed
     memory_mb: float = 256.0  # budget for one stacked forward pass
+    progress: bool = True  # a progress bar over layers on large models (kit.progress); results do not depend on it
 
     name = "path_patching"
 
@@ -123,7 +124,9 @@ class PathPatching(base.EngineBase):
         edges: dict[tuple[str, str], dict[str, float]] = {}
         state = runs.base_resid[0].new_zeros((0,) + runs.base_resid[0].shape)  # step-3 residuals [sender, ...]
         done: list[Head] = []  # the senders in `state`, in order
+        bar = kit.progress(model, model.cfg.n_layers, f"{self.name}: layers", self.progress)
         for layer in range(model.cfg.n_layers):
+            bar.update(1)
             here = [r.head for r in receivers if r.layer == layer]
             if here and done:
                 for combo, metrics in self._receive(runs, layer, state, here, per_copy).items():
@@ -134,6 +137,7 @@ class PathPatching(base.EngineBase):
             new = [s.head for s in senders if s.layer == layer]
             state = self._advance(runs, layer, state, new, mask, per_copy)
             done += [Head(layer, h) for h in new]
+        bar.close()
         if to_logits and done:
             position = batch.position
             for chunk in kit.chunks(len(done), per_copy):

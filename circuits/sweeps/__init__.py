@@ -6,7 +6,10 @@ A spec (TOML file or dict; `Spec`) lists tasks, models, engines with options, se
 their product. Each cell's folder is named by a hash of its canonical config and the package version and
 holds ``graph.json`` and ``meta.json`` (done) or ``error.json`` (failed). The driver writes them atomically
 from what the workers return, so workers need no shared filesystem; ``results.csv`` is rebuilt from the
-folders. A rerun skips done and failed cells and runs the rest; ``retry_failed=True`` reruns only failed ones.
+folders. A rerun skips failed cells, runs pending ones, and checks done ones: a done cell records hashes of the
+prompts it ran on (the task's batch for its ``n`` and seed) and of the model's weights (`fingerprint`), and one
+whose prompts or weights changed since is run again (``report.stale``) instead of serving its old graph;
+``verify=False`` trusts done cells without loading their models. ``retry_failed=True`` reruns only failed ones.
 
 Errors: a typed error (`circuits.errors`) in a cell is deterministic, so it is recorded and never retried;
 any other exception is recorded too (``--retry-failed`` reruns it). A worker process that dies (killed,
@@ -39,6 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from circuits import forward
+from circuits.sweeps import fingerprint
 from circuits.sweeps.spec import Cell, EngineSpec, ModelSpec, Spec, TaskSpec, canonical
 from circuits._version import package_version
 from circuits.errors import CircuitsError, InvalidOptionError, UnknownNameError
@@ -56,22 +60,35 @@ class CellRunner:
     def __init__(self) -> None:
         self._model: Any = None
         self._load_error: Optional[dict[str, Any]] = None
+        self._weights: Optional[str] = None  # the loaded model's weights fingerprint, computed once
         self.load_seconds = 0.0
 
-    def run(self, cell: Cell) -> dict[str, Any]:
+    def run(self, cell: Cell, recorded: Optional[dict[str, str]] = None) -> dict[str, Any]:
         """``{"graph": HeadGraph, "meta": {...}}`` or ``{"error": {...}, "meta": {...}}``; exceptions become
-        error records (a typed one is marked deterministic), so the driver decides what to write."""
+        error records (a typed one is marked deterministic), so the driver decides what to write. `recorded`: the
+        fingerprints of a done cell; when its prompts and weights are still those, ``{"unchanged": True}`` and
+        nothing runs."""
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         self.load_seconds = 0.0
+        fingerprints: dict[str, str] = {}
         try:
             task = cell.task.build()
             model = self._loaded(cell, task)
+            fingerprints = self.fingerprints(model, task, cell)
+            if recorded == fingerprints:
+                return {"unchanged": True, "fingerprints": fingerprints}
             graph = cell.engine.build().run(model, task, n=cell.n, seed=cell.seed)
         except Exception as error:  # noqa: BLE001 - recorded in error.json, re-raised nowhere
-            return {"error": _error_record(error), "meta": self._meta(cell, start, self._model)}
-        return {"graph": graph, "meta": self._meta(cell, start, self._model)}
+            return {"error": _error_record(error), "meta": self._meta(cell, start, self._model, fingerprints, recorded)}
+        return {"graph": graph, "meta": self._meta(cell, start, self._model, fingerprints, recorded)}
+
+    def fingerprints(self, model: Any, task: Any, cell: Cell) -> dict[str, str]:
+        """Hashes of the prompts the cell runs on and of the model's weights (`circuits.sweeps.fingerprint`)."""
+        if self._weights is None:
+            self._weights = fingerprint.weights(model)
+        return {"prompts": fingerprint.task_prompts(model, task, cell.n, cell.seed), "weights": self._weights}
 
     def _loaded(self, cell: Cell, task: Any) -> Any:
         if self._load_error is not None:  # a model that failed to load fails every cell the same way
@@ -86,7 +103,8 @@ class CellRunner:
                 raise
         return self._model
 
-    def _meta(self, cell: Cell, start: float, model: Any) -> dict[str, Any]:
+    def _meta(self, cell: Cell, start: float, model: Any, fingerprints: dict[str, str],
+              recorded: Optional[dict[str, str]]) -> dict[str, Any]:
         peak_cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
         devices = sorted({str(p.device) for p in model.parameters()}) if model is not None else []
@@ -94,7 +112,16 @@ class CellRunner:
                 "load_seconds": self.load_seconds,  # loading the model (the group's first cell only)
                 "device": str(forward.input_device(model)) if model is not None else None,
                 "parameter_devices": devices, "host": socket.gethostname(), "pid": os.getpid(),
-                "peak_cuda_mb": peak_cuda, "peak_rss_mb": rss, "versions": _versions()}
+                "peak_cuda_mb": peak_cuda, "peak_rss_mb": rss, "versions": _versions(),
+                "fingerprints": fingerprints,  # what the cell ran on: prompts and weights (a rerun checks them)
+                "stale": _changed(recorded, fingerprints)}
+
+
+def _changed(recorded: Optional[dict[str, str]], fingerprints: dict[str, str]) -> list[str]:
+    """What changed since a done cell ran (``["prompts"]``, ``["weights"]``, ...); [] for a cell never done."""
+    if recorded is None:
+        return []
+    return [name for name in ("prompts", "weights") if recorded.get(name) != fingerprints.get(name)]
 
 
 def _error_record(error: BaseException) -> dict[str, Any]:
@@ -120,7 +147,8 @@ class SweepReport:
     out: Path
     cells: list[Cell]
     ran: list[str] = field(default_factory=list)  # keys run now (done or failed)
-    skipped: list[str] = field(default_factory=list)  # keys left alone (done before, or failed before)
+    skipped: list[str] = field(default_factory=list)  # keys left alone (done before and unchanged, or failed before)
+    stale: dict[str, list[str]] = field(default_factory=dict)  # folder -> what changed, for done cells run again
     failed: dict[str, dict[str, Any]] = field(default_factory=dict)  # folder -> error record, every failed cell
 
     @property
@@ -152,6 +180,8 @@ def write_result(out: Path, cell: Cell, result: dict[str, Any], backend: str) ->
     meta = {**result["meta"], "folder": cell.folder, "backend": backend}
     if "error" in result:
         _write_json(folder / "error.json", {**meta, "error": result["error"]})
+        for name in ("meta.json", "graph.json"):  # a done cell that now fails (e.g. its prompt file broke) is failed
+            (folder / name).unlink(missing_ok=True)
         return
     graph: HeadGraph = result["graph"]
     tmp = graph.to_json(folder / "graph.json.tmp")
@@ -211,20 +241,28 @@ def dry_run_table(spec: Spec, out: Union[str, Path]) -> str:
     return "\n".join(rows) + f"\n{len(rows) - 2} cells"
 
 
-def _run_local(groups: dict[str, list[Cell]], on_result: Callable[[Cell, dict[str, Any]], None]) -> None:
+def _run_local(groups: dict[str, list[Cell]], on_result: Callable[[Cell, dict[str, Any]], None],
+               recorded: dict[str, dict[str, str]]) -> None:
     for cells in groups.values():
         runner = CellRunner()  # one loaded model per group, dropped before the next group's
         for cell in cells:
-            on_result(cell, runner.run(cell))
+            on_result(cell, runner.run(cell, recorded.get(cell.key)))
+
+
+def recorded_fingerprints(out: Path, cell: Cell) -> dict[str, str]:
+    """The fingerprints a done cell recorded in its meta.json ({} where it recorded none: it is run again)."""
+    return json.loads((out / cell.folder / "meta.json").read_text()).get("fingerprints") or {}
 
 
 def sweep(spec: Union[Spec, dict[str, Any], str, Path], out: Union[str, Path], *, backend: str = "local",
-          address: Optional[str] = None, retries: int = 2, retry_failed: bool = False,
+          address: Optional[str] = None, retries: int = 2, retry_failed: bool = False, verify: bool = True,
           progress: bool = True) -> SweepReport:
     """Run every cell of `spec` not yet done (or, with `retry_failed`, only the failed ones) into `out`.
 
     `backend`: ``"local"`` (this process) or ``"ray"`` (``ray.init(address=address)`` unless Ray is already
     initialised; one actor per model; a dead worker is restarted and its cells retried `retries` times).
+    `verify`: done cells are checked against the prompts and weights they recorded (their models load for it, and
+    their batches are built) and run again where those changed (``report.stale``); False trusts them unchecked.
     Returns a `SweepReport`; ``report.ok`` is False while any cell has failed."""
     if backend not in BACKENDS:
         raise UnknownNameError("backend", backend, list(BACKENDS))
@@ -237,8 +275,9 @@ def sweep(spec: Union[Spec, dict[str, Any], str, Path], out: Union[str, Path], *
     out.mkdir(parents=True, exist_ok=True)
     cells = spec.cells()
     report = SweepReport(out=out, cells=cells)
-    wanted = "failed" if retry_failed else "pending"
-    todo = [cell for cell in cells if status(out, cell) == wanted]
+    wanted = {"failed"} if retry_failed else {"pending", "done"} if verify else {"pending"}
+    todo = [cell for cell in cells if status(out, cell) in wanted]
+    recorded = {cell.key: recorded_fingerprints(out, cell) for cell in todo if status(out, cell) == "done"}
     todo_keys = {cell.key for cell in todo}
     report.skipped = [cell.key for cell in cells if cell.key not in todo_keys]
     groups: dict[str, list[Cell]] = {}
@@ -247,19 +286,24 @@ def sweep(spec: Union[Spec, dict[str, Any], str, Path], out: Union[str, Path], *
     bar = tqdm(total=len(todo), desc="sweep", unit="cell", disable=not progress)
 
     def on_result(cell: Cell, result: dict[str, Any]) -> None:
+        bar.update(1)
+        if result.get("unchanged"):
+            report.skipped.append(cell.key)
+            return
         write_result(out, cell, result, backend)
         report.ran.append(cell.key)
-        bar.update(1)
+        if result["meta"].get("stale"):
+            report.stale[cell.folder] = result["meta"]["stale"]
         if "error" in result:
             bar.set_postfix(failed=sum(status(out, c) == "failed" for c in todo))
 
     try:
         if backend == "local":
-            _run_local(groups, on_result)
+            _run_local(groups, on_result, recorded)
         elif todo:
             from circuits.sweeps import ray_backend
 
-            ray_backend.run(groups, on_result, retries=retries, address=address)
+            ray_backend.run(groups, on_result, retries=retries, address=address, recorded=recorded)
     finally:
         bar.close()
         write_results_csv(out)

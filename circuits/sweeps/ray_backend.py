@@ -25,15 +25,16 @@ def _ray() -> Any:
 
 
 def run(groups: dict[str, list[Cell]], on_result: Callable[[Cell, dict[str, Any]], None], *, retries: int,
-        address: Optional[str] = None) -> None:
-    """Run every group's cells on its own actor and hand each result to `on_result` as it arrives.
+        address: Optional[str] = None, recorded: Optional[dict[str, dict[str, str]]] = None) -> None:
+    """Run every group's cells on its own actor and hand each result to `on_result` as it arrives (`recorded`: the
+    fingerprints of done cells, by key, which their actor checks before running them again).
     Starts Ray (``ray.init(address=address)``) unless it is already initialised, and then stops it again."""
     ray = _ray()
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
-        _run_actors(ray, groups, on_result, retries)
+        _run_actors(ray, groups, on_result, retries, recorded or {})
     finally:
         if started:
             ray.shutdown()
@@ -50,7 +51,7 @@ def replicated(groups: dict[str, list[Cell]]) -> dict[str, list[Cell]]:
 
 
 def _run_actors(ray: Any, groups: dict[str, list[Cell]], on_result: Callable[[Cell, dict[str, Any]], None],
-                retries: int) -> None:
+                retries: int, recorded: dict[str, dict[str, str]]) -> None:
     worker_class = ray.remote(CellRunner)
     pending: dict[Any, tuple[Cell, str]] = {}
     actors: dict[str, Any] = {}
@@ -61,7 +62,7 @@ def _run_actors(ray: Any, groups: dict[str, list[Cell]], on_result: Callable[[Ce
                                              max_restarts=retries, max_task_retries=retries).remote()
         left[group] = len(cells)
         for cell in cells:  # an actor runs its calls one at a time, in order
-            pending[actors[group].run.remote(cell)] = (cell, group)
+            pending[actors[group].run.remote(cell, recorded.get(cell.key))] = (cell, group)
     while pending:
         [ref], _ = ray.wait(list(pending), num_returns=1)
         cell, group = pending.pop(ref)

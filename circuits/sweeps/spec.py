@@ -22,6 +22,7 @@ SPEC_KEYS = ("tasks", "models", "engines", "seeds", "n")
 MODEL_SOURCES = ("default", "bundled", "toy", "hub")
 PLACEMENT_KEYS = ("device", "n_devices", "device_map", "offload_folder", "num_cpus", "num_gpus", "replicas")  # not in the key
 MODEL_KEYS = ("name", "toy", "hub", "dtype", *PLACEMENT_KEYS)
+NOT_RESULTS = ("progress",)  # engine options left out of a cell's key: they change what is printed, not the graph
 
 
 def canonical(value: Any) -> str:
@@ -47,6 +48,9 @@ class TaskSpec:
 
     @property
     def label(self) -> str:
+        source = self.options.get("source")
+        if self.name == "prompts" and isinstance(source, str):
+            return f"prompts-{Path(source).stem}"
         return self.name.rsplit(":", 1)[-1]
 
     def config(self) -> dict[str, Any]:
@@ -63,8 +67,10 @@ class EngineSpec:
         return _resolve(self.name, ENGINES, self.options)
 
     def config(self) -> dict[str, Any]:
-        """Name and every option, defaults included (so spelling out a default keeps the key)."""
-        return {"name": self.name, "options": json.loads(canonical(asdict(self.build())))}
+        """Name and every option, defaults included (so spelling out a default keeps the key), except those that do
+        not change results (`NOT_RESULTS`: a progress bar)."""
+        options = {k: v for k, v in asdict(self.build()).items() if k not in NOT_RESULTS}
+        return {"name": self.name, "options": json.loads(canonical(options))}
 
 
 @dataclass(frozen=True)
@@ -206,17 +212,19 @@ class Spec:
         if not path.is_file():
             raise InvalidOptionError(f"spec {str(path)!r} is not a file; expected a TOML sweep spec")
         with path.open("rb") as handle:
-            return cls.from_dict(tomllib.load(handle))
+            return cls.from_dict(tomllib.load(handle), base=path.parent)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Spec":
+    def from_dict(cls, data: dict[str, Any], base: Optional[Path] = None) -> "Spec":
+        """A spec from a dict; `base` is the folder relative prompt-file paths start from (the spec file's; default
+        the working directory)."""
         unknown = sorted(set(data) - set(SPEC_KEYS))
         if unknown:
             raise InvalidOptionError(f"unknown spec keys {unknown}; expected some of {list(SPEC_KEYS)}")
         for required in ("tasks", "models", "engines"):
             if not data.get(required):
                 raise InvalidOptionError(f"the spec lists no {required}; expected a non-empty list")
-        spec = cls(tasks=tuple(_task_spec(t) for t in data["tasks"]),
+        spec = cls(tasks=tuple(_task_spec(t, base or Path.cwd()) for t in data["tasks"]),
                    models=tuple(_model_spec(m) for m in data["models"]),
                    engines=tuple(_engine_spec(e) for e in data["engines"]),
                    seeds=tuple(data.get("seeds", (0,))), n=data.get("n", 32))
@@ -242,11 +250,25 @@ def _named(entry: Any, kind: str) -> dict[str, Any]:
     if isinstance(entry, str):
         return {"name": entry}
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-        raise InvalidOptionError(f"{kind} entry {entry!r}; expected a name or a table with name = '...'")
+        also = " or { prompts = 'file.jsonl' }" if kind == "task" else ""
+        raise InvalidOptionError(f"{kind} entry {entry!r}; expected a name or a table with name = '...'{also}")
     return dict(entry)
 
 
-def _task_spec(entry: Any) -> TaskSpec:
+PROMPTS_KEYS = ("prompts", "metric", "first_token", "model")
+
+
+def _task_spec(entry: Any, base: Path) -> TaskSpec:
+    """A task entry: a name, ``{ name = ..., options = {...} }``, or ``{ prompts = "file.jsonl", metric = ... }`` (the
+    ``prompts`` task on that file, its path taken from `base` when relative)."""
+    if isinstance(entry, dict) and "prompts" in entry:
+        _no_extra(entry, PROMPTS_KEYS, "prompts task")
+        if not isinstance(entry["prompts"], str):
+            raise InvalidOptionError(f"prompts = {entry['prompts']!r}; expected the path of a prompt file")
+        source = Path(entry["prompts"]).expanduser()
+        options = {key: value for key, value in entry.items() if key != "prompts"}
+        return TaskSpec("prompts", {"source": str(source if source.is_absolute() else (base / source).resolve()),
+                                    **options})
     entry = _named(entry, "task")
     _no_extra(entry, ("name", "options"), "task")
     return TaskSpec(entry["name"], dict(entry.get("options", {})))

@@ -114,6 +114,7 @@ class CDT(base.EngineBase):
     iterative: bool = False  # the paper's discovery instead: from the logits, sources_per_step sources per step
     sources_per_step: int = 2  # iterative: sources kept per step
     memory_mb: float = 256.0  # budget for one stacked pass (sets x batch rows, both parts)
+    progress: bool = True  # a progress bar over decomposed passes on large models (kit.progress); results do not depend on it
 
     name = "cdt"
 
@@ -165,7 +166,10 @@ class CDT(base.EngineBase):
         per_pass = self._sets_per_pass(model, propagation)
         # Sets grouped by their head's layer: a pass starts at its sources' layer (below it rel is 0).
         groups = [range(layer * cfg.n_heads, (layer + 1) * cfg.n_heads) for layer in layers]
-        for chunk in (range(g.start + c.start, g.start + c.stop) for g in groups for c in kit.chunks(len(g), per_pass)):
+        passes = [range(g.start + c.start, g.start + c.stop) for g in groups for c in kit.chunks(len(g), per_pass)]
+        bar = kit.progress(model, len(passes), f"{self.name}: decomposed passes", self.progress)
+        for chunk in passes:
+            bar.update(1)
             part = propagation.run(masks[:, chunk.start:chunk.stop], z_base, keep_z=True)
             self._check_exact(part, runs.source_logits)
             total = kit.metric_means(task, (part.rel + part.irrel).flatten(0, 1), batch, len(chunk))
@@ -176,6 +180,7 @@ class CDT(base.EngineBase):
             dot[chunk.start:chunk.stop] = torch.einsum("slbhe,lbhe->slh", z_rel, change).cpu()
             rel_size, irrel_size = z_rel.abs().mean((2, 4)), z_irrel.abs().mean((2, 4))
             l1[chunk.start:chunk.stop] = (rel_size / (rel_size + irrel_size + 1e-12)).cpu()
+        bar.close()
         dot = dot / change.pow(2).sum((1, 3)).cpu().clamp_min(1e-12)
         shape = (cfg.n_layers, cfg.n_heads, cfg.n_layers, cfg.n_heads)
         return CDTScores(nodes.view(cfg.n_layers, cfg.n_heads), dot.view(shape), l1.view(shape))
