@@ -198,8 +198,9 @@ def check_a_worker_that_dies_is_restarted_and_its_cells_retried(root, reports):
 
 
 def check_typed_errors_are_recorded_once_not_retried(root, reports):
-    """Each cell asks for its prompts once per run, so equal logs mean no cell ran twice: not the cells
-    that raised `InvalidOptionError` (recorded in error.json), not the cells of the restarted actor."""
+    """Each cell asks for its prompts as often per run (twice: its fingerprint, then the engine's run), so equal
+    logs mean no cell ran twice: not the cells that raised `InvalidOptionError` (recorded in error.json), not the
+    cells of the restarted actor."""
     local_log, ray_log = lines(root / "local.log"), lines(root / "ray.log")
     assert len(ray_log) == len(local_log) and len(local_log) % 12 == 0 and local_log
     for backend in ("local", "ray"):
@@ -223,15 +224,19 @@ def check_rerun_recomputes_only_a_deleted_cell_and_exits_non_zero_on_failed_cell
     shutil.rmtree(victim)
     code = cli.main(["sweep", str(spec_path), "--out", str(out), "--backend", "ray"])
     err = capsys.readouterr().err
+    # the deleted cell ran again (fingerprint, then the engine's run: a batch each); each other done cell asked for
+    # its prompts once, to check them against its fingerprint, and was not rewritten; failed cells were left alone
     new_lines = lines(log)[12 * runs_per_cell:]
-    assert len(new_lines) == runs_per_cell and all(line.startswith("induction seed1") for line in new_lines)
+    done_cells = sum(1 for p in out.glob("*/meta.json")) - 1
+    assert runs_per_cell == 2 and len(new_lines) == runs_per_cell + done_cells == 9
+    assert sum(line.startswith("induction seed1") for line in new_lines) == runs_per_cell + 1  # + its twin engine
     assert HeadGraph.from_json(victim / "graph.json") == before
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # no other cell was rewritten
     # the failed cells were left alone but still fail the run, named in a table
     assert code == 1 and "4 failed cells" in err and all(folder in err for folder in reports["ray"].failed)
     # --retry-failed reruns only them (here in-process); they fail the same way
     code = cli.main(["sweep", str(spec_path), "--out", str(out), "--retry-failed"])
-    assert code == 1 and len(lines(log)) == 17 * runs_per_cell
+    assert code == 1 and len(lines(log)) == 17 * runs_per_cell + done_cells
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/meta.json") if p.parent != victim} == {
         p: t for p, t in kept.items() if p.name == "meta.json"}
 
