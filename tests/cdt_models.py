@@ -1,4 +1,4 @@
-"""Models for the CD-T tests that `circuits.models.ToyConfig` does not describe (tanh GELU, LayerNorm eps
+"""Models for the reference-parity tests (CD-T, edge attribution) that `circuits.models.ToyConfig` does not describe (tanh GELU, LayerNorm eps
 1e-8, gated MLPs): TransformerLens-native modules built from a full config and wrapped in a bridge."""
 
 from __future__ import annotations

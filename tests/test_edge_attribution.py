@@ -165,7 +165,7 @@ def test_b_per_head_reader_gradients_sum_to_the_blocks_gradient_change(kwargs):
 
 
 @pytest.mark.parametrize("attn_only, direction", [(True, "denoising"), (False, "denoising"), (False, "noising")])
-@pytest.mark.parametrize("method", ["eap", "eap_ig_inputs", "eap_ig_activations"])
+@pytest.mark.parametrize("method", ["eap", "eap_ig_inputs", "eap_ig_activations", "eap_ig_stagewise"])
 def test_c_edges_into_logits_equal_path_patchings_direct_effect(attn_only, direction, method):
     """(c) No final norm (no norm at all) and a logit-difference metric: the metric is linear in the final
     residual, so s(u -> logits) equals exact path patching's direct effect (MLPs frozen there)."""
@@ -181,7 +181,7 @@ def test_c_edges_into_logits_equal_path_patchings_direct_effect(attn_only, direc
 
 
 @pytest.mark.parametrize("direction", ["denoising", "noising"])
-@pytest.mark.parametrize("method", ["eap_ig_inputs", "eap_ig_activations"])
+@pytest.mark.parametrize("method", ["eap_ig_inputs", "eap_ig_stagewise"])
 def test_e_one_point_at_the_base_end_is_eap(direction, method):
     """(e) With ``quadrature="base_end"``, ``steps=1`` evaluates the gradient at the base run: EAP exactly."""
     model = toy(attn_only=False, normalization="RMS", positional="rotary", n_kv_heads=2, seed=2)
@@ -274,7 +274,7 @@ def test_memory_budget_chunks_the_batch_without_changing_scores():
 
 
 # --- the induction circuit -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["eap", "eap_ig_inputs", "eap_ig_activations"])
+@pytest.mark.parametrize("method", ["eap", "eap_ig_inputs", "eap_ig_activations", "eap_ig_stagewise"])
 def test_induction_top_head_and_its_previous_token_key_edge(method, induction, induction_model):
     """On the default induction model: the top layer-1 head is activation patching's, and the strongest
     key-input edge into it (by magnitude) comes from the previous-token head L0H3, negative when denoising,
@@ -309,7 +309,7 @@ def test_d_integrated_gradients_converge_to_exact_patching_like_one_over_steps_s
     """(d) Completeness of IG: the interpolated stage's writers together score (Δa · mean gradient) the exact
     effect of patching that whole stage in the limit; with the midpoint rule the error shrinks like 1/steps²
     (x1/16 from 2 to 8 steps), with the base-end rule like 1/steps. Stages: layer 0's heads
-    (eap_ig_activations; exact: activation patching of all of them) and the input (eap_ig_inputs; exact: 1,
+    (eap_ig_stagewise; exact: activation patching of all of them) and the input (eap_ig_inputs; exact: 1,
     clean vs corrupted). Attention-only, so the heads' edges are all their paths."""
     model = toy(n_layers=2, normalization=normalization, seed=6)
     batch = TASK.batch(model, n=3, seed=0)
@@ -324,7 +324,7 @@ def test_d_integrated_gradients_converge_to_exact_patching_like_one_over_steps_s
 
     layer_0 = lambda g: sum(g.nx.nodes[Head(0, h).name]["score"] for h in range(4))  # noqa: E731
     embed = lambda g: outgoing(g, EMBED)  # noqa: E731
-    for method, exact, total in (("eap_ig_activations", exact_layer, layer_0), ("eap_ig_inputs", 1.0, embed)):
+    for method, exact, total in (("eap_ig_stagewise", exact_layer, layer_0), ("eap_ig_inputs", 1.0, embed)):
         coarse, fine = errors(method, "midpoint", exact, total)
         assert fine < coarse / 8 and fine < 0.05 * abs(exact), (method, coarse, fine)  # 1/16 expected
         coarse_end, fine_end = errors(method, "base_end", exact, total)

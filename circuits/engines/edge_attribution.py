@@ -9,12 +9,15 @@ denoising (default) runs the corrupted prompts as base and the clean ones as sou
 
 - ``eap``: ḡ at the base run (denoising: the corrupted run): the Taylor estimate of the patch itself.
 - ``eap_ig_inputs``: ḡ averaged over `steps` points on the straight line from the base run's to the
-  source run's embeddings (α = 0 base, 1 source); ``quadrature="midpoint"`` (default) takes
-  α = (k + ½)/steps, ``"base_end"`` takes α = k/steps, k = 0..steps-1 (includes the base end, so
-  ``steps=1`` is EAP exactly; with denoising these are the points of the 2025 reference code).
-- ``eap_ig_activations``: for the writers of one stage (embed, the heads of a layer, or an MLP), ḡ averaged
-  over runs of the base prompts in which that stage's output is interpolated from its base to its source
-  value (the reference instead runs the clean prompts and averages every edge over all stages' runs).
+  source run's embeddings (α = 0 base, 1 source): ``quadrature`` "midpoint" α = (k + ½)/steps, "base_end"
+  α = k/steps, "source_end" α = (k + 1)/steps, k = 0..steps-1.
+- ``eap_ig_activations``: the reference's: one unit at a time (embedding, a layer's heads, an MLP) interpolated
+  in a run of the base prompts, the gradient through it blocked; every run's gradients go to every edge.
+- ``eap_ig_stagewise``: per stage, ḡ averaged over the runs that interpolate that stage; only its edges take them.
+
+``convention="mib"`` gives the reference code's numbers (hannamw/EAP-IG, the MIB benchmark's): noising, with the
+reference's points per method (`MIB_QUADRATURE`); docs/edge_attribution.md has the table and the exact factor
+between the normalisations.
 
 TransformerLens 4 refuses ``hook_result`` and split q/k/v inputs on native models, so reader gradients
 are vector-Jacobian products: head h's gradient at ``hook_q`` through its own ``W_Q[h]`` to ``ln1``'s
@@ -45,8 +48,13 @@ from circuits.errors import InvalidOptionError, MetricError
 from circuits.graph import HeadGraph
 from circuits.nodes import EMBED, INPUTS, LOGITS, MLP, Head
 
-METHODS = ("eap", "eap_ig_inputs", "eap_ig_activations")
-QUADRATURES = ("midpoint", "base_end")
+METHODS = ("eap", "eap_ig_inputs", "eap_ig_activations", "eap_ig_stagewise")
+QUADRATURES = ("midpoint", "base_end", "source_end")
+CONVENTIONS = ("library", "mib")
+# The reference code's points (hannamw/EAP-IG, July 2025), in the noising direction it measures: EAP-IG-inputs takes
+# k/steps of the way from the corrupted input, k = 0..steps-1 (from the clean base: the source end included);
+# EAP-IG-activations takes k/steps of the clean output, k = 1..steps (the base end included).
+MIB_QUADRATURE = {"eap_ig_inputs": "source_end", "eap_ig_activations": "base_end"}
 
 
 @dataclass(frozen=True)
@@ -103,10 +111,11 @@ class Layout:
 @base.options()
 @dataclass(frozen=True)
 class EdgeAttribution(base.EngineBase):
-    method: str = "eap_ig_inputs"  # "eap", "eap_ig_inputs" or "eap_ig_activations"
+    method: str = "eap_ig_inputs"  # one of METHODS (module docstring)
     steps: int = 5  # integration points of the IG methods (EAP uses one point, the base run)
-    quadrature: str = "midpoint"  # or "base_end": where on [0, 1] the IG points lie (module docstring)
-    direction: str = "denoising"  # or "noising"
+    quadrature: Optional[str] = None  # where on [0, 1] the IG points lie; None: the convention's
+    direction: Optional[str] = None  # "denoising" or "noising"; None: the convention's
+    convention: str = "library"  # "library" (denoising, midpoint points) or "mib" (the reference code's numbers)
     memory_mb: float = 1024.0  # budget for one gradient pass; the batch is split into chunks to fit
     progress: bool = True  # a progress bar over gradient passes on large models (kit.progress); results do not depend on it
 
@@ -117,46 +126,66 @@ class EdgeAttribution(base.EngineBase):
             raise InvalidOptionError(f"method={self.method!r}; expected one of {METHODS}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise InvalidOptionError(f"steps={self.steps!r}; expected an integer number of IG points >= 1")
-        if self.quadrature not in QUADRATURES:
+        if self.convention not in CONVENTIONS:
+            raise InvalidOptionError(f"convention={self.convention!r}; expected one of {CONVENTIONS}")
+        if self.quadrature is not None and self.quadrature not in QUADRATURES:
             raise InvalidOptionError(f"quadrature={self.quadrature!r}; expected one of {QUADRATURES}")
-        kit.check_direction(self.direction)
+        if self.direction is not None:
+            kit.check_direction(self.direction)
+        if self.convention == "mib":
+            wanted = {"direction": "noising", "quadrature": MIB_QUADRATURE.get(self.method)}
+            for option, value in wanted.items():
+                given = getattr(self, option)
+                if given is not None and given != value:
+                    raise InvalidOptionError(f"{option}={given!r} with convention='mib'; the reference code's "
+                                             f"{self.method} uses {option}={value!r} (leave it None)")
         kit.check_memory(self.memory_mb)
 
     @property
+    def run_direction(self) -> str:
+        """The direction measured: the given one, else the convention's (library: denoising; mib: noising)."""
+        return self.direction or ("noising" if self.convention == "mib" else "denoising")
+
+    @property
+    def points(self) -> str:
+        """The quadrature used: the given one, else the convention's (library: midpoint; mib: the reference's)."""
+        return self.quadrature or (MIB_QUADRATURE.get(self.method) if self.convention == "mib" else None) or "midpoint"
+
+    @property
     def score_meaning(self) -> str:
-        return (f"edge writer->reader (effect 'direct'): the gradient estimate ({self.method}) of the metric change when only that "
-                f"path is patched ({self.direction}), Δa_writer · dM/d(reader input); a head receiver's score is "
-                "the sum of its q/k/v inputs' (score_q/score_k/score_v); node: the estimate for the node's whole "
-                "output (the sum of its outgoing edges, comparable to activation patching); all normalised by "
-                "m_clean - m_corrupted")
+        return (f"edge writer->reader (effect 'direct'): the gradient estimate ({self.method}, {self.convention} "
+                f"convention) of the metric change when only that path is patched ({self.run_direction}), "
+                "Δa_writer · dM/d(reader input); a head receiver's score is the sum of its q/k/v inputs' "
+                "(score_q/score_k/score_v); node: the estimate for the node's whole output (the sum of its outgoing "
+                "edges, comparable to activation patching); all normalised by m_clean - m_corrupted")
 
     def alphas(self) -> list[float]:
         """Where the gradient is taken, from the base run (0) to the source run (1)."""
         if self.method == "eap":
             return [0.0]
-        if self.quadrature == "midpoint":
-            return [(k + 0.5) / self.steps for k in range(self.steps)]
-        return [k / self.steps for k in range(self.steps)]
+        k = range(self.steps)
+        return {"midpoint": [(i + 0.5) / self.steps for i in k], "base_end": [i / self.steps for i in k],
+                "source_end": [(i + 1) / self.steps for i in k]}[self.points]
 
     def measure(self, model: Any, task: Any, batch: PromptBatch) -> Measurement[Float[Tensor, "writer reader"]]:
         """Unnormalised batch-mean ``Δa_u · ḡ_v`` for every (writer, reader) of `Layout` (zero where no edge
         exists), float64, for a batch you built yourself."""
         with base.session(model, grad=True):
-            runs = kit.Runs.prepare(model, task, batch, self.direction, writer_sites(model))
+            runs = kit.Runs.prepare(model, task, batch, self.run_direction, writer_sites(model))
             batch, layout = runs.batch, Layout.of(model)
             sums = torch.zeros(len(layout.writers), len(layout.readers), dtype=torch.float64)
             parts = kit.chunks(batch.size, _prompts_per_pass(model, layout, batch, self.memory_mb))
-            stages = 1 + model.cfg.n_layers * (1 if model.cfg.attn_only else 2) if self.method == "eap_ig_activations" else 1
-            with kit.progress(model, len(parts) * stages * len(self.alphas()), f"{self.name}: gradient passes",
-                              self.progress) as bar:
+            passes = sum(len(self.alphas()) if path.interpolates else 1 for path in self._paths(runs, layout))
+            with kit.progress(model, len(parts) * passes, f"{self.name}: gradient passes", self.progress) as bar:
                 for chunk in parts:
                     sums += self._chunk(model, task, runs.rows(chunk), layout, bar)
             return runs.measured(sums / batch.size * layout.mask())
 
     def graph(self, model: Any, measurement: Measurement[Tensor]) -> HeadGraph:
-        normalised = measurement.baseline().normalise(measurement.values, self.direction)
+        normalised = measurement.baseline().normalise(measurement.values, self.run_direction)
         graph = edge_graph(Layout.of(model), normalised)
-        graph.meta.update(method=self.method, steps=len(self.alphas()), alphas=self.alphas(), direction=self.direction)
+        graph.meta.update(method=self.method, steps=len(self.alphas()), alphas=self.alphas(),
+                          direction=self.run_direction, quadrature=self.points, convention=self.convention)
         return graph
 
     def _chunk(self, model: Any, task: Any, runs: kit.Runs, layout: Layout, bar: Any) -> Tensor:
@@ -165,26 +194,57 @@ class EdgeAttribution(base.EngineBase):
         deltas = writer_deltas(model, runs).flatten(1)  # [writer, batch * pos * d_model]
         alphas = self.alphas()
         out = torch.zeros(len(layout.writers), len(layout.readers), dtype=torch.float64)
-        # the score is linear in the gradient: sum the gradients over the IG points, then one product per block
-        stages = [(slice(None), {})] if self.method != "eap_ig_activations" else activation_stages(runs, layout)
         embed, resid_change = runs.base[EMBED_SITE], runs.change(EMBED_SITE)
-        for rows, replace in stages:
+        paths = self._paths(runs, layout)
+        every_run = sum(path.runs for path in paths) * len(alphas)
+        # the score is linear in the gradient: sum the gradients over the IG points, then one product per block
+        for path in paths:
             total: Optional[list[Tensor]] = None
-            for alpha in alphas:
-                interpolate = self.method == "eap_ig_inputs" or rows == slice(0, 1)
-                residual = embed + alpha * resid_change if interpolate else embed
-                swap = {key: base_value + alpha * change for key, (base_value, change) in replace.items()}
+            for alpha in alphas if path.interpolates else alphas[:1]:
+                residual = embed + alpha * resid_change if path.input else embed
+                swap = {key: base_value + alpha * change for key, (base_value, change) in path.replace.items()}
                 grads = reader_gradients(model, task, batch, residual, swap)
                 bar.update(1)
                 total = grads if total is None else [t + g for t, g in zip(total, grads)]
+            # a path that interpolates nothing has the same gradient at every point
+            runs_here = path.runs * (1 if path.interpolates else len(alphas))
+            divisor = every_run if self.method == "eap_ig_activations" else len(alphas)
             column = 0
             for block, (size, heard) in zip(total, layout.blocks()):
-                hear = slice(rows.start or 0, min(heard, len(deltas) if rows.stop is None else rows.stop))
+                hear = slice(path.rows.start or 0, min(heard, len(deltas) if path.rows.stop is None else path.rows.stop))
                 if hear.start < hear.stop:  # slices: views, not copies
                     product = deltas[hear] @ block.flatten(1).T.to(deltas.device)  # a reader's gradient: on its layer's device
-                    out[hear, column:column + size] += product.double().cpu() / len(alphas)
+                    scaled = product.double().cpu() / divisor
+                    out[hear, column:column + size] += scaled if runs_here == 1 else scaled * runs_here
                 column += size
         return out
+
+    def _paths(self, runs: kit.Runs, layout: Layout) -> list["_Path"]:
+        """The interpolation paths of the method: which writer rows each scores, what it interpolates, and how many
+        runs it stands for."""
+        every = slice(None)
+        if self.method in ("eap", "eap_ig_inputs"):
+            return [_Path(every, {}, input=self.method == "eap_ig_inputs")]
+        stages = activation_stages(runs, layout)
+        if self.method == "eap_ig_stagewise":
+            return [_Path(rows, replace, input=not replace) for rows, replace in stages]
+        paths = [_Path(every, replace, input=not replace) for _, replace in stages]
+        if self.convention == "mib" and not layout.has_mlp:
+            # the reference keeps an MLP node per layer in attention-only models: its runs interpolate nothing
+            paths.append(_Path(every, {}, input=False, runs=layout.n_layers))
+        return paths
+
+
+@dataclass(frozen=True)
+class _Path:
+    rows: slice  # writer rows scored by this path's runs
+    replace: dict  # {(layer, site kind): (base value, change)} interpolated
+    input: bool  # the embedding interpolated
+    runs: int = 1  # how many of the method's interpolation paths this one stands for
+
+    @property
+    def interpolates(self) -> bool:
+        return self.input or bool(self.replace)
 
 
 EMBED_SITE = (0, "resid_pre")  # what the embedding writes: the residual stream entering block 0
@@ -210,7 +270,8 @@ def writer_deltas(model: Any, runs: kit.Runs) -> Float[Tensor, "writer batch pos
 
 
 def activation_stages(runs: kit.Runs, layout: Layout) -> list[tuple[slice, dict[kit.Site, tuple[Tensor, Tensor]]]]:
-    """For `eap_ig_activations`: (writer rows, {(layer, site kind): (base value, change)}) per stage."""
+    """For `eap_ig_activations` and `eap_ig_stagewise`: (writer rows, {(layer, site kind): (base value, change)})
+    per stage: the embedding (nothing replaced: the input is interpolated), each layer's heads, each MLP."""
     out: list[tuple[slice, dict]] = [(slice(0, 1), {})]
     row = 1
     for layer in range(layout.n_layers):
