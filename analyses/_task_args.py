@@ -40,6 +40,17 @@ def prompt_task(args: argparse.Namespace) -> Optional[Any]:
     return tasks.prompts(args.prompts, metric=args.metric, first_token=args.first_token)
 
 
+def registered_task(name: str) -> Any:
+    """The registered task `name`; one that needs options (``prompts``) is refused with the flag to use instead."""
+    import tasks
+    from circuits.errors import MissingOptionError
+
+    try:
+        return tasks.get(name)
+    except MissingOptionError as error:
+        raise InvalidOptionError(f"{error} (on the command line: --prompts FILE for your own prompt pairs)") from None
+
+
 def model_for(args: argparse.Namespace, task: Any, label: str) -> Any:
     """``--model`` loaded, else `task`'s default model (with a line saying which)."""
     import circuits

@@ -75,7 +75,7 @@ def _discover(args: argparse.Namespace) -> int:
                                      "disagree; expected one of them")
         options["direction"] = args.direction
     engine = circuits.engines.get(args.engine, **options)  # option values checked by the engine
-    task = _task_args.prompt_task(args) or tasks.get(args.task)
+    task = _task_args.prompt_task(args) or _task_args.registered_task(args.task)
     label = f"--prompts {args.prompts}" if args.prompts else f"task {args.task!r}"
     n = args.n if args.n is not None else (task.size if args.prompts else 32)
     model = _task_args.model_for(args, task, label)

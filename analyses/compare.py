@@ -144,7 +144,7 @@ def run(task_names: Optional[Sequence[str]] = None, quick: bool = False, out: Pa
     start = time.perf_counter()
     task_names = list(task_names) if task_names else [] if task_objects else tasks.ready_made()
     for name in task_names:
-        tasks.get(name)  # an unknown task fails here, before any model loads
+        _task_args.registered_task(name)  # an unknown task fails here, before any model loads
     engine_names = list(engine_names or circuits.engines.for_trained_models())
     for name in engine_names:
         circuits.engines.get(name)

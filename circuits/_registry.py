@@ -11,6 +11,7 @@ the `tasks` package.
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 import sys
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Generic, Optional, TypeVar
 
-from circuits.errors import DuplicateNameError, PluginImportError, UnknownNameError
+from circuits.errors import DuplicateNameError, MissingOptionError, PluginImportError, UnknownNameError
 
 T = TypeVar("T")
 _MODULE_ATTRIBUTE = re.compile(r"^[\w.]+:[\w.]+$")
@@ -52,8 +53,14 @@ class Registry(Generic[T]):
         return factory
 
     def get(self, name: str, **options: Any) -> T:
-        """The factory of `name` called with `options` (e.g. an engine with its options, a task)."""
-        return self.factory(name)(**options)
+        """The factory of `name` called with `options` (e.g. an engine with its options, a task); a factory that
+        needs an option not given (the ``prompts`` task's ``source``) raises `MissingOptionError` naming it."""
+        factory = self.factory(name)
+        missing = _required(factory, options)
+        if missing:
+            raise MissingOptionError(f"{self.kind} {name!r} needs the option{'s' if len(missing) > 1 else ''} "
+                                     f"{', '.join(missing)}; expected e.g. get({name!r}, {missing[0]}=...)")
+        return factory(**options)
 
     def factory(self, name: str) -> Callable[..., T]:
         """What `name` stands for, uncalled: its module is imported now (`PluginImportError` with the real error if
@@ -81,6 +88,16 @@ class Registry(Generic[T]):
     def _nothing_declared(self) -> str:
         return (f"(none: no installed distribution declares entry points in the group {self.group!r}; "
                 "is tl-circuits installed? pip install -e .)")
+
+
+def _required(factory: Callable[..., Any], options: dict[str, Any]) -> list[str]:
+    """The parameters of `factory` that have no default and are not in `options` (none where it has no signature)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in parameters if p.kind in kinds and p.default is p.empty and p.name not in options]
 
 
 def _add(kind: str, entries: dict[str, _Entry], name: str, entry: _Entry) -> None:

@@ -149,6 +149,8 @@ def test_task_options_are_checked_when_the_task_is_made(tmp_path):
     assert tasks.prompts(no_foil).metric_name == "log_probability"
     assert tasks.get("prompts", source=str(path), metric="probability").metric_name == "probability"
     assert "prompts" in tasks.names() and "prompts" not in tasks.ready_made()
+    with pytest.raises(circuits_errors().MissingOptionError, match="task 'prompts' needs the option source"):
+        tasks.get("prompts")
 
 
 def test_answers_glued_to_the_prompt_are_warned_about():

@@ -159,6 +159,8 @@ def test_the_command_line_takes_prompts_a_model_folder_and_engine_options(folder
 
 @pytest.mark.parametrize("args, words", [
     (["--task", "induction", "--metric", "probability"], "--metric applies to --prompts"),
+    (["--task", "prompts"], "task 'prompts' needs the option source; expected e.g. get('prompts', source=...) (on the "
+                            "command line: --prompts FILE"),
     (["--prompts", "BAD"], "line 2"),
     (["--prompts", "GOOD", "--option", "steps=two"], "--option steps=two: expected an integer"),
     (["--prompts", "GOOD", "--option", "nope=1"], "has no option 'nope'"),

@@ -155,7 +155,7 @@ def test_compare_reports_held_out_prompts_that_are_not_held_out():
         said = [str(w.message) for w in caught if "faithfulness prompts" in str(w.message)]
         if shared:
             assert "not held out: 8 of the 8 faithfulness prompts (seed 1)" in result.table()
-            assert said and "ignores seed" in said[0]
+            assert said and "not held out: the task 'ignores_seed' ignores seed" in said[0]
         else:
             assert "not held out" not in result.table() and not said
 

@@ -84,8 +84,8 @@ class Comparison:
             return ""
         n = self.settings.get("n")
         return (f"not held out: {self.shared_prompts} of the {n} faithfulness prompts (seed {self.settings.get('seed')}) "
-                "are also among the prompts the engines scored (the task ignores seed, or has fewer prompts than "
-                "asked for): faithfulness is measured on the engines' own prompts")
+                "are also among the prompts the engines scored (the task ignores seed, or draws from few prompts): "
+                "on those, faithfulness is measured on the engines' own prompts")
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per engine and one for the random baseline: CPR, CMD, the top heads, and faithfulness at k."""
@@ -157,8 +157,8 @@ def compare(graphs: Union[Sequence[Any], Mapping[str, Any]], model: Any, task: A
         shared = shared_rows(held_out, [task_batch(model, task, n_, seed_) for n_, seed_ in engine_batches(labelled)])
         if shared:
             warnings.warn(f"compare: {shared} of the {held_out.size} faithfulness prompts (seed {seed}) are also among "
-                          f"the engines' prompts: the task {task.name!r} ignores seed or has too few prompts; "
-                          "they are not held out", stacklevel=2)
+                          f"the engines' prompts, so they are not held out: the task {task.name!r} ignores seed, or "
+                          "draws from few prompts", stacklevel=2)
         batch, reference = on_model(model, held_out), prompts(model, task, n, reference_seed)
         ablation = MeanAblation.prepare(model, task, batch, reference, memory_mb=memory_mb)
         empty = float(ablation.metrics(masks([[]], cfg.n_layers, cfg.n_heads))[0])
