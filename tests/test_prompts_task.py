@@ -178,3 +178,37 @@ def test_bad_input_on_the_command_line_writes_nothing(args, words, folder, tmp_p
     out = tmp_path / "out"
     code = cli.main(["discover", "--engine", "edge_attribution", *args, "--out", str(out)])
     assert code == 2 and words in capsys.readouterr().err and not out.exists()
+
+
+def test_compare_on_a_prompt_file_says_its_prompts_are_not_held_out(folder, tmp_path, capsys):
+    path = jsonl(tmp_path / "p.jsonl", [LONGER, SHORT, *ROWS])
+    out = tmp_path / "compare"
+    code = cli.main(["compare", "--prompts", str(path), "--model", str(folder), "--engine", "activation_patching",
+                     "--engine", "cdt", "--quick", "--out", str(out)])
+    assert code == 0 and (out / "compare_prompts-p.png").exists()
+    record = json.loads((out / "compare_prompts-p.json").read_text())
+    assert record["settings"]["n"] == 4 and record["held_out"].startswith("not held out: 4 of the 4")
+    assert "not held out" in (out / "compare.md").read_text()
+
+
+def test_a_sweep_spec_takes_a_prompt_file_and_reruns_when_it_changes(folder, tmp_path):
+    (tmp_path / "data").mkdir()
+    path = jsonl(tmp_path / "data" / "p.jsonl", [LONGER, SHORT])
+    spec = tmp_path / "spec.toml"
+    spec.write_text(f'tasks = [{{ prompts = "data/p.jsonl", metric = "probability" }}]\n'
+                    f'models = [{{ name = "tiny", hub = "{folder}" }}]\nengines = ["activation_patching"]\nn = 2\n')
+    parsed = circuits.sweeps.Spec.load(spec)
+    [cell] = parsed.cells()
+    assert cell.task.options == {"source": str(path.resolve()), "metric": "probability"}
+    assert cell.folder.startswith("prompts-p.tiny.activation_patching.seed0.")
+    first = circuits.sweep(spec, tmp_path / "out", progress=False)
+    assert first.ok and first.ran == [cell.key]
+    assert circuits.sweep(spec, tmp_path / "out", progress=False).skipped == [cell.key]
+    jsonl(path, [LONGER, ROWS[0]])  # the same file name, other prompts
+    again = circuits.sweep(spec, tmp_path / "out", progress=False)
+    assert again.ran == [cell.key] and again.stale == {cell.folder: ["prompts"]}
+    graph = circuits.HeadGraph.from_json(tmp_path / "out" / cell.folder / "graph.json")
+    assert graph.meta["task"] == "prompts:p" and graph.meta["n"] == 2
+    path.write_text("{}\n")  # a broken file is refused when the spec is read, before any cell runs
+    with pytest.raises(PromptFileError, match=r"p\.jsonl line 1: no 'clean' key"):
+        circuits.sweeps.Spec.load(spec)
