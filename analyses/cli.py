@@ -81,8 +81,9 @@ def _discover(args: argparse.Namespace) -> int:
     model = _task_args.model_for(args, task, label)
     graph = circuits.discover(model, task, engine=engine, n=n, seed=args.seed)
     meta = graph.meta
-    print(f"\n{args.engine} on {task.name} ({meta['model']}): metric clean {meta.get('metric_clean', float('nan')):.3f}, "
-          f"corrupted {meta.get('metric_corrupted', float('nan')):.3f} (n={meta['n']}, seed={args.seed})")
+    clean, corrupted = meta.get("metric_clean", float("nan")), meta.get("metric_corrupted", float("nan"))
+    print(f"\n{args.engine} on {task.name} ({meta['model']}): metric clean {clean:.3f}, "
+          f"corrupted {corrupted:.3f} (n={meta['n']}, seed={args.seed})")
     print(f"score: {meta['score']}\n")
     print(_table(graph, args.top, args.by))
     edges = _edges_table(graph, args.top, args.by)

@@ -53,7 +53,8 @@ def _from_folder(path: Path, kwargs: dict[str, Any]) -> Any:
     os.environ["HF_HUB_OFFLINE"] = "1"  # a folder needs nothing from the hub
     if path.is_dir() and (path / "config.json").is_file():
         return TransformerBridge.boot_transformers(str(path), **kwargs).eval()
-    ggufs = [path] if path.suffix == ".gguf" and path.is_file() else sorted(path.glob("*.gguf")) if path.is_dir() else []
+    ggufs = ([path] if path.suffix == ".gguf" and path.is_file()
+             else sorted(path.glob("*.gguf")) if path.is_dir() else [])
     if len(ggufs) != 1:
         found = sorted(p.name for p in path.iterdir())[:10] if path.is_dir() else [path.name]
         raise ModelNotFoundError(f"{str(path)!r} holds no model: expected a folder with config.json (a Hugging Face "
@@ -101,6 +102,7 @@ def _check_hub_name(name: str) -> None:
         raise ModelNotFoundError(f"{name!r} is neither a folder that exists nor a valid hub name ('org/name'): "
                                  f"{error}") from None
     if not isinstance(cached, str) and _offline():
-        raise ModelNotFoundError(f"model {name!r} is not a folder that exists, and as a hub name it is not in the local "
-                                 f"Hugging Face cache ({_hub_cache()}) while the hub is offline (HF_HUB_OFFLINE=1): "
-                                 "download it where there is network access, or give the path of a local folder")
+        raise ModelNotFoundError(f"model {name!r} is not a folder that exists, and as a hub name it is not in the "
+                                 f"local Hugging Face cache ({_hub_cache()}) while the hub is offline "
+                                 "(HF_HUB_OFFLINE=1): download it where there is network access, or give the path of "
+                                 "a local folder")

@@ -68,7 +68,8 @@ class PromptBatch:
     def _each(self, change: Any) -> "PromptBatch":
         """The batch with `change` applied to the prompts and every per-prompt field that is set."""
         fields = ("clean", "corrupted", *self.PER_PROMPT)
-        return replace(self, **{name: change(getattr(self, name)) for name in fields if getattr(self, name) is not None})
+        return replace(self, **{name: change(getattr(self, name)) for name in fields
+                                if getattr(self, name) is not None})
 
     def to(self, device: Union[str, torch.device]) -> "PromptBatch":
         return self._each(lambda t: t.to(device))

@@ -98,7 +98,8 @@ def _logit_difference(logits: Tensor, batch: Any) -> Tensor:
 def _kl_divergence(logits: Tensor, batch: Any) -> Tensor:
     if batch.clean_logprobs is None:
         raise InvalidBatchError("metric 'kl_divergence' needs batch.clean_logprobs (the clean run's read-out "
-                                "log-probabilities, circuits.metrics.clean_logprobs(model, batch)); this batch has none")
+                                "log-probabilities, circuits.metrics.clean_logprobs(model, batch)); this batch has "
+                                "none")
     return kl_divergence(logits, batch.clean_logprobs)
 
 

@@ -43,8 +43,8 @@ def ready_made() -> list[str]:
 
     return [name for name in names() if needs_nothing(TASKS.factory(name))]
 
-__all__ = ["Capitals", "FactualRecall", "FewShot", "ICLRegression", "Induction", "PromptPairs", "RegularLanguages", "get",
-           "names", "prompts", "ready_made", "register"]
+__all__ = ["Capitals", "FactualRecall", "FewShot", "ICLRegression", "Induction", "PromptPairs", "RegularLanguages",
+           "get", "names", "prompts", "ready_made", "register"]
 
 __getattr__, __dir__ = _lazy.exports(__name__, {
     "Capitals": "tasks.capitals", "FactualRecall": "tasks.factual_recall", "FewShot": "tasks.few_shot",

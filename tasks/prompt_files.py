@@ -197,8 +197,8 @@ def _csv(path: Path, text: str) -> list[PromptPair]:
     if not eap_ig:
         unknown = [c for c in header if c not in FIELDS and c not in _INDEX_COLUMNS and not c.startswith("meta")]
         if unknown:
-            raise PromptFileError(f"{path} line 1: unknown column {unknown[0]!r}; expected clean, corrupted, answer and "
-                                  "optionally foil (name other columns meta...)")
+            raise PromptFileError(f"{path} line 1: unknown column {unknown[0]!r}; expected clean, corrupted, answer "
+                                  "and optionally foil (name other columns meta...)")
     pairs = []
     for number, row in enumerate(reader, 1):
         where = f"{path} row {number} (line {reader.line_num})"

@@ -1,8 +1,9 @@
 """Your own prompts: a task built from clean/corrupted prompt pairs in a file or in Python (registry name
 ``prompts``).
 
-    task = tasks.prompts("ioi.jsonl")                               # .jsonl, .json (also auto-circuit's), .csv (also EAP-IG's)
-    task = tasks.prompts([{"clean": ..., "corrupted": ..., "answer": " Mary", "foil": " John"}, ...], metric="probability")
+    task = tasks.prompts("ioi.jsonl")    # .jsonl, .json (also auto-circuit's), .csv (also EAP-IG's)
+    task = tasks.prompts([{"clean": ..., "corrupted": ..., "answer": " Mary", "foil": " John"}, ...],
+                         metric="probability")
     graph = circuits.discover(task.default_model(), task, engine="activation_patching", n=task.size)
 
 The file is read and checked when the task is made (`tasks.prompt_files`: formats and file-level errors, before
@@ -49,7 +50,8 @@ def prompts(source: Union[str, Path, list[Any], tuple[Any, ...]], **options: Any
     local Hugging Face folder or a hub name; default the bundled SmolLM2), ``name``."""
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
-        raise InvalidOptionError(f"prompts has no option {unknown[0]!r}; expected some of: source, {', '.join(OPTIONS)}")
+        raise InvalidOptionError(f"prompts has no option {unknown[0]!r}; expected some of: source, "
+                                 f"{', '.join(OPTIONS)}")
     metric = options.pop("metric", None)
     return PromptPairs(source, metric_name=metric, **options)
 
@@ -85,8 +87,9 @@ class PromptPairs:
         metric = self.metric_name or ("logit_difference" if has_foil else "log_probability")
         metrics.named(metric)  # UnknownNameError listing the metrics
         if metric == "logit_difference" and not has_foil:
-            raise PromptFileError(f"metric 'logit_difference' needs a foil per prompt; {pairs[0].where} and the rest have "
-                                  "none: add a foil, or use metric 'log_probability', 'probability' or 'kl_divergence'")
+            raise PromptFileError(f"metric 'logit_difference' needs a foil per prompt; {pairs[0].where} and the rest "
+                                  "have none: add a foil, or use metric 'log_probability', 'probability' or "
+                                  "'kl_divergence'")
         if not isinstance(self.first_token, bool):
             raise InvalidOptionError(f"first_token={self.first_token!r}; expected True or False")
         object.__setattr__(self, "metric_name", metric)
@@ -136,8 +139,8 @@ def tokenize(model: Any, pairs: tuple[PromptPair, ...], first_token: bool) -> To
         c, k = tokens.encode(model, pair.clean), tokens.encode(model, pair.corrupted)
         if len(c) != len(k):
             raise UnequalLengthError(f"{pair.where}: the clean prompt is {len(c)} tokens and the corrupted one "
-                                     f"{len(k)} under this model's tokenizer; expected the same length (the read-out is "
-                                     "at each row's last token, and patching swaps positions one for one)")
+                                     f"{len(k)} under this model's tokenizer; expected the same length (the read-out "
+                                     "is at each row's last token, and patching swaps positions one for one)")
         if len(c) > cfg.n_ctx:
             raise PromptFileError(f"{pair.where}: the prompt is {len(c)} tokens; the model's context is "
                                   f"n_ctx={cfg.n_ctx}: expected a shorter prompt")
@@ -176,7 +179,8 @@ def _token(model: Any, pair: PromptPair, name: str, first_token: bool, vocab: in
 
 
 def _warn_about_spacing(pairs: list[PromptPair]) -> None:
-    glued = [p for p in pairs if isinstance(p.answer, str) and not p.answer[:1].isspace() and not p.clean[-1:].isspace()]
+    glued = [p for p in pairs
+             if isinstance(p.answer, str) and not p.answer[:1].isspace() and not p.clean[-1:].isspace()]
     if glued:
         examples = "; ".join(f"{p.where}: ...{p.clean[-12:]!r} + {p.answer!r}" for p in glued[:3])
         warnings.warn(f"{len(glued)} of {len(pairs)} answers continue their prompt without a space ({examples}): "

@@ -109,7 +109,8 @@ def test_wheel_installs_and_runs_the_readme_example(tmp_path, induction_model):
     assert checks["scripts"] == {"circuits": "analyses.cli:main"} and (venv / "bin" / "circuits").exists()
     # the wheel's entry points, once: the test venv's editable install is on sys.path too, under the same name
     assert checks["registered"] == {
-        "tasks": ["capitals", "factual_recall", "few_shot", "icl_regression", "induction", "prompts", "regular_languages"],
+        "tasks": ["capitals", "factual_recall", "few_shot", "icl_regression", "induction", "prompts",
+                  "regular_languages"],
         "engines": ["activation_patching", "cdt", "clamped_training", "edge_attribution", "path_patching"]}
     shown = ast.literal_eval(re.search(r'graph\.top\(3, by="signed"\)\s+# (\[.*\])', code).group(1))
     assert [name for name, _ in checks["top3"]] == [name for name, _ in shown]

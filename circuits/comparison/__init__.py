@@ -83,7 +83,8 @@ class Comparison:
         if not self.shared_prompts:
             return ""
         n = self.settings.get("n")
-        return (f"not held out: {self.shared_prompts} of the {n} faithfulness prompts (seed {self.settings.get('seed')}) "
+        seed = self.settings.get("seed")
+        return (f"not held out: {self.shared_prompts} of the {n} faithfulness prompts (seed {seed}) "
                 "are also among the prompts the engines scored (the task ignores seed, or draws from few prompts): "
                 "on those, faithfulness is measured on the engines' own prompts")
 

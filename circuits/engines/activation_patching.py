@@ -36,7 +36,7 @@ class ActivationPatching(base.EngineBase):
     direction: str = "denoising"  # or "noising"; checked in __post_init__ (typed error)
     per_position: bool = False  # also score each head at each position (node attribute "position_scores")
     memory_mb: float = 256.0  # budget for one stacked forward pass
-    progress: bool = True  # a progress bar over layers on large models (kit.progress); results do not depend on it
+    progress: bool = True  # a progress bar over layers on large models (kit.progress); not in results
 
     name = "activation_patching"
 

@@ -117,7 +117,7 @@ class EdgeAttribution(base.EngineBase):
     direction: Optional[str] = None  # "denoising" or "noising"; None: the convention's
     convention: str = "library"  # "library" (denoising, midpoint points) or "mib" (the reference code's numbers)
     memory_mb: float = 1024.0  # budget for one gradient pass; the batch is split into chunks to fit
-    progress: bool = True  # a progress bar over gradient passes on large models (kit.progress); results do not depend on it
+    progress: bool = True  # a progress bar over gradient passes on large models (kit.progress); not in results
 
     name = "edge_attribution"
 

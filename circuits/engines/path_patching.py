@@ -56,7 +56,7 @@ class PathPatching(base.EngineBase):
     positions: Optional[Sequence[int]] = None  # sender patched only at these positions; None: all
     freeze_mlps: bool = False  # step 3: MLPs frozen at their base values instead of recomputed
     memory_mb: float = 256.0  # budget for one stacked forward pass
-    progress: bool = True  # a progress bar over layers on large models (kit.progress); results do not depend on it
+    progress: bool = True  # a progress bar over layers on large models (kit.progress); not in results
 
     name = "path_patching"
 

@@ -114,7 +114,7 @@ class CDT(base.EngineBase):
     iterative: bool = False  # the paper's discovery instead: from the logits, sources_per_step sources per step
     sources_per_step: int = 2  # iterative: sources kept per step
     memory_mb: float = 256.0  # budget for one stacked pass (sets x batch rows, both parts)
-    progress: bool = True  # a progress bar over decomposed passes on large models (kit.progress); results do not depend on it
+    progress: bool = True  # a progress bar over decomposed passes on large models (kit.progress); not in results
 
     name = "cdt"
 
