@@ -26,12 +26,12 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API reference
     from circuits._task import PromptBatch, Task, TrainableTask, TrainingDefaults, TrainingSettings
     from circuits.comparison import compare
     from circuits.engines.base import Engine
-    from circuits.graph import EMBED, LOGITS, Head, HeadGraph
+    from circuits.graph import EMBED, LOGITS, Edge, Head, HeadGraph
     from circuits.sweeps import sweep
 
 __version__ = package_version()  # of the installed distribution, tl-circuits
 
-__all__ = ["EMBED", "LOGITS", "Engine", "Head", "HeadGraph", "PromptBatch", "Registry", "Task", "TrainableTask",
+__all__ = ["EMBED", "LOGITS", "Edge", "Engine", "Head", "HeadGraph", "PromptBatch", "Registry", "Task", "TrainableTask",
            "TrainingDefaults", "TrainingSettings", "clamped_runs", "clamps", "compare", "discover", "engines", "errors",
            "forward", "hooks", "metrics", "models", "nodes", "sweep", "tokens", "training"]
 
@@ -43,5 +43,5 @@ __getattr__, __dir__ = _lazy.exports(__name__, {
     **{name: "circuits._task" for name in ("PromptBatch", "Task", "TrainableTask", "TrainingDefaults",
                                            "TrainingSettings")},
     "compare": "circuits.comparison", "sweep": "circuits.sweeps",
-    **{name: "circuits.graph" for name in ("EMBED", "LOGITS", "Head", "HeadGraph")},
+    **{name: "circuits.graph" for name in ("EMBED", "LOGITS", "Edge", "Head", "HeadGraph")},
 })
