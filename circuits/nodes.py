@@ -198,7 +198,8 @@ class Edge:
         object.__setattr__(self, "receiver", receiver)
         where = f"edge {sender.name} -> {receiver.name} (input {self.input!r})"
         if isinstance(sender, Readout):
-            raise InvalidEdgeError(f"{where}: the read-out sends nothing; expected a sender {EMBED!r}, a head or an MLP")
+            raise InvalidEdgeError(f"{where}: the read-out sends nothing; expected a sender {EMBED!r}, a head or an "
+                                   "MLP")
         if isinstance(receiver, Input):
             raise InvalidEdgeError(f"{where}: the input receives nothing; expected a receiver: a head, an MLP or "
                                    f"{LOGITS!r}")

@@ -211,7 +211,8 @@ def test_scored_edges_expand_head_receivers_into_their_inputs():
     from circuits import Edge
 
     scored = dict(qkv_graph().scored_edges())
-    assert scored == {Edge("embed", "L0H0", "q"): 0.5, Edge("embed", "L0H0", "k"): -0.2, Edge("embed", "L0H0", "v"): 0.3,
+    assert scored == {Edge("embed", "L0H0", "q"): 0.5, Edge("embed", "L0H0", "k"): -0.2,
+                      Edge("embed", "L0H0", "v"): 0.3,
                       Edge("embed", "L0H1", "q"): 0.4, Edge("embed", "L0H1", "k"): 0.4,
                       Edge("L0H0", "logits"): 0.9, Edge("L0H1", "M0"): -0.7, Edge("M0", "logits"): 0.05}
 
