@@ -49,6 +49,8 @@ print("CHECKS " + json.dumps({
     "scripts": scripts,
     "registered": {"tasks": tasks.names(), "engines": circuits.engines.names()},  # from the wheel's entry points
     "top3": graph.top(3, by="signed"),
+    "viewer_files": sorted(f for f in files if f.startswith("circuits/view/") and not f.endswith((".py", ".pyc"))),
+    "html_bytes": graph.to_html("g.html").stat().st_size,  # the viewer's page, scripts read from the wheel
 }))
 '''
 
@@ -116,3 +118,7 @@ def test_wheel_installs_and_runs_the_readme_example(tmp_path, induction_model):
     assert [name for name, _ in checks["top3"]] == [name for name, _ in shown]
     assert [score for _, score in checks["top3"]] == pytest.approx([score for _, score in shown], abs=5e-4)
     assert (work / "g.json").exists() and (work / "g.png").exists()
+    assert set(checks["viewer_files"]) >= {"circuits/view/page.html", "circuits/view/viewer.js",
+                                           "circuits/view/viewer.css", "circuits/view/vendor/cytoscape.min.js",
+                                           "circuits/view/vendor/cytoscape.LICENSE"}
+    assert checks["html_bytes"] == (work / "g.html").stat().st_size > 400_000  # Cytoscape.js (~440 kB) inlined
