@@ -5,8 +5,9 @@
   "use strict";
   var DATA = JSON.parse(document.getElementById("circuit-data").textContent);
   var GRAPHS = DATA.graphs;
+  GRAPHS.forEach(function (g) { g.hasMlp = g.nodes.some(function (n) { return n[1] === "mlp"; }); });
   var INPUTS = ["q", "k", "v"];
-  var COLUMN = 80;  // layers are columns from the input (left) to the read-out (right); rows: see rowHeight
+  var COLUMN = 80;  // layers are columns from the input (left) to the read-out (right); see spacing
   var INPUT_STYLE = {q: "solid", k: "dashed", v: "dotted"};
   var INPUT_ARROW = {q: "triangle", k: "tee", v: "circle"};
   var $ = function (id) { return document.getElementById(id); };
@@ -69,14 +70,17 @@
   }
 
   // --- drawing -----------------------------------------------------------------------------------------
-  function rowHeight(g) {
-    // Rows as tall as makes the whole graph about the shape of its panel (30 layers of 9 heads: not a thin strip).
-    var box = $("cy").getBoundingClientRect(), aspect = box.width > 0 ? box.height / box.width : 0.6;
+  function spacing(g) {
+    // Columns that fill the panel's width (at least 80 units: a label's width), and rows as tall as makes the whole
+    // graph about the shape of the panel (30 layers of 9 heads: not a thin strip; 2 layers: not a small island).
+    var box = $("cy").getBoundingClientRect(), width = box.width || 1000, aspect = box.height / width || 0.6;
+    COLUMN = Math.max(80, 0.9 * width / (g.layers + 2));
     return Math.max(44, aspect * (g.layers + 2) * COLUMN / ((g.heads || 1) + 1.4));
   }
 
   function position(g, node) {
-    var ROW = rowHeight(g), kind = node[1], layer = node[2], middle = (g.heads || 1) * ROW / 2;
+    var ROW = spacing(g), kind = node[1], layer = node[2];
+    var middle = ((g.heads || 1) - 1 + (g.hasMlp ? 1.4 : 0)) * ROW / 2;  // the input and read-out: level with the middle
     if (kind === "embed") return {x: 0, y: middle};
     if (kind === "logits") return {x: (g.layers + 1) * COLUMN, y: middle};
     if (kind === "mlp") return {x: (layer + 1) * COLUMN, y: (g.heads + 0.4) * ROW};
@@ -84,7 +88,7 @@
   }
 
   var cy = cytoscape({
-    container: $("cy"), wheelSensitivity: 0.3, minZoom: 0.05, maxZoom: 4, boxSelectionEnabled: false,
+    container: $("cy"), minZoom: 0.05, maxZoom: 4, boxSelectionEnabled: false,
     style: [
       {selector: "node", style: {"label": "data(id)", "font-size": 9, "min-zoomed-font-size": 6, "text-valign": "center", "text-halign": "center",
         "width": 36, "height": 20, "shape": "round-rectangle", "background-color": "data(color)",
@@ -95,6 +99,8 @@
       {selector: "node.outside", style: {"opacity": 0.28}},
       {selector: "node.found", style: {"border-width": 4, "border-color": "#f1a340", "opacity": 1}},
       {selector: "node.focus", style: {"border-width": 3, "border-color": "#000", "opacity": 1}},
+      {selector: "node.axis", style: {"background-opacity": 0, "border-width": 0, "font-size": 18,
+        "min-zoomed-font-size": 0, "color": "#888", "events": "no", "width": 60}},
       {selector: "edge", style: {"width": "data(width)", "line-color": "data(color)", "target-arrow-color": "data(color)",
         "target-arrow-shape": "data(arrow)", "line-style": "data(line)", "arrow-scale": 0.8, "opacity": 0.75,
         "curve-style": "unbundled-bezier", "control-point-distances": "data(bend)", "control-point-weights": 0.5}},
@@ -116,6 +122,8 @@
     return out;
   }
 
+  function graphNodesDrawn() { return cy.nodes().not(".axis"); }
+
   function rebuildNodes() {
     var g = GRAPHS[state.graph];
     var limit = Math.max.apply(null, g.nodes.map(function (n) { return n[4] === null ? 0 : Math.abs(n[4]); }).concat([1e-12]));
@@ -125,10 +133,16 @@
       cy.elements().remove();
       cy.add(graphNodes().map(function (x) {
         var n = x.node, kind = n[1], score = x.own ? n[4] : (n[0] in scores ? scores[n[0]] : null);
-        var classes = [kind === "embed" || kind === "logits" ? "special" : kind, score === null ? "unmeasured" : ""];
+        var special = kind === "embed" || kind === "logits";
+        var classes = [special ? "special" : kind, score === null && !special ? "unmeasured" : ""];
         return {group: "nodes", data: {id: n[0], kind: kind, layer: n[2], head: n[3], score: score,
                 color: diverging(score, limit)}, position: position(x.g, n), classes: classes.join(" "), locked: true};
       }));
+      var every = g.layers > 16 ? 5 : 1, ROW = spacing(g);
+      for (var layer = 0; layer < g.layers; layer += every) {  // column headings (not part of the graph)
+        cy.add({group: "nodes", data: {id: "layer " + layer, kind: "axis", color: "#fff"}, classes: "axis",
+                position: {x: (layer + 1) * COLUMN, y: -0.9 * ROW}, locked: true, selectable: false, grabbable: false});
+      }
     });
   }
 
@@ -162,7 +176,7 @@
       cy.add(add);
       var touched = {};
       cy.edges().forEach(function (e) { touched[e.data("source")] = touched[e.data("target")] = true; });
-      cy.nodes().forEach(function (n) {
+      graphNodesDrawn().forEach(function (n) {
         n.toggleClass("outside", !touched[n.id()] && !n.hasClass("special"));
       });
     });
@@ -185,13 +199,13 @@
 
   function report(want) {
     var all = entries(state.graph).length, drawn = cy.edges().length;
-    var inside = cy.nodes().filter(function (n) { return !n.hasClass("outside"); }).length;
+    var nodes = graphNodesDrawn(), inside = nodes.filter(function (n) { return !n.hasClass("outside"); }).length;
     var g = GRAPHS[state.graph], effect = effectOf(state.graph);
     $("status").innerHTML = "<b>" + drawn + "</b> edges drawn (top " + state.size + " of " + all + " " +
       (effect ? "\u201c" + esc(effect) + "\u201d " : "") + "edges, ranked " + (state.by === "absolute" ? "by |score|" : "by score") +
-      "); " + inside + " of " + cy.nodes().length + " nodes touch them.";
+      "); " + inside + " of " + nodes.length + " nodes touch them.";
     $("status").dataset.edges = drawn;
-    $("status").dataset.nodes = cy.nodes().length;
+    $("status").dataset.nodes = nodes.length;
     var box = $("diff-counts");
     box.hidden = state.diff < 0;
     if (state.diff >= 0) {
@@ -348,7 +362,7 @@
   function search() {
     var q = $("search").value.trim().toLowerCase(), hits = cy.collection();
     cy.nodes().removeClass("found");
-    if (q) hits = cy.nodes().filter(function (n) { return n.id().toLowerCase().indexOf(q) >= 0; });
+    if (q) hits = graphNodesDrawn().filter(function (n) { return n.id().toLowerCase().indexOf(q) >= 0; });
     hits.addClass("found");
     $("found").textContent = q ? hits.length + (hits.length === 1 ? " node" : " nodes") : "";
     $("found").dataset.count = hits.length;
@@ -382,6 +396,7 @@
   cy.on("tap", function (ev) { if (ev.target === cy) { state.focus = null; applyFocus(); } });
 
   function fit() {  // the whole graph, but no closer than 1.4x (a tiny graph would show huge nodes and edges)
+    cy.resize();  // the header and controls are filled in by now: the panel's size may have changed
     cy.fit(undefined, 20);
     if (cy.zoom() > 1.4) { cy.zoom(1.4); cy.center(); }
   }
@@ -391,7 +406,7 @@
     cy: cy, state: state, entries: entries, setSize: setSize,
     firstDrawMs: function () { return firstDraw; },
     stats: function () {
-      return {nodes: cy.nodes().length, edges: cy.edges().length,
+      return {nodes: graphNodesDrawn().length, edges: cy.edges().length,
               shownEdges: cy.edges().filter(function (e) { return !e.hasClass("hidden"); }).length,
               size: state.size, total: entries(state.graph).length};
     }
