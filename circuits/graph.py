@@ -333,13 +333,29 @@ class HeadGraph:
         return f"HeadGraph({len(self.heads())} heads, {self.nx.number_of_edges()} edges; top by |score|: {top})"
 
     def draw(self, path: Optional[Union[str, Path]] = None, title: Optional[str] = None, k: int = 8,
-             by: str = "absolute") -> Any:
-        """A heatmap of head scores beside the graph of the top-`k` heads ranked `by` (``"absolute"``: by
-        |score|, so heads that hurt show too; ``"signed"``), with what the scores mean (``meta["score"]``)
-        underneath; saved to `path` if given."""
+             by: str = "absolute", edges: int = 12) -> Any:
+        """A heatmap of head scores (the top-`k` heads ranked `by` outlined: ``"absolute"``: by |score|, so heads
+        that hurt show too; ``"signed"``) beside the top-`edges` edges as a graph, layers from the input (left) to
+        the read-out (right); titled engine · task · model unless `title` is given, with what the scores mean
+        (``meta["score"]``) underneath; saved to `path` if given. `circuits discover` writes this same figure."""
         from circuits._drawing import draw_graph
 
-        return draw_graph(self, path=path, title=title, k=k, by=by)
+        return draw_graph(self, path=path, title=title, k=k, by=by, edges=edges)
+
+    def to_html(self, path: Union[str, Path], **options: Any) -> Path:
+        """An interactive view of this graph in one self-contained HTML file (`circuits.view.to_html`: options
+        ``evaluation``, ``default_edges``, ``by``, ``title``); returns the path."""
+        from circuits import view
+
+        if "evaluation" in options:
+            options["evaluations"] = [options.pop("evaluation")]
+        return view.to_html(self, path, **options)
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows a graph as its interactive view."""
+        from circuits import view
+
+        return view.notebook_html(self)
 
 
 RANKINGS = ("absolute", "signed")
