@@ -172,6 +172,11 @@ def test_edge_curves_are_mibs_areas_over_circuits_evaluated_one_by_one():
     assert len(result.random_draws) == len(FRACTIONS) and all(len(row) == 3 for row in result.random_draws)
     assert result.random.signed == pytest.approx([sum(row) / 3 for row in result.random_draws])
     assert result.random.signed[-1] == 1.0 and "| random |" in result.table()
+    from circuits.view.data import curve_data  # the circuit view reads a curve as it is
+
+    shown = curve_data(result.curves["a"].of("absolute"))
+    assert [y for _, y in shown["points"]] == pytest.approx(result.curves["a"].absolute, abs=1e-5)
+    assert shown["cmd"] == pytest.approx(result.curves["a"].cmd, abs=1e-5)
 
 
 def test_edge_curves_refuse_bad_options():
