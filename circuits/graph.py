@@ -291,14 +291,34 @@ class HeadGraph:
         as ``{"__tuple__": [...]}`` so that `from_json` returns an equal graph."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = _encode(nx.node_link_data(self.nx, edges="edges"))
-        path.write_text(json.dumps(data, indent=1, default=_jsonable))
+        path.write_text(self._node_link_text())
         return path
 
     @classmethod
     def from_json(cls, path: Union[str, Path]) -> "HeadGraph":
-        data = json.loads(Path(path).read_text(), object_hook=_decode)
-        return cls(nx.node_link_graph(data, directed=True, edges="edges"))
+        return cls._from_node_link_text(Path(path).read_text())
+
+    def to_mib(self, path: Union[str, Path], *, circuit: Any = None, d_model: Optional[int] = None) -> Path:
+        """Write the MIB benchmark's graph JSON (`circuits.mib.write`): every scored edge, q/k/v apart, with ``score``
+        and ``in_graph`` (True for the edges of `circuit`); MIB's loader needs `d_model`."""
+        from circuits import mib
+
+        return mib.write(self, path, circuit=circuit, d_model=d_model)
+
+    @classmethod
+    def from_mib(cls, path: Union[str, Path]) -> "HeadGraph":
+        """Read the MIB benchmark's graph JSON (`circuits.mib.read`; the circuit it marks:
+        `circuits.mib.read_circuit`)."""
+        from circuits import mib
+
+        return mib.read(path)
+
+    def _node_link_text(self) -> str:
+        return json.dumps(_encode(nx.node_link_data(self.nx, edges="edges")), indent=1, default=_jsonable)
+
+    @classmethod
+    def _from_node_link_text(cls, text: str) -> "HeadGraph":
+        return cls(nx.node_link_graph(json.loads(text, object_hook=_decode), directed=True, edges="edges"))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, HeadGraph):

@@ -123,3 +123,64 @@ def test_bad_circuits_and_ablations_are_typed_errors_naming_them():
         evaluate(model, TASK, [Edge("L0H0", "logits")])
     one = evaluate(model, TASK, {Edge("L0H0", "logits"), Edge("embed", "L0H0", "v")}, n=4)
     assert len(one.metrics) == 1 and circuits.evaluate is evaluate and circuits.Edge is Edge
+
+
+# --- MIB's curve and areas ----------------------------------------------------------------------------------
+def scored_graph(model, seed):
+    """Every edge of `model` scored at random (head receivers' q/k/v apart), as an engine's graph would be."""
+    graph = circuits.HeadGraph(n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads, meta={"engine": f"g{seed}"})
+    g = torch.Generator().manual_seed(seed)
+    pairs: dict = {}
+    for edge in nodes.all_edges(model):
+        pairs.setdefault((edge.sender.name, edge.receiver.name), {})[edge.input] = float(torch.randn(1, generator=g))
+    for (u, v), scores in pairs.items():
+        if None in scores:
+            graph.add_edge(u, v, scores[None], effect="direct")
+        else:
+            graph.add_edge(u, v, sum(scores.values()), effect="direct", inputs="q+k+v",
+                           **{f"score_{i}": s for i, s in scores.items()})
+    return graph
+
+
+def mib_areas(fractions, faithfulness_signed, faithfulness_absolute):
+    """MIB's loop (evaluate_area_under_curve): trapezoids over the fractions, of f and of |1 - f|."""
+    under, from_one = 0.0, 0.0
+    for i in range(len(fractions) - 1):
+        width = fractions[i + 1] - fractions[i]
+        under += width * (faithfulness_signed[i] + faithfulness_signed[i + 1]) / 2
+        from_one += width * (abs(1 - faithfulness_absolute[i]) + abs(1 - faithfulness_absolute[i + 1])) / 2
+    return under, from_one
+
+
+def test_edge_curves_are_mibs_areas_over_circuits_evaluated_one_by_one():
+    from circuits.evaluation import FRACTIONS, edge_curves
+
+    model = toy("ln_mlp")
+    graphs = {"a": scored_graph(model, 1), "b": scored_graph(model, 2)}
+    result = edge_curves(model, TASK, graphs, ablation="patching", n=6, draws=3)
+    total = len(nodes.all_edges(model))
+    assert result.total_edges == total == 12 * 1 + 5 + 12 * 6 + 10 + 11  # q/k/v, M0, layer 1 q/k/v, M1, logits
+    for label, graph in graphs.items():
+        curve = result.curves[label]
+        for by, values in (("signed", curve.signed), ("absolute", curve.absolute)):
+            one_by_one = [evaluate(model, TASK, [graph.circuit(fraction=f, by=by, total=total)], n=6).faithfulness[0]
+                          for f in FRACTIONS]
+            assert values == pytest.approx(one_by_one, abs=1e-6)
+        assert curve.absolute[-1] == 1.0  # every edge scored: the whole graph at k = 1
+        assert (curve.cpr, curve.cmd) == pytest.approx(mib_areas(FRACTIONS, curve.signed, curve.absolute))
+        assert curve.edges_signed[0] <= int(0.001 * total) and curve.edges_absolute[-1] == total
+    assert len(result.random_draws) == len(FRACTIONS) and all(len(row) == 3 for row in result.random_draws)
+    assert result.random.signed == pytest.approx([sum(row) / 3 for row in result.random_draws])
+    assert result.random.signed[-1] == 1.0 and "| random |" in result.table()
+
+
+def test_edge_curves_refuse_bad_options():
+    from circuits.evaluation import edge_curves
+
+    model = toy("ln_attn_only")
+    with pytest.raises(InvalidOptionError, match="fractions"):
+        edge_curves(model, TASK, scored_graph(model, 1), fractions=[0.5, 0.1])
+    with pytest.raises(InvalidOptionError, match="draws"):
+        edge_curves(model, TASK, scored_graph(model, 1), draws=-1)
+    with pytest.raises(InvalidOptionError, match="expected a HeadGraph"):
+        edge_curves(model, TASK, [object()])
