@@ -25,6 +25,7 @@ from typing import Any
 import circuits
 import tasks
 from circuits import view
+from circuits.evaluation import edge_curves
 from circuits.graph import HeadGraph
 
 CHROMIUM = "/usr/bin/chromium"
@@ -41,6 +42,15 @@ def induction_graphs(n: int) -> list[Any]:
 def smollm2_graph(n: int) -> Any:
     task = tasks.get("capitals")
     return circuits.discover(circuits.models.bundled(), task, engine="edge_attribution", n=n, seed=0, method="eap")
+
+
+def top_edges_only(graph: HeadGraph, k: int) -> HeadGraph:
+    """A copy of `graph` with every node and only its `k` edges of largest |score| (q, k and v summed)."""
+    keep = {(u, v) for u, v, _ in graph.top_edges(k, by="absolute")}
+    copy = graph.nx.copy()
+    copy.remove_edges_from([edge for edge in graph.nx.edges if edge not in keep])
+    copy.graph["meta"] = {**graph.meta, "selection": {"kept": f"top {k} edges by |score| of {graph.nx.number_of_edges()}"}}
+    return HeadGraph(copy)
 
 
 def until(page: Any, expression: str, seconds: float = 120.0) -> Any:
@@ -119,9 +129,12 @@ def main(argv: Any = None) -> None:
                 graphs = induction_graphs(n=16 if args.quick else 32)
                 for graph, path in zip(graphs, saved):
                     graph.to_json(path)
-            page = view.to_html(graphs, out / "induction.html")
+            task = tasks.get("induction")
+            curves = edge_curves(task.default_model(), task, graphs, n=16 if args.quick else 32)  # MIB's, per graph
+            print("induction curves (patching ablation):\n" + curves.table())
+            page = view.to_html(graphs, out / "induction.html", curves=curves)
             if args.docs:
-                view.to_html(graphs, DOCS / "viewer" / "induction.html")
+                view.to_html(graphs, DOCS / "viewer" / "induction.html", curves=curves)
                 graphs[0].draw(DOCS / "view_induction_figure.png")
             shots = {"main": out / "view_induction.png", "diff": out / "view_induction_diff.png"}
             results["induction"] = measure(browser, page, shots, (10**9,), diff=True)
@@ -140,7 +153,8 @@ def main(argv: Any = None) -> None:
             results["smollm2"] = measure(browser, page, {"main": out / "view_smollm2.png",
                                                         "all": out / "view_smollm2_all.png"}, sizes)
             graph.draw(out / "figure_smollm2.png")
-            if args.docs:
+            if args.docs:  # the docs embed its top 2,000 edges (the whole graph's page is ~4 MB)
+                view.to_html(top_edges_only(graph, 2000), DOCS / "viewer" / "smollm2_capitals.html")
                 for name in ("view_smollm2.png", "figure_smollm2.png"):
                     (DOCS / name).write_bytes((out / name).read_bytes())
         browser.close()
