@@ -209,3 +209,18 @@ def test_search_and_the_faithfulness_curve(open_view):
     shot(page, "curve")
     page.select_option("#inputs", "summed")  # summed edges are not what the curve counts: no point on it
     until(page, "document.getElementById('curve-text').innerText.includes('to place this circuit')")
+
+
+def test_a_real_engines_graph_with_its_record(open_view, random_model):
+    import circuits
+    import tasks
+
+    graph = circuits.discover(random_model, tasks.get("induction"), engine="edge_attribution", n=4, seed=0,
+                              method="eap")
+    page = open_view(graph, "real")
+    stats = page.evaluate("window.circuitView.stats()")
+    assert stats["total"] == len(graph.scored_edges()) == graph.edge_total()
+    assert stats["edges"] == min(300, stats["total"]) and stats["nodes"] == graph.nx.number_of_nodes()
+    assert drawn_keys(page) == top_keys(split_edges(graph), stats["edges"], "absolute")
+    header = page.locator("#record").inner_text()
+    assert "edge_attribution" in header and 'method="eap"' in header and "induction" in header
