@@ -224,3 +224,22 @@ def test_a_real_engines_graph_with_its_record(open_view, random_model):
     assert drawn_keys(page) == top_keys(split_edges(graph), stats["edges"], "absolute")
     header = page.locator("#record").inner_text()
     assert "edge_attribution" in header and 'method="eap"' in header and "induction" in header
+
+
+def test_the_notebook_view_draws_inside_its_iframe(browser, tmp_path):
+    graph = edge_graph(seed=6)
+    wrapper = tmp_path / "notebook.html"
+    wrapper.write_text(f"<!DOCTYPE html><html><body><h1>a notebook cell</h1>{graph._repr_html_()}</body></html>")
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file://") else route.abort())
+    page.goto(wrapper.as_uri())
+    deadline = time.monotonic() + 10
+    while len(page.frames) < 2 or not page.frames[1].evaluate("window.circuitView && window.circuitView.firstDrawMs()"):
+        assert time.monotonic() < deadline, "the iframe's view did not draw"
+        time.sleep(0.05)
+    assert page.frames[1].evaluate("window.circuitView.stats().edges") == len(split_edges(graph))
+    shot(page, "notebook")
+    page.close()
+    assert errors == []
