@@ -49,7 +49,8 @@ def top_edges_only(graph: HeadGraph, k: int) -> HeadGraph:
     keep = {(u, v) for u, v, _ in graph.top_edges(k, by="absolute")}
     copy = graph.nx.copy()
     copy.remove_edges_from([edge for edge in graph.nx.edges if edge not in keep])
-    copy.graph["meta"] = {**graph.meta, "selection": {"kept": f"top {k} edges by |score| of {graph.nx.number_of_edges()}"}}
+    kept = f"top {k} edges by |score| of {graph.nx.number_of_edges()}"
+    copy.graph["meta"] = {**graph.meta, "selection": {"kept": kept}}
     return HeadGraph(copy)
 
 
@@ -162,7 +163,8 @@ def main(argv: Any = None) -> None:
     for case, r in results.items():
         slider = ", ".join(f"{size} edges {seconds:.2f} s" for size, seconds in r["slider_s"].items())
         print(f"{case}: {r['bytes'] / 1e6:.2f} MB, {r['edges_total']} edges ({r['edges_at_open']} drawn at open), "
-              f"first draw {r['first_draw_ms']:.0f} ms (loads: {', '.join(f'{x:.0f}' for x in r['first_draw_all_ms'])}), "
+              f"first draw {r['first_draw_ms']:.0f} ms "
+              f"(loads: {', '.join(f'{x:.0f}' for x in r['first_draw_all_ms'])}), "
               f"slider to {slider}, back {r['slider_back_s']:.2f} s; console errors {len(r['console_errors'])}, "
               f"blocked requests {len(r['blocked_requests'])}")
 

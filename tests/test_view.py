@@ -55,7 +55,7 @@ def test_page_is_self_contained_and_embeds_every_scored_edge():
     page = view.page(graph)
     assert not re.search(r"<(script|link|img)[^>]+(src|href)=", page)  # nothing loaded from elsewhere
     assert "default-src 'none'" in page  # and the browser is told to refuse any request
-    assert page.count("</script>") == 3  # the data's "</script"-like text is escaped, not ending its element early
+    assert page.count("</script>") == 4  # the data's "</script"-like text is escaped, not ending its element early
     data = embedded(page)["graphs"][0]
     names = [n[0] for n in data["nodes"]]
     edges = {(names[s], names[r]): score for s, r, score in zip(*(data["edges"][c] for c in ("s", "r", "score")))}
@@ -100,7 +100,8 @@ def test_curves_from_meta_an_edge_curve_or_curves_and_bad_ones_refused():
         curves: dict
         random: EdgeCurve
 
-    curves = Curves({"eap": EdgeCurve([0.5, 1.0], [0.8, 1.0], [0.9, 1.0])}, EdgeCurve([0.5, 1.0], [0.1, 1.0], [0.1, 1.0]))
+    curves = Curves({"eap": EdgeCurve([0.5, 1.0], [0.8, 1.0], [0.9, 1.0])},
+                    EdgeCurve([0.5, 1.0], [0.1, 1.0], [0.1, 1.0]))
     data = view.view_data([graph, graph], ["eap", "other"], curves)
     assert data["graphs"][0]["curve"]["absolute"] == [0.9, 1.0] and data["graphs"][0]["curve"]["cmd"] == 0.2
     assert data["graphs"][0]["curve"]["random"]["signed"] == [0.1, 1.0] and data["graphs"][1]["curve"] is None

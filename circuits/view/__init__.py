@@ -49,6 +49,7 @@ def page(graphs: Union[Any, Sequence[Any]], *, labels: Optional[Sequence[str]] =
             .replace("{{style}}", _asset("viewer.css"))
             .replace("{{data}}", _script(json.dumps(data, separators=(",", ":"))))
             .replace("{{cytoscape}}", _script(vendor))
+            .replace("{{curve}}", _script(_asset("curve.js")))
             .replace("{{viewer}}", _script(_asset("viewer.js"))))
 
 
