@@ -44,6 +44,7 @@ print("CHECKS " + json.dumps({
     "version": dist.version,
     "licence": [f for f in files if f.endswith("LICENSE")],
     "facts_json": "tasks/data/facts.json" in files,
+    "ioi_data": [f in files for f in ("tasks/data/ioi_smollm2.jsonl", "tasks/data/ioi_smollm2_recipe.json")],
     "relations": facts.relation_names(),
     "gguf": str(models.bundled_gguf_path()),
     "scripts": scripts,
@@ -103,7 +104,7 @@ def test_wheel_installs_and_runs_the_readme_example(tmp_path, induction_model):
         assert Path(file).resolve().is_relative_to(installed), (name, file)
     assert not any(Path(p).resolve() == ROOT for p in checks["sys_path"] if p)
     assert checks["version"] == re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M)[1]
-    assert checks["licence"] and checks["facts_json"]
+    assert checks["licence"] and checks["facts_json"] and checks["ioi_data"] == [True, True]
     assert set(checks["relations"]) >= {"capital", "language"}  # the shipped facts are read as package data
     assert Path(checks["gguf"]).exists()  # the bundled-model loader finds SmolLM2's GGUF
     assert checks["scripts"] == {"circuits": "analyses.cli:main"} and (venv / "bin" / "circuits").exists()
