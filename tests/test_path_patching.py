@@ -51,7 +51,9 @@ def assert_same_edges(ours, reference, tol=1e-4):
 def test_engine_equals_the_literal_per_pair_loop(seed, n_layers, attn_only, normalization, direction, freeze_mlps,
                                                  inputs):
     model = toy(n_layers=n_layers, n_heads=2, attn_only=attn_only, normalization=normalization, seed=seed)
-    engine = PathPatching(direction=direction, freeze_mlps=freeze_mlps, inputs=inputs)
+    # one sender of each kind (the loop's cost grows with senders x receivers); every receiver after them
+    senders = (EMBED, "L0H1", "L1H0") + (() if attn_only else ("M0",))
+    engine = PathPatching(direction=direction, freeze_mlps=freeze_mlps, inputs=inputs, senders=senders)
     batch = batch_for(model, seed=seed)
     assert_same_edges(engine.measure(model, TASK, batch).values, pair_loop(model, TASK, batch, engine))
 

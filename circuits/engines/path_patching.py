@@ -1,7 +1,7 @@
 """Path patching (Wang et al. 2022; Goldowsky-Dill et al. 2023): sender -> receiver, every other path held at base.
 
 Senders: the input (``embed``), heads and MLPs; receivers: a head's q/k/v input, an MLP's input, or the logits: the
-edge graph every graph engine shares (`circuits.engines.coverage`). Exact algorithm, batched (see
+edge graph every graph engine shares (`circuits.nodes.all_edges`). Exact algorithm, batched (see
 docs/path_patching.md). Denoising (default): the base run is corrupted and the sender gets its clean output; noising
 swaps the roles.
 
@@ -43,7 +43,7 @@ from circuits.engines import base, coverage, kit
 from circuits.engines.kit import Measurement, PatchRuns, block_activations
 from circuits.errors import InvalidOptionError, UnknownNameError
 from circuits.graph import HeadGraph
-from circuits.nodes import EMBED, INPUTS, LOGITS, MLP, Head, Input, all_heads, all_mlps, parse_node
+from circuits.nodes import EMBED, INPUTS, LOGITS, MLP, Head, Input, all_heads, all_mlps, parse_node, stage
 
 # (sender, receiver) -> {input combination ("q", "k", "v", "q+k+v"; "" for an MLP or the logits): patched metric mean}
 PathPatches = dict[tuple[str, str], dict[str, float]]
@@ -110,13 +110,13 @@ class PathPatching(base.EngineBase):
             senders = [Input(), *nodes]
         else:
             senders = sorted({_checked(model, s, "sender") for s in self.senders}, key=_order)
-        first = min(coverage.stage(s) for s in senders)
+        first = min(stage(s) for s in senders)
         if self.receivers is None:
-            return senders, [r for r in nodes if coverage.stage(r) > first], True
+            return senders, [r for r in nodes if stage(r) > first], True
         to_logits = LOGITS in self.receivers
         receivers = sorted({_checked(model, r, "receiver") for r in self.receivers if r != LOGITS}, key=_order)
         for receiver in receivers:
-            if coverage.stage(receiver) <= first:
+            if stage(receiver) <= first:
                 raise InvalidOptionError(
                     f"receiver {receiver.name!r} does not read after any of its senders "
                     f"({', '.join(s.name for s in senders[:8])}{'...' if len(senders) > 8 else ''}); "
@@ -272,8 +272,8 @@ class PathPatching(base.EngineBase):
         return graph
 
 
-def _order(node: Any) -> tuple[int, int]:
-    return coverage.stage(node), getattr(node, "head", 0)
+def _order(node: Any) -> tuple[Union[int, float], int]:
+    return stage(node), getattr(node, "head", 0)
 
 
 def _checked(model: Any, name: Any, role: str) -> Any:
