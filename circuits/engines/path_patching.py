@@ -287,7 +287,7 @@ def _checked(model: Any, name: Any, role: str) -> Any:
     except UnknownNameError:
         raise UnknownNameError(role, name, valid) from None
     if node.kind == "head":
-        return Head.in_model(model, node, tuple(valid[1:]), what=role)
+        return Head.in_model(model, name, tuple(valid[1:]), what=role)
     if node.kind == "mlp" and not cfg.attn_only and node.layer < cfg.n_layers:
         return node
     if node.kind == "embed" and role == "sender":
