@@ -2,8 +2,8 @@
 
     python -m analyses.induction_paths [--quick] [--out DIR]
 
-Runs `PathPatching` (denoising) from every head to every later head's q, k and v inputs and to the logits,
-then writes into DIR:
+Runs `PathPatching` (denoising) from every head (no embed sender) to every later head's q, k and v inputs and to the
+logits, then writes into DIR:
 
 - induction_paths.png: the circuit (edges with |score| >= --threshold, coloured by the input that carries
   most of the effect) beside the Q-, K- and V-composition scores from layer 0 into layer 1 and the direct
@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 from circuits.engines import PathPatching  # noqa: E402
 from circuits.graph import HeadGraph  # noqa: E402
-from circuits.nodes import LOGITS, Head  # noqa: E402
+from circuits.nodes import LOGITS, Head, all_heads  # noqa: E402
 from tasks.induction import Induction  # noqa: E402
 from analyses._script import figure_parser  # noqa: E402
 
@@ -116,7 +116,8 @@ def main(argv: Optional[Sequence[str]] = None) -> HeadGraph:
     start = time.perf_counter()
     task = Induction()
     model = task.default_model()
-    graph = PathPatching().run(model, task, n=16 if args.quick else 128, seed=0)
+    heads = tuple(head.name for head in all_heads(model))  # the figure is about heads: no embed sender
+    graph = PathPatching(senders=heads).run(model, task, n=16 if args.quick else 128, seed=0)
     out = args.out
     draw(graph, out / "induction_paths.png", args.threshold)
     graph.to_json(out / "induction_paths.json")

@@ -19,7 +19,8 @@ from transformer_lens import patching as tl_patching
 
 from circuits import PromptBatch, forward, hooks, models
 from circuits.engines import PathPatching
-from circuits.nodes import LOGITS
+from circuits.nodes import EMBED, LOGITS
+from circuits.nodes import MLP as MLPNode
 from circuits.nodes import Head as HeadNode
 
 Head = tuple[int, int]
@@ -51,13 +52,18 @@ def tl_metric(model: Any, task: Any, batch: PromptBatch, tokens: torch.Tensor) -
 
 
 # --- the reference: one pair at a time, full forward passes with hooks ---------------------------------
+EMBED_HOOK, RESID_MID = "blocks.0.hook_resid_pre", "blocks.{}.hook_resid_mid"  # TL4's resid_mid: the MLP's input only
+Sender = Union[Head, str, MLPNode]  # (layer, head), "embed" or an MLP
+Receiver = Union[Head, str, MLPNode]  # (layer, head), "logits" or an MLP
+
+
 def caches(model: Any, batch: PromptBatch, direction: str) -> dict[str, Any]:
-    """Base and source activations the per-pair loop freezes to (z per layer, MLP outputs)."""
+    """Base and source activations the per-pair loop freezes to (z per layer, MLP outputs, the embedding)."""
     base, source = (batch.corrupted, batch.clean) if direction == "denoising" else (batch.clean, batch.corrupted)
     layers = range(model.cfg.n_layers)
-    z = [Z.format(layer) for layer in layers]
-    mlp = [] if model.cfg.attn_only else [MLP_OUT.format(layer) for layer in layers]
-    return {"base": base, "base_cache": activations(model, base, z + mlp), "source_cache": activations(model, source, z)}
+    names = [Z.format(layer) for layer in layers] + [EMBED_HOOK]
+    names += [] if model.cfg.attn_only else [MLP_OUT.format(layer) for layer in layers]
+    return {"base": base, "base_cache": activations(model, base, names), "source_cache": activations(model, source, names)}
 
 
 def activations(model: Any, inputs: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
@@ -72,41 +78,66 @@ def metric_mean(task: Any, logits: torch.Tensor, batch: PromptBatch) -> float:
     return task.metric(logits, batch).float().mean().item()
 
 
-def path_metric(model: Any, task: Any, batch: PromptBatch, senders: Sequence[Head], receiver: Union[Head, str],
+def path_metric(model: Any, task: Any, batch: PromptBatch, senders: Sequence[Sender], receiver: Receiver,
                 inputs: Sequence[str] = ("q", "k", "v"), direction: str = "denoising", freeze_mlps: bool = False,
                 positions: Optional[Sequence[int]] = None, cached: Optional[dict[str, Any]] = None) -> float:
     """The patched metric mean of one path (all `senders` at once) -> `receiver`, computed literally."""
+    return path_metrics(model, task, batch, senders, receiver, [tuple(inputs)], direction, freeze_mlps, positions,
+                        cached)[tuple(inputs)]
+
+
+def path_metrics(model: Any, task: Any, batch: PromptBatch, senders: Sequence[Sender], receiver: Receiver,
+                 combos: Sequence[tuple[str, ...]], direction: str = "denoising", freeze_mlps: bool = False,
+                 positions: Optional[Sequence[int]] = None,
+                 cached: Optional[dict[str, Any]] = None) -> dict[tuple[str, ...], float]:
+    """`path_metric` for each input combination of a head receiver (one step 3 for all); {(): value} otherwise."""
+    inputs = sorted({i for combo in combos for i in combo})
     cached = cached or caches(model, batch, direction)
     base, base_cache, source_cache = cached["base"], cached["base_cache"], cached["source_cache"]
     cfg = model.cfg
+    where = slice(None) if positions is None else list(positions)
+
+    def with_source(name: str):
+        def hook(t: torch.Tensor, hook: Any) -> torch.Tensor:
+            out = base_cache[name].clone()
+            out[:, where] = source_cache[name][:, where]
+            return out
+        return hook
 
     def frozen(layer: int):
         def hook(z: torch.Tensor, hook: Any) -> torch.Tensor:
             out = base_cache[Z.format(layer)].clone()
-            for l, h in senders:
-                if l == layer:
-                    source = source_cache[Z.format(layer)][:, :, h]
-                    if positions is None:
-                        out[:, :, h] = source
-                    else:
-                        out[:, positions, h] = source[:, positions]
+            for sender in senders:
+                if isinstance(sender, tuple) and sender[0] == layer:
+                    out[:, where, sender[1]] = source_cache[Z.format(layer)][:, where, sender[1]]
             return out
         return hook
 
-    # Step 3: every head frozen at base except the senders; capture the receiver's q/k/v.
+    # Step 3: every head frozen at base except the head senders; the embedding and MLP senders take their source
+    # values; capture the receiver's q/k/v (or an MLP receiver's input).
     step3: dict[str, torch.Tensor] = {}
     fwd = [(Z.format(layer), frozen(layer)) for layer in range(cfg.n_layers)]
+    fwd += [(EMBED_HOOK, with_source(EMBED_HOOK))] if EMBED in senders else []
+    mlp_senders = {s.layer for s in senders if isinstance(s, MLPNode)}
+    fwd += [(MLP_OUT.format(l), with_source(MLP_OUT.format(l))) for l in sorted(mlp_senders)]
     if freeze_mlps and not cfg.attn_only:
         fwd += [(MLP_OUT.format(l), (lambda t, hook, l=l: base_cache[MLP_OUT.format(l)]))
-                for l in range(cfg.n_layers)]
-    if receiver != LOGITS:
+                for l in range(cfg.n_layers) if l not in mlp_senders]
+    if isinstance(receiver, MLPNode):
+        mid = RESID_MID.format(receiver.layer)
+        fwd += [(mid, (lambda t, hook: step3.__setitem__("mid", t.detach().clone())))]
+    elif receiver != LOGITS:
         layer = receiver[0]
         names = {i: f"blocks.{layer}.attn.hook_{i}" for i in "qkv"}
         fwd += [(names[i], (lambda t, hook, i=i: step3.__setitem__(i, t.detach().clone()))) for i in inputs]
     with hooks.attached(model, fwd):
         out = forward.logits(model, base, batch.position)
     if receiver == LOGITS:
-        return metric_mean(task, out, batch)
+        return {combo: metric_mean(task, out, batch) for combo in combos}
+    if isinstance(receiver, MLPNode):  # step 4: the base run with only the MLP's input replaced
+        with hooks.attached(model, [(mid, lambda t, hook: step3["mid"])]):
+            value = metric_mean(task, forward.logits(model, base, batch.position), batch)
+            return {combo: value for combo in combos}
 
     # Step 4: base run with only the receiver's q/k/v replaced. GQA: query head h reads KV head
     # h // (n_heads / n_kv_heads); replacing that KV head changes its whole group, so the other query
@@ -128,10 +159,28 @@ def path_metric(model: Any, task: Any, batch: PromptBatch, senders: Sequence[Hea
         out[:, :, head] = z[:, :, head]
         return out
 
-    fwd = [(names[i], patch(i)) for i in inputs] + [(Z.format(layer), only_receiver)]
-    with hooks.attached(model, fwd):
-        out = forward.logits(model, base, batch.position)
-    return metric_mean(task, out, batch)
+    values = {}
+    for combo in combos:
+        fwd = [(names[i], patch(i)) for i in combo] + [(Z.format(layer), only_receiver)]
+        with hooks.attached(model, fwd):
+            values[combo] = metric_mean(task, forward.logits(model, base, batch.position), batch)
+    return values
+
+
+def _reference_node(node: Any) -> Union[Sender, Receiver]:
+    """A library node as the loop spells it: (layer, head), "embed", or the MLP itself."""
+    return (node.layer, node.head) if isinstance(node, HeadNode) else EMBED if node.kind == "embed" else node
+
+
+def _order(node: Any) -> int:
+    """When a node writes or reads, written here again: embed first, then per layer its heads, then its MLP."""
+    if node == EMBED:
+        return -1
+    return 2 * node[0] if isinstance(node, tuple) else 2 * node.layer + 1
+
+
+def _name(node: Any) -> str:
+    return HeadNode(*node).name if isinstance(node, tuple) else EMBED if node == EMBED else node.name
 
 
 def pair_loop(model: Any, task: Any, batch: PromptBatch, engine: PathPatching) -> dict[tuple[str, str], dict[str, float]]:
@@ -139,7 +188,7 @@ def pair_loop(model: Any, task: Any, batch: PromptBatch, engine: PathPatching) -
     with torch.no_grad():
         cached = caches(model, batch, engine.direction)
         senders, receivers, to_logits = engine.plan(model)
-        senders, receivers = [(s.layer, s.head) for s in senders], [(r.layer, r.head) for r in receivers]
+        senders, receivers = [_reference_node(s) for s in senders], [_reference_node(r) for r in receivers]
         joint = tuple(engine.inputs)  # every input together, and each alone when asked for and not the same
         combos = ([(i,) for i in joint] if engine.per_input and len(joint) > 1 else []) + [joint]
         edges: dict[tuple[str, str], dict[str, float]] = {}
@@ -147,12 +196,15 @@ def pair_loop(model: Any, task: Any, batch: PromptBatch, engine: PathPatching) -
                       cached=cached)
         for sender in senders:
             for receiver in receivers:
-                if receiver[0] > sender[0]:
-                    key = (HeadNode(*sender).name, HeadNode(*receiver).name)
-                    edges[key] = {"+".join(c): path_metric(model, task, batch, [sender], receiver, c, **kwargs)
-                                  for c in combos}
+                if _order(receiver) > _order(sender):
+                    key = (_name(sender), _name(receiver))
+                    if isinstance(receiver, MLPNode):
+                        edges[key] = {"": path_metric(model, task, batch, [sender], receiver, **kwargs)}
+                    else:
+                        values = path_metrics(model, task, batch, [sender], receiver, combos, **kwargs)
+                        edges[key] = {"+".join(c): values[c] for c in combos}
             if to_logits:
-                edges[(HeadNode(*sender).name, LOGITS)] = {"": path_metric(model, task, batch, [sender], LOGITS, **kwargs)}
+                edges[(_name(sender), LOGITS)] = {"": path_metric(model, task, batch, [sender], LOGITS, **kwargs)}
         return edges
 
 

@@ -14,7 +14,7 @@ from circuits.engines import kit
 from circuits.engines import ActivationPatching, PathPatching
 from circuits.engines.path_patching import top_receivers
 from circuits.errors import InvalidOptionError, MetricError, UnknownNameError
-from circuits.nodes import LOGITS, Head
+from circuits.nodes import EMBED, LOGITS, MLP, Head
 from tests.references import RandomTokens, activations, pair_loop, path_metric, tl_metric
 
 SETTINGS = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -51,7 +51,9 @@ def assert_same_edges(ours, reference, tol=1e-4):
 def test_engine_equals_the_literal_per_pair_loop(seed, n_layers, attn_only, normalization, direction, freeze_mlps,
                                                  inputs):
     model = toy(n_layers=n_layers, n_heads=2, attn_only=attn_only, normalization=normalization, seed=seed)
-    engine = PathPatching(direction=direction, freeze_mlps=freeze_mlps, inputs=inputs)
+    # one sender of each kind (the loop's cost grows with senders x receivers); every receiver after them
+    senders = (EMBED, "L0H1", "L1H0") + (() if attn_only else ("M0",))
+    engine = PathPatching(direction=direction, freeze_mlps=freeze_mlps, inputs=inputs, senders=senders)
     batch = batch_for(model, seed=seed)
     assert_same_edges(engine.measure(model, TASK, batch).values, pair_loop(model, TASK, batch, engine))
 
@@ -83,6 +85,49 @@ def test_frozen_mlps_and_noising_head_to_head_edges(direction):
     recomputed = PathPatching(direction=direction, receivers=("L2H1", "L1H0")).measure(model, TASK, batch).values
     assert max(abs(ours[e][c] - recomputed[e][c]) for e in ours for c in ours[e] if e[0].startswith("L0")
                and e[1] == "L2H1") > 1e-4  # L0 -> L2 paths go through layer 0's and 1's MLPs
+
+
+@pytest.mark.parametrize("freeze_mlps, direction", [(False, "denoising"), (True, "noising")])
+def test_embed_and_mlp_edges_equal_the_literal_loop(freeze_mlps, direction):
+    """The one edge graph: embed and MLPs as senders, MLP inputs as receivers, next to the head edges, against the
+    literal loop (the MLP receiver's input replaced through TL4's hook_resid_mid, which only the MLP reads)."""
+    model = toy(n_layers=2, n_heads=2, attn_only=False, normalization="RMS", seed=11)
+    engine = PathPatching(freeze_mlps=freeze_mlps, direction=direction)
+    batch = batch_for(model, seed=3)
+    ours = engine.measure(model, TASK, batch).values
+    assert_same_edges(ours, pair_loop(model, TASK, batch, engine))
+    for edge in [(EMBED, "L0H0"), (EMBED, "M0"), ("L0H1", "M0"), ("M0", "L1H1"), ("M0", "M1"), ("L1H0", "M1"),
+                 ("M1", LOGITS), (EMBED, LOGITS)]:
+        assert edge in ours
+    assert ("L1H0", "M0") not in ours and ("M1", "L1H0") not in ours  # later senders never reach earlier readers
+    graph = engine.graph(model, engine.measure(model, TASK, batch))
+    assert graph.meta["unscored_edges"]["kinds"] == [] and graph.meta["unscored_edges"]["partly"] == {}
+    assert graph.nx.nodes["M1"]["score"] == pytest.approx(graph.nx.edges["M1", LOGITS]["score"])
+
+
+def test_restricted_path_patching_states_its_unscored_edges():
+    """Receivers restricted to the logits (as on SmolLM2): meta names every kind of edge left unscored."""
+    model = toy(n_layers=2, n_heads=2, attn_only=False, seed=2)
+    graph = PathPatching(receivers=(LOGITS,), per_input=False).run(model, TASK, n=2, seed=0)
+    unscored = graph.meta["unscored_edges"]
+    assert set(unscored["kinds"]) == {f"{s}->{r}" for s in ("embed", "head", "mlp")
+                                      for r in ("head.q", "head.k", "head.v", "mlp")}
+    assert "receivers=('logits',)" in unscored["words"] and "ranked last" in unscored["words"]
+    joint = PathPatching(senders=("L0H0",), receivers=("L1H1",), per_input=False).run(model, TASK, n=2, seed=0)
+    assert "head->head.k" in joint.meta["unscored_edges"]["whole_receiver"]
+
+
+def test_bad_embed_and_mlp_names():
+    model = toy(n_layers=2, attn_only=False)
+    for bad, role in [({"senders": (LOGITS,)}, "sender"), ({"receivers": (EMBED,)}, "receiver"),
+                      ({"receivers": ("M2",)}, "receiver")]:
+        with pytest.raises(UnknownNameError, match=f"{role}.*M0 .. M1"):
+            PathPatching(**bad).check(model)
+    with pytest.raises(InvalidOptionError, match="'M0'"):  # an MLP reads after its own layer's heads, not itself
+        PathPatching(senders=("M0",), receivers=("M0",)).check(model)
+    PathPatching(senders=("L0H0",), receivers=("M0",)).check(model)
+    with pytest.raises(UnknownNameError, match="'M0'"):
+        PathPatching(senders=("M0",)).check(toy(attn_only=True))
 
 
 def test_float_inputs_through_path_patching():
@@ -136,20 +181,23 @@ def test_last_layer_senders_to_logits_equal_activation_patching(attn_only, direc
 @given(seed=st.integers(0, 10_000), n_layers=st.integers(1, 3), n_heads=st.integers(1, 4),
        direction=st.sampled_from(["denoising", "noising"]))
 def test_direct_effects_add_up_without_layernorm(seed, n_layers, n_heads, direction):
-    """Attention-only, no LayerNorm: with patterns frozen the logits are linear in the head outputs, so the
-    per-sender direct effects add up to the direct effect of patching every sender at once."""
+    """Attention-only, no LayerNorm: with patterns frozen the logits are linear in the embedding and the head
+    outputs, so the per-sender direct effects (embed and every head) add up to the direct effect of patching
+    every sender at once."""
     model = toy(n_layers=n_layers, n_heads=n_heads, normalization=None, seed=seed)
     batch = batch_for(model, seed=seed)
     engine = PathPatching(direction=direction, receivers=(LOGITS,))
     edges = engine.measure(model, TASK, batch).values
     runs = kit.PatchRuns.prepare(model, TASK, batch, direction)
     base = runs.corrupted_metric if direction == "denoising" else runs.clean_metric
-    every = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+    every = [EMBED] + [(layer, head) for layer in range(n_layers) for head in range(n_heads)]  # embed: linear too
     together = path_metric(model, TASK, batch, every, LOGITS, direction=direction)
     assert sum(e[""] - base for e in edges.values()) == pytest.approx(together - base, abs=1e-4)
     baseline = runs.baseline()
-    scores = PathPatching(direction=direction, receivers=(LOGITS,)).run(model, _Fixed(batch), n=3).scores()
-    assert sum(scores.values()) == pytest.approx(float(baseline.score(torch.tensor(together), direction)), abs=1e-4)
+    graph = PathPatching(direction=direction, receivers=(LOGITS,)).run(model, _Fixed(batch), n=3)
+    direct = {u: d["score"] for u, _, d in graph.nx.in_edges(LOGITS, data=True)}
+    assert {u: direct[u] for u in graph.scores()} == graph.scores()  # a head's node score: its direct effect
+    assert sum(direct.values()) == pytest.approx(float(baseline.score(torch.tensor(together), direction)), abs=1e-4)
 
 
 class _Fixed:
@@ -211,7 +259,8 @@ def test_graph_edges_nodes_meta_and_registry(random_model):
     assert graph.nx.edges["L1H2", LOGITS]["score"] == graph.nx.nodes["L1H2"]["score"]
     assert not any(graph.nx.has_edge(Head(1, a).name, Head(1, b).name) for a in range(4) for b in range(4))
     assert not any(graph.nx.has_edge(Head(1, a).name, Head(0, b).name) for a in range(4) for b in range(4))
-    assert graph.nx.number_of_edges() == 4 * 4 + 8
+    assert graph.nx.number_of_edges() == 8 + 4 * 4 + 9  # embed -> every head, L0 -> L1 heads, embed and heads -> logits
+    assert graph.meta["unscored_edges"]["kinds"] == []
 
 
 def test_iterative_discovery_from_the_logits(random_model):

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from circuits import forward, hooks
 from circuits._task import PromptBatch
-from circuits.engines import base, kit
+from circuits.engines import base, coverage, kit
 from circuits.engines.kit import Measurement
 from circuits.errors import InvalidOptionError, MetricError
 from circuits.graph import HeadGraph
@@ -186,6 +186,7 @@ class EdgeAttribution(base.EngineBase):
         graph = edge_graph(Layout.of(model), normalised)
         graph.meta.update(method=self.method, steps=len(self.alphas()), alphas=self.alphas(),
                           direction=self.run_direction, quadrature=self.points, convention=self.convention)
+        graph.meta["unscored_edges"] = coverage.unscored(model, graph)  # none: the layout is the whole edge graph
         return graph
 
     def _chunk(self, model: Any, task: Any, runs: kit.Runs, layout: Layout, bar: Any) -> Tensor:

@@ -1,20 +1,25 @@
-"""Path patching (Wang et al. 2022; Goldowsky-Dill et al. 2023): sender head -> receiver q/k/v input or logits.
+"""Path patching (Wang et al. 2022; Goldowsky-Dill et al. 2023): sender -> receiver, every other path held at base.
 
-Exact algorithm, batched (see docs/path_patching.md). Denoising (default): the base run is corrupted and
-the sender gets its clean output; noising swaps the roles.
+Senders: the input (``embed``), heads and MLPs; receivers: a head's q/k/v input, an MLP's input, or the logits: the
+edge graph every graph engine shares (`circuits.nodes.all_edges`). Exact algorithm, batched (see
+docs/path_patching.md). Denoising (default): the base run is corrupted and the sender gets its clean output; noising
+swaps the roles.
 
 Step 3 (every head frozen at its base output except the sender, MLPs recomputed unless `freeze_mlps`)
 needs no attention at all: with every head frozen, the residual entering layer L is the base residual
-plus the sender's change through W_O, carried through the recomputed MLPs. It is kept as one stacked
-tensor ``[sender, batch, pos, d_model]`` advanced layer by layer, and serves every receiver of every sender.
+plus the sender's change (a head's through W_O, an MLP's output change, the embedding's change), carried through the
+recomputed MLPs. It is kept as one stacked tensor ``[sender, batch, pos, d_model]`` advanced layer by layer, and
+serves every receiver of every sender.
 
-Step 4 (only the receiver's q/k/v input replaced by its step-3 value): the receiver's q/k/v are computed
+Step 4 (only the receiver's input replaced by its step-3 value): a head receiver's q/k/v are computed
 from the step-3 residual by running block L on it and capturing ``hook_q``/``hook_k``/``hook_v``
 (the per-head projections; q/k/v depend on the residual position by position, so this *is* replacing the
 input; TL4's ``hook_q_input`` points are gated behind ``use_split_qkv_input`` and are not used). Heads do
 not interact within a layer, so one run of block L with *every* head's q (or k, v) replaced gives each
 receiver's patched output at once; only receiver h's change ``(z_h' - z_h) @ W_O[L, h]`` is then added to
-the base residual and the model finished from layer L, many (sender, receiver) copies per stacked pass.
+the base residual and the model finished from layer L, many (sender, receiver) copies per stacked pass. An MLP
+receiver's output on the step-3 residual after its layer's attention replaces its base output, and the model is
+finished from the next layer.
 
 Grouped-query attention: a receiver is a query head. Its k/v input is replaced only as *that query head*
 sees it (its copy of the shared KV head); the other query heads of its group keep their base k/v, so
@@ -34,14 +39,17 @@ from torch import Tensor
 
 from circuits import forward, hooks
 from circuits._task import PromptBatch
-from circuits.engines import base, kit
+from circuits.engines import base, coverage, kit
 from circuits.engines.kit import Measurement, PatchRuns, block_activations
-from circuits.errors import InvalidOptionError
+from circuits.errors import InvalidOptionError, UnknownNameError
 from circuits.graph import HeadGraph
-from circuits.nodes import INPUTS, LOGITS, Head, all_heads
+from circuits.nodes import EMBED, INPUTS, LOGITS, MLP, Head, Input, all_heads, all_mlps, parse_node, stage
 
-# (sender, receiver) -> {input combination ("q", "k", "v", "q+k+v"; "" for the logits): patched metric mean}
+# (sender, receiver) -> {input combination ("q", "k", "v", "q+k+v"; "" for an MLP or the logits): patched metric mean}
 PathPatches = dict[tuple[str, str], dict[str, float]]
+Sender = Union[Input, Head, MLP]
+Receiver = Union[Head, MLP]
+EMBED_SITE = (0, "resid_pre")  # what the embedding writes: the residual stream entering block 0
 
 
 @base.options()
@@ -49,8 +57,8 @@ PathPatches = dict[tuple[str, str], dict[str, float]]
 class PathPatching(base.EngineBase):
     direction: str = "denoising"  # or "noising"
     # Sequences (or one name) are accepted and stored as tuples.
-    receivers: Union[str, Sequence[str], None] = None  # head names and/or "logits"; None: every head and "logits"
-    senders: Union[str, Sequence[str], None] = None  # head names; None: every head
+    receivers: Union[str, Sequence[str], None] = None  # heads, MLPs ("M2") and/or "logits"; None: all after a sender
+    senders: Union[str, Sequence[str], None] = None  # "embed", heads and/or MLPs; None: all of them
     inputs: Union[str, Sequence[str]] = INPUTS  # receiver inputs patched together (edge score); each also alone
     per_input: bool = True  # also score each input alone (edge attributes "score_q", "score_k", "score_v")
     positions: Optional[Sequence[int]] = None  # sender patched only at these positions; None: all
@@ -79,9 +87,9 @@ class PathPatching(base.EngineBase):
     @property
     def score_meaning(self) -> str:
         return (f"edge sender->receiver (effect 'direct'): the metric change when only that path is patched ({self.direction}; "
-                "receiver = a head's q/k/v inputs together, per input in score_q/score_k/score_v, or the logits); "
-                "node: the head's direct effect on the logits (absent when head->logits was not measured); "
-                "all normalised by m_clean - m_corrupted")
+                "sender = the input (embed), a head or an MLP; receiver = a head's q/k/v inputs together, per input "
+                "in score_q/score_k/score_v, an MLP's input, or the logits); node: the head's or MLP's direct effect "
+                "on the logits (absent when node->logits was not measured); all normalised by m_clean - m_corrupted")
 
     def check(self, model: Any) -> None:
         self.plan(model)  # bad names fail before any model work
@@ -89,26 +97,31 @@ class PathPatching(base.EngineBase):
     def measure(self, model: Any, task: Any, batch: PromptBatch) -> Measurement[PathPatches]:
         """Patched metric means per edge (`PathPatches`), for a batch you built yourself."""
         senders, receivers, to_logits = self.plan(model)
+        sites = kit.every_layer(model, "mlp_out") if any(s.kind == "mlp" for s in senders) else []
         with base.session(model):
-            runs = PatchRuns.prepare(model, task, batch, self.direction)
+            runs = PatchRuns.prepare(model, task, batch, self.direction, sites)
             return runs.measured(self._edges(runs, senders, receivers, to_logits))
 
-    def plan(self, model: Any) -> tuple[list[Head], list[Head], bool]:
-        """Senders, receiver heads (sorted) and whether the logits are a receiver; typed errors on bad names."""
-        every = all_heads(model)
-        also = (f"{LOGITS!r} (receivers only)",)
-        senders = every if self.senders is None else sorted({Head.in_model(model, s, also) for s in self.senders})
-        first = min(s.layer for s in senders)
+    def plan(self, model: Any) -> tuple[list[Sender], list[Receiver], bool]:
+        """Senders, receivers (heads and MLPs, in the order they read) and whether the logits are a receiver;
+        typed errors on bad names."""
+        nodes = sorted([*all_heads(model), *all_mlps(model)], key=_order)
+        if self.senders is None:
+            senders = [Input(), *nodes]
+        else:
+            senders = sorted({_checked(model, s, "sender") for s in self.senders}, key=_order)
+        first = min(stage(s) for s in senders)
         if self.receivers is None:
-            return senders, [r for r in every if r.layer > first], True
+            return senders, [r for r in nodes if stage(r) > first], True
         to_logits = LOGITS in self.receivers
-        receivers = sorted({Head.in_model(model, r, also) for r in self.receivers if r != LOGITS})
+        receivers = sorted({_checked(model, r, "receiver") for r in self.receivers if r != LOGITS}, key=_order)
         for receiver in receivers:
-            if receiver.layer <= first:
+            if stage(receiver) <= first:
                 raise InvalidOptionError(
-                    f"receiver {receiver.name!r} is not later than any of its senders "
+                    f"receiver {receiver.name!r} does not read after any of its senders "
                     f"({', '.join(s.name for s in senders[:8])}{'...' if len(senders) > 8 else ''}); "
-                    f"expected a receiver in a layer after a sender's, or {LOGITS!r}")
+                    f"expected a receiver after a sender (a head in a later layer, an MLP in the same or a later "
+                    f"layer), or {LOGITS!r}")
         return senders, receivers, to_logits
 
     # --- the computation ------------------------------------------------------------------------------
@@ -116,27 +129,38 @@ class PathPatching(base.EngineBase):
         single = [(i,) for i in self.inputs] if self.per_input and len(self.inputs) > 1 else []
         return single + [tuple(self.inputs)]
 
-    def _edges(self, runs: PatchRuns, senders: list[Head], receivers: list[Head],
-               to_logits: bool) -> dict[tuple[str, str], dict[str, float]]:
+    def _edges(self, runs: PatchRuns, senders: list[Sender], receivers: list[Receiver],
+               to_logits: bool) -> PathPatches:
         model, batch = runs.model, runs.batch
-        mask = self._position_mask(batch.n_positions, batch.clean.shape[1], runs.base_resid[0])
+        first = runs.base_resid[0]
+        mask = self._position_mask(batch.n_positions, batch.clean.shape[1], first)
         per_copy = kit.copies_per_pass(model, batch, self.memory_mb)
-        edges: dict[tuple[str, str], dict[str, float]] = {}
-        state = runs.base_resid[0].new_zeros((0,) + runs.base_resid[0].shape)  # step-3 residuals [sender, ...]
-        done: list[Head] = []  # the senders in `state`, in order
+        edges: PathPatches = {}
+        # step-3 residuals [sender, ...], one copy per sender in `done`, in order
+        state, done = first.new_zeros((0,) + first.shape), []
+        if Input() in senders:
+            state, done = (first + self._masked(runs.change(EMBED_SITE).to(first.device), mask))[None], [Input()]
         bar = kit.progress(model, model.cfg.n_layers, f"{self.name}: layers", self.progress)
         for layer in range(model.cfg.n_layers):
             bar.update(1)
-            here = [r.head for r in receivers if r.layer == layer]
+            here = [r.head for r in receivers if isinstance(r, Head) and r.layer == layer]
             if here and done:
                 for combo, metrics in self._receive(runs, layer, state, here, per_copy).items():
                     for i, sender in enumerate(done):
                         for j, head in enumerate(here):
-                            key = (sender.name, Head(layer, head).name)
-                            edges.setdefault(key, {})["+".join(combo)] = float(metrics[i, j])
-            new = [s.head for s in senders if s.layer == layer]
-            state = self._advance(runs, layer, state, new, mask, per_copy)
+                            edges.setdefault((sender.name, Head(layer, head).name), {})["+".join(combo)] = float(metrics[i, j])
+            new = [s.head for s in senders if isinstance(s, Head) and s.layer == layer]
+            mid = self._attention(runs, layer, state, new, mask)
             done += [Head(layer, h) for h in new]
+            if model.cfg.attn_only:
+                state = mid
+                continue
+            state = self._through_mlp(runs, layer, mid, done, MLP(layer) in receivers, edges, per_copy)
+            if MLP(layer) in senders:
+                base_post = kit.finish_block(model, layer, runs.base_resid[layer] + runs.base_attn_out[layer])
+                change = self._masked(runs.change((layer, "mlp_out")).to(base_post.device), mask)
+                state = torch.cat([state.to(base_post.device), (base_post + change)[None]])
+                done.append(MLP(layer))
         bar.close()
         if to_logits and done:
             position = batch.position
@@ -158,28 +182,45 @@ class PathPatching(base.EngineBase):
         mask[[p for p in self.positions if p < kept]] = 1.0  # after the last read-out nothing can matter
         return mask[None, :, None]
 
-    def _advance(self, runs: PatchRuns, layer: int, state: Tensor, new: list[int],
-                 mask: Optional[Tensor], per_copy: int) -> Tensor:
-        """Step-3 residuals entering `layer` -> entering `layer + 1`, adding `layer`'s senders as new copies.
-        Every head is frozen at its base output, so attention adds its base output; the senders add
-        their change through W_O; MLPs are recomputed (or frozen with `freeze_mlps`)."""
-        model = runs.model
+    @staticmethod
+    def _masked(delta: Tensor, mask: Optional[Tensor]) -> Tensor:
+        return delta if mask is None else delta * mask.to(delta.device)
+
+    def _attention(self, runs: PatchRuns, layer: int, state: Tensor, new: list[int], mask: Optional[Tensor]) -> Tensor:
+        """Step-3 residuals entering `layer` -> after its attention, adding `layer`'s head senders as new copies.
+        Every head is frozen at its base output, so attention adds its base output; the senders add their
+        change through W_O."""
         base_mid = runs.base_resid[layer] + runs.base_attn_out[layer]  # on this layer's device
         mid = state.to(base_mid.device) + runs.base_attn_out[layer]
         if new:
-            deltas = runs.head_deltas(layer)[new]
-            if mask is not None:
-                deltas = deltas * mask
-            mid = torch.cat([mid, base_mid[None] + deltas.to(base_mid.device)])
-        if model.cfg.attn_only or not len(mid):
-            return mid
-        if self.freeze_mlps:
-            return mid + (kit.finish_block(model, layer, base_mid) - base_mid)
-        out = torch.empty_like(mid)
+            deltas = self._masked(runs.head_deltas(layer)[new].to(base_mid.device), mask)
+            mid = torch.cat([mid, base_mid[None] + deltas])
+        return mid
+
+    def _through_mlp(self, runs: PatchRuns, layer: int, mid: Tensor, done: list[Sender], receives: bool,
+                     edges: PathPatches, per_copy: int) -> Tensor:
+        """Step-3 residuals after `layer`'s attention -> after its MLP (recomputed, or frozen with `freeze_mlps`);
+        when the MLP is a receiver, each copy's edge into it: the base run with only the MLP's input replaced
+        by the copy's (its output change added to the base residual after the block, the model finished)."""
+        model = runs.model
+        base_mid = runs.base_resid[layer] + runs.base_attn_out[layer]
+        base_post = kit.finish_block(model, layer, base_mid)
+        if not len(mid) or (self.freeze_mlps and not receives):
+            return mid + (base_post - base_mid)
+        post = torch.empty_like(mid)
         for chunk in kit.chunks(len(mid), per_copy):
             flat = einops.rearrange(mid[chunk.start:chunk.stop], "c b p d -> (c b) p d")
-            out[chunk.start:chunk.stop] = kit.finish_block(model, layer, flat).view(len(chunk), *mid.shape[1:])
-        return out
+            post[chunk.start:chunk.stop] = kit.finish_block(model, layer, flat).view(len(chunk), *mid.shape[1:])
+        if receives:
+            name = MLP(layer).name
+            for chunk in kit.chunks(len(mid), per_copy):
+                # (the MLP's output on the copy's input) - (its base output), added after the base block
+                change = (post[chunk.start:chunk.stop] - mid[chunk.start:chunk.stop]) - (base_post - base_mid)[None]
+                residual = einops.rearrange(base_post[None] + change, "c b p d -> (c b) p d")
+                logits = forward.run_from(model, residual, layer + 1, runs.batch.position.repeat(len(chunk)))
+                for i, value in zip(chunk, kit.metric_means(runs.task, logits, runs.batch, len(chunk))):
+                    edges[(done[i].name, name)] = {"": float(value)}
+        return mid + (base_post - base_mid) if self.freeze_mlps else post
 
     def _receive(self, runs: PatchRuns, layer: int, state: Tensor, heads: list[int],
                  per_copy: int) -> dict[tuple[str, ...], Tensor]:
@@ -208,21 +249,50 @@ class PathPatching(base.EngineBase):
 
     # --- the result -----------------------------------------------------------------------------------
     def graph(self, model: Any, measurement: Measurement[PathPatches]) -> HeadGraph:
-        """Every head a node (scored by its direct effect where head -> logits was measured), every edge."""
+        """Every head and MLP a node (scored by its direct effect where node -> logits was measured), every edge;
+        ``meta["unscored_edges"]``: the kinds of edges of the model's edge graph left unscored (`coverage`)."""
         baseline, edges = measurement.baseline(), measurement.values
         graph = HeadGraph(n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads)
         score = lambda metric: float(baseline.score(torch.tensor(metric), self.direction))  # noqa: E731
-        for head in all_heads(model):
-            direct = edges.get((head.name, LOGITS))
-            graph.add_node(head, score(direct[""]) if direct else None)
+        for node in [*all_heads(model), *all_mlps(model)]:
+            direct = edges.get((node.name, LOGITS))
+            graph.add_node(node, score(direct[""]) if direct else None)
         joint = "+".join(self.inputs)
         for (sender, receiver), metrics in edges.items():
-            if receiver == LOGITS:
+            if "" in metrics:  # the logits or an MLP
                 graph.add_edge(sender, receiver, score(metrics[""]), effect="direct")
                 continue
             extras = {f"score_{combo}": score(m) for combo, m in metrics.items() if combo != joint}
             graph.add_edge(sender, receiver, score(metrics[joint]), effect="direct", inputs=joint, **extras)
+        restricted = [f"{option}={getattr(self, option)!r}" for option in ("senders", "receivers", "inputs")
+                      if getattr(self, option) is not None and getattr(self, option) != INPUTS]
+        restricted += ["per_input=False"] if not self.per_input and len(self.inputs) > 1 else []
+        graph.meta["unscored_edges"] = coverage.unscored(model, graph, "options " + ", ".join(restricted)
+                                                         if restricted else "")
         return graph
+
+
+def _order(node: Any) -> tuple[Union[int, float], int]:
+    return stage(node), getattr(node, "head", 0)
+
+
+def _checked(model: Any, name: Any, role: str) -> Any:
+    """A sender ("embed", a head, an MLP) or receiver (a head, an MLP) checked against the model: typed errors
+    naming the bad value and the valid names."""
+    cfg = model.cfg
+    valid = [f"L0H0 .. L{cfg.n_layers - 1}H{cfg.n_heads - 1}"] + ([] if cfg.attn_only else [f"M0 .. M{cfg.n_layers - 1}"])
+    valid += [f"{EMBED!r} (senders only)"] if role == "sender" else [f"{LOGITS!r} (receivers only)"]
+    try:
+        node = parse_node(name)
+    except UnknownNameError:
+        raise UnknownNameError(role, name, valid) from None
+    if node.kind == "head":
+        return Head.in_model(model, name, tuple(valid[1:]), what=role)
+    if node.kind == "mlp" and not cfg.attn_only and node.layer < cfg.n_layers:
+        return node
+    if node.kind == "embed" and role == "sender":
+        return node
+    raise UnknownNameError(role, name, valid)
 
 
 def top_receivers(graph: HeadGraph, k: int, include_logits: bool = True) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from circuits import forward
 from circuits._task import Inputs
-from circuits.engines import base, kit
+from circuits.engines import base, coverage, kit
 from circuits.engines.cdt.model import check_model
 from circuits.engines.cdt.propagation import Decomposition, Propagation
 from circuits.engines.kit import Measurement
@@ -215,6 +215,10 @@ class CDT(base.EngineBase):
         for sender, receiver in pairs:
             index = (sender.layer, sender.head, receiver.layer, receiver.head)
             graph.add_edge(sender, receiver, float(scores.dot[index]), effect="share", score_l1=float(scores.l1[index]))
+        receivers = "the iterative discovery's pairs" if self.iterative else f"the top {self.receiver_count} heads"
+        graph.meta["unscored_edges"] = coverage.unscored(
+            model, graph, "CD-T's sources are head outputs: no edge from embed or an MLP; head -> head shares into "
+            f"{receivers} only, for q, k and v together; no MLP receiver; head -> logits is the total effect")
         return graph
 
     def _into_top(self, model: Any, nodes: Tensor) -> list[tuple[Head, Head]]:
