@@ -19,6 +19,9 @@ from circuits.errors import DamagedCacheWarning, StaleWeightsWarning
 from tasks import shipped
 
 DEFAULTS = {d.name: d for d in shipped.defaults()}
+# Defaults whose weights are not shipped yet: their first use still trains (regular_languages: 36 min on one quiet
+# thread, hours on a busy 2-core machine). Ship one with `python -m analyses.models --only NAME`, then remove it here.
+NOT_YET_SHIPPED = {"regular_languages"}
 TINY = models.ToyConfig(n_layers=1, n_heads=2, d_model=8, d_vocab=6, name="tiny")
 
 
@@ -32,6 +35,9 @@ def test_shipped_weights_fit_the_current_recipe(name):
     not regenerated: run `make models` (or `python -m analyses.models --only NAME`)."""
     trained = DEFAULTS[name].training(False)
     record = trained.record()
+    if name in NOT_YET_SHIPPED:
+        assert record is None, f"{name} is shipped now: remove it from NOT_YET_SHIPPED"
+        return
     assert record is not None, f"{name} is not shipped: run `python -m analyses.models --only {name}`"
     assert record["key"] == trained.key(), (
         f"{name}: shipped weights were trained by recipe {record['key']}, the current recipe is {trained.key()}; "
@@ -43,8 +49,8 @@ def test_shipped_weights_fit_the_current_recipe(name):
 def test_first_use_reads_the_shipped_weights_without_training(name, tmp_path, monkeypatch):
     monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path))  # an empty cache: nothing to read but the package data
     trained = DEFAULTS[name].training(False)
-    if trained.record() is None:
-        pytest.skip(f"{name} is not shipped (test_shipped_weights_fit_the_current_recipe says so)")
+    if name in NOT_YET_SHIPPED:
+        pytest.skip(f"{name} is not shipped yet")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # neither stale nor damaged
         model = trained.from_shipped()
@@ -57,8 +63,6 @@ def test_the_headline_numbers_of_a_shipped_model_reproduce(tmp_path, monkeypatch
     monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path))
     default = DEFAULTS["induction"]
     trained = default.training(False)
-    if trained.record() is None:
-        pytest.skip("induction is not shipped")
     numbers = default.headline(trained.from_shipped())
     assert numbers == pytest.approx(trained.record()["headline"], abs=1e-6)
     assert numbers["copying_accuracy"] > 0.5  # 1/48 by chance
@@ -140,14 +144,16 @@ def test_the_recipe_hash_ignores_how_python_writes_empty_fields():
 
 
 def test_regular_languages_history_comes_with_its_shipped_weights(tmp_path, monkeypatch):
-    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path))
+    """Without the cache's history file, `history()` reads the one recorded with shipped weights of its recipe."""
+    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(shipped, "FOLDER", tmp_path / "shipped")
     from tasks.regular_languages import RegularLanguages
 
-    task = RegularLanguages()
-    record = task.training(progress=False).record()
-    if record is None:
-        pytest.skip("regular_languages is not shipped")
-    history = task.history()
-    assert history and history[-1]["step"] == task.recipe.steps
-    other = replace(task, recipe=replace(task.recipe, eval_every=500))  # another recipe: not its history
+    task = RegularLanguages.quick()
+    history = [{"step": 200, "loss": 2.0}, {"step": 400, "loss": 1.5}]
+    (tmp_path / "shipped").mkdir()
+    record = {"key": task.training(progress=False).key(), "history": history}
+    (tmp_path / "shipped" / f"{task.model_config.name}.json").write_text(json.dumps(record))
+    assert task.history() == history
+    other = replace(task, recipe=replace(task.recipe, eval_every=100))  # another recipe: not its history
     assert other.history() is None
