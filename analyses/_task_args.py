@@ -58,5 +58,5 @@ def model_for(args: argparse.Namespace, task: Any, label: str) -> Any:
     if args.model is not None:
         print(f"loading model {args.model!r}...", flush=True)
         return circuits.models.load(args.model)
-    print(f"loading the default model of {label} (trained or converted and cached on first use)...", flush=True)
+    print(f"loading the default model of {label} (shipped; else trained or converted and cached on first use)...", flush=True)
     return task.default_model()

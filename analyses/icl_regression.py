@@ -2,7 +2,7 @@
 
     python -m analyses.icl_regression [--quick] [--out DIR]
 
-Trains (or reads from $CIRCUITS_CACHE) one-layer softmax-attention models with 1, 2 and 4 heads, then writes
+Reads the shipped one-layer softmax-attention models with 1, 2 and 4 heads (else trains and caches them), then writes
 one PNG per figure into DIR and prints a table of the issue's numbers next to the paper's:
 
 - kq.png: each head's effective score matrix W_KQ = W_Q W_Kᵀ / √d_head (x-block ≈ ω_h I);

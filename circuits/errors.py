@@ -125,3 +125,8 @@ class MissingDependencyError(CircuitsError, ImportError):
 
 class DamagedCacheWarning(UserWarning):
     """A cached trained model could not be read (truncated or corrupt file); it is trained again."""
+
+
+class StaleWeightsWarning(UserWarning):
+    """A toy model's shipped weights were trained by another recipe than the current code's (`make models` was not
+    run after a change to how it is trained); they are not used: the model comes from the cache or is trained."""

@@ -2,15 +2,14 @@
 
 A toy model is a TransformerLens-native torch module (`native`) wrapped in a `TransformerBridge`
 (`wrap`). Training uses the plain module where no hook is needed (about 4x faster than through the
-bridge), then wraps it; `cached` keeps trained weights under ``$CIRCUITS_CACHE`` keyed by config.
+bridge), then wraps it; `cached` reads a trained toy's shipped weights (package data) or keeps trained weights
+under ``$CIRCUITS_CACHE``, both keyed by the recipe hash (`circuits._trained`).
 """
 
 from __future__ import annotations
 
-import ast
 import copy
 import hashlib
-import inspect
 import importlib.util
 import json
 import os
@@ -26,9 +25,10 @@ from filelock import FileLock
 from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge import TransformerBridge
 
-from circuits import _compat, training
+from circuits import _compat
 from circuits._compat import NativeModel
 from circuits._pretrained import load  # a folder or a hub name, with typed errors
+from circuits._trained import TrainedToy, recipe_fingerprint  # trained toys: shipped, cached or trained
 from circuits.errors import (DamagedCacheWarning, IncompatibleModelError, InvalidOptionError, MissingDependencyError,
                              RenamedError)
 
@@ -154,41 +154,32 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CIRCUITS_CACHE", Path.home() / ".cache" / "circuits"))
 
 
-def cached(config: ToyConfig, train: Callable[[NativeModel], Any], **training_spec: Any) -> TransformerBridge:
-    """The toy model `config` after `train(module)`, trained once and then read from the cache.
+def cached(config: ToyConfig, train: Callable[[NativeModel], Any], *, retrain: bool = False,
+           shipped: Optional[Path] = None, **training_spec: Any) -> TransformerBridge:
+    """The toy model `config` after `train(module)`: shipped weights, or trained once and then read from the cache.
 
-    The cache key is the config, `training_spec` (steps, learning rate, data version...) and the training
-    recipe's code (the module that defines `train`, and the training loop), so a change to how a model is
-    trained never returns stale weights. A damaged cache file is reported (`DamagedCacheWarning`) and rebuilt.
+    The recipe hash (`TrainedToy.key`) is the config, `training_spec` (steps, learning rate, data version...) and
+    the training recipe's code (the module that defines `train`, and the training loop), so a change to how a model
+    is trained never returns stale weights. `shipped`: a folder of package data that may hold the weights
+    (``{config.name}.safetensors`` and ``.json``, used only under the same recipe hash). ``retrain=True`` trains
+    again whatever is shipped or cached. A damaged cache file is reported (`DamagedCacheWarning`) and rebuilt.
     """
-    key = config.key(recipe=recipe_fingerprint(train), **training_spec)
-
-    def read(path: Path) -> TransformerBridge:
-        module = new_native(config)
-        module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return wrap(module, config)
-
-    def build(path: Path) -> TransformerBridge:
-        module = new_native(config)
-        train(module)
-        tmp = path.with_suffix(".tmp")
-        torch.save(module.state_dict(), tmp)
-        tmp.replace(path)  # atomic: a killed run leaves no half-written cache entry
-        return wrap(module, config)
-
-    return _cache_entry(cache_dir() / f"{config.name}-{key}.pt", read, build, "training the model again")
+    return TrainedToy(config, train, training_spec, shipped).load(retrain=retrain)
 
 
 Entry = TypeVar("Entry")
 
 
-def _cache_entry(path: Path, read: Callable[[Path], Entry], build: Callable[[Path], Entry], redo: str) -> Entry:
+def _cache_entry(path: Path, read: Callable[[Path], Entry], build: Callable[[Path], Entry], redo: str,
+                 rebuild: bool = False) -> Entry:
     """The cache entry at `path` (a file or a folder): `read(path)`, or `build(path)` when it is missing or damaged
     (a damaged entry is reported as a `DamagedCacheWarning` saying what happens instead: `redo`, and removed).
     `build` writes the entry atomically (or not at all). Processes that want the same entry (test workers, sweep
-    cells) hold a file lock next to it, so one builds it and the others read it."""
+    cells) hold a file lock next to it, so one builds it and the others read it. ``rebuild=True``: build it again."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(path.with_name(f"{path.name}.lock")):
+        if rebuild:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         if path.exists():
             try:
                 return read(path)
@@ -197,31 +188,6 @@ def _cache_entry(path: Path, read: Callable[[Path], Entry], build: Callable[[Pat
                                                   f"{error}); {redo}"), stacklevel=3)
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         return build(path)
-
-
-def recipe_fingerprint(train: Callable[..., Any]) -> str:
-    """A hash of the code that trains a model: the module defining `train` (bound methods and partials
-    resolved) and `circuits.training`, as syntax trees without docstrings (comments, formatting and
-    documentation do not count)."""
-    function = getattr(train, "func", train)
-    function = getattr(function, "__func__", function)
-    sources = []
-    for module in (inspect.getmodule(function), training):
-        try:
-            sources.append(ast.dump(_without_docstrings(ast.parse(inspect.getsource(module)))))
-        except (OSError, TypeError):  # defined interactively: no source to hash
-            sources.append(getattr(function, "__qualname__", repr(function)))
-    return hashlib.sha256("\n".join(sources).encode()).hexdigest()[:16]
-
-
-def _without_docstrings(tree: ast.Module) -> ast.Module:
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
-                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
-            node.body = body[1:] or [ast.Pass()]
-    return tree
-
 
 
 def bundled_gguf_path() -> Path:

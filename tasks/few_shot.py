@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from itertools import combinations
 from typing import Any, Optional
 
@@ -31,6 +32,7 @@ from torch import Tensor
 
 from circuits import PromptBatch, TrainingDefaults, metrics, models, training
 from circuits.errors import IncompatibleModelError, InvalidOptionError
+from tasks import shipped
 
 N_LABELS = 5
 N_POS = 5  # e1 l1 e2 l2 q
@@ -192,10 +194,16 @@ class FewShot(TrainingDefaults):
         finally:
             torch.set_num_threads(threads)
 
-    def default_model(self) -> Any:
-        """The 2-layer model trained on this task (cached under $CIRCUITS_CACHE)."""
+    def training(self, progress: bool = True) -> models.TrainedToy:
+        """How the default model is trained (its recipe hash names the shipped and cached weights)."""
         spec = dict(task=self.name, n_classes=self.n_classes, class_norm=self.class_norm, noise=self.noise,
                     label_norm=self.label_norm, position_norm=self.position_norm, held_out=self.held_out_pairs,
                     world=self.world_seed, batch=self.train_batch, lr=self.lr, steps=self.train_steps,
                     seed=self.seed, data=DATA_VERSION)
-        return models.cached(model_config(self.seed, self.d_model), self.train, **spec)
+        return models.TrainedToy(model_config(self.seed, self.d_model), partial(self.train, progress=progress), spec,
+                                 shipped.FOLDER)
+
+    def default_model(self, retrain: bool = False) -> Any:
+        """The 2-layer model trained on this task: shipped weights (package data), else trained on first use and
+        cached under $CIRCUITS_CACHE; ``retrain=True`` trains it again."""
+        return self.training().load(retrain=retrain)

@@ -22,6 +22,7 @@ squared error of the prediction against the clean target y_q (noise included, as
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from torch import Tensor
 
 from circuits import PromptBatch, TrainingDefaults, forward, metrics, models, training
 from circuits.errors import IncompatibleModelError, InvalidOptionError
+from tasks import shipped
 
 DATA_VERSION = 1
 Schedule = tuple[tuple[float, int], ...]
@@ -206,15 +208,19 @@ class ICLRegression(TrainingDefaults):
             torch.set_num_threads(threads)
         return history
 
-    def model(self, heads: int, schedule: Schedule | None = None, progress: bool = True) -> Any:
-        """The trained H-head model (bridge), trained on first use and cached under $CIRCUITS_CACHE."""
+    def training(self, heads: int, schedule: Schedule | None = None, progress: bool = True) -> models.TrainedToy:
+        """How the H-head model is trained (its recipe hash names the shipped and cached weights)."""
         schedule = tuple(schedule or self.schedule)
-        config = model_config(heads, self.d, self.L, self.seed)
         spec = dict(task=self.name, d=self.d, L=self.L, noise=self.noise, schedule=schedule,
                     batch=self.train_batch, seed=self.seed, data=DATA_VERSION)
-        bridge = models.cached(config, lambda m: self.train(m, progress=progress, schedule=schedule), **spec)
-        return prepare(bridge)
+        return models.TrainedToy(model_config(heads, self.d, self.L, self.seed),
+                                 partial(self.train, progress=progress, schedule=schedule), spec, shipped.FOLDER)
 
-    def default_model(self) -> Any:
-        """The 2-head model (``heads`` heads), trained on first use and cached."""
-        return self.model(self.heads)
+    def model(self, heads: int, schedule: Schedule | None = None, progress: bool = True, retrain: bool = False) -> Any:
+        """The trained H-head model (bridge): shipped weights (package data), else trained on first use and cached
+        under $CIRCUITS_CACHE; ``retrain=True`` trains it again."""
+        return prepare(self.training(heads, schedule, progress).load(retrain=retrain))
+
+    def default_model(self, retrain: bool = False) -> Any:
+        """The 2-head model (``heads`` heads): shipped, or trained on first use and cached."""
+        return self.model(self.heads, retrain=retrain)

@@ -12,6 +12,7 @@ position, with no previous-token head (measured: layer-0 previous-token attentio
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from circuits import PromptBatch, TrainingDefaults, metrics, models, training
 from circuits.errors import IncompatibleModelError, InvalidOptionError
+from tasks import shipped
 
 DEFAULT_MODEL = models.ToyConfig(n_layers=2, n_heads=4, d_model=64, d_vocab=64, n_ctx=64, attn_only=True,
                                  normalization="LN", seed=0, name="induction")
@@ -137,8 +139,13 @@ class Induction(TrainingDefaults):
                               evaluate=lambda m: {"accuracy": self.copying_accuracy(m, n=256)},
                               eval_every=250, progress=progress, description="training induction model")
 
-    def default_model(self) -> Any:
-        """The 2-layer attention-only induction model, trained on first use and cached."""
+    def training(self, progress: bool = True) -> models.TrainedToy:
+        """How the default model is trained (its recipe hash names the shipped and cached weights)."""
         spec = dict(task=self.name, seq_len=self.seq_len, lengths=(self.min_length, self.max_length),
                     d_vocab=self.d_vocab, steps=self.train_steps, batch=self.train_batch, lr=self.lr, data=1)
-        return models.cached(self.model_config, self.train, **spec)
+        return models.TrainedToy(self.model_config, partial(self.train, progress=progress), spec, shipped.FOLDER)
+
+    def default_model(self, retrain: bool = False) -> Any:
+        """The 2-layer attention-only induction model: shipped weights (package data), else trained on first use
+        and cached; ``retrain=True`` trains it again."""
+        return self.training().load(retrain=retrain)

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from circuits import PromptBatch, forward, hooks, models, training
 from circuits.errors import IncompatibleModelError, InvalidOptionError
-from tasks import dfa_training
+from tasks import dfa_training, shipped
 from tasks.dfa import DFA, LETTERS, PAD, SEP, VOCAB, sequence, states_along
 from tasks.dfa_training import Recipe
 from tasks.ngram import head_scores, ngram_predictor
@@ -178,27 +178,38 @@ class RegularLanguages:
         return torch.stack(scores), head_scores(patterns[0], data.tokens, n, data.scored)[1]
 
     # --- models -------------------------------------------------------------------------------------
-    def model(self, progress: bool = True) -> Any:
-        """This task's model (bridge), trained on first use and cached under $CIRCUITS_CACHE."""
-        data, start = self.evaluation(n=32), time.perf_counter()
+    def training(self, progress: bool = True) -> models.TrainedToy:
+        """How this task's model is trained (its recipe hash names the shipped and cached weights), with the
+        measures along training written next to the cached weights (`history`)."""
+        start = time.perf_counter()
+        data = lru_cache(maxsize=1)(lambda: self.evaluation(n=32))  # drawn when training starts, not before
 
         def evaluate(model: Any) -> dict[str, float]:  # the measures along training, and the seconds so far
-            return {**self.measure(model, data), "seconds": time.perf_counter() - start}
+            return {**self.measure(model, data()), "seconds": time.perf_counter() - start}
 
         recipe = partial(dfa_training.train, recipe=self.recipe, evaluate=evaluate,
                          history_path=dfa_training.history_path(self.model_config, self.recipe), progress=progress)
-        return models.cached(self.model_config, recipe, **dfa_training.spec(self.recipe))
+        return models.TrainedToy(self.model_config, recipe, dfa_training.spec(self.recipe), shipped.FOLDER)
 
-    def default_model(self) -> Any:
-        """The 2-layer model (`DEFAULT_MODEL`; 9,000 steps, 36 min on one shared thread on first use; then cached)."""
-        return self.model()
+    def model(self, progress: bool = True, retrain: bool = False) -> Any:
+        """This task's model (bridge): shipped weights (package data), else trained on first use and cached
+        under $CIRCUITS_CACHE; ``retrain=True`` trains it again."""
+        return self.training(progress).load(retrain=retrain)
+
+    def default_model(self, retrain: bool = False) -> Any:
+        """The 2-layer model (`DEFAULT_MODEL`): shipped weights; without them 9,000 steps, 36 min on one shared
+        thread on first use, then cached."""
+        return self.model(retrain=retrain)
 
     def history(self) -> Optional[list[dict[str, Any]]]:
-        """The evaluation history written when this task's model was trained (None if not there)."""
+        """The evaluation history written when this task's model was trained, or the one shipped with its weights
+        (None if neither is there)."""
         path = dfa_training.history_path(self.model_config, self.recipe)
-        if not path.exists():
-            return None
-        return json.loads(path.read_text())["history"]
+        if path.exists():
+            return json.loads(path.read_text())["history"]
+        trained = self.training(progress=False)
+        record = trained.record()
+        return record.get("history") if record and record.get("key") == trained.key() else None
 
 
 def truth_distribution(data: Evaluation) -> Float[Tensor, "n pos vocab"]:

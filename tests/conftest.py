@@ -14,7 +14,7 @@ def induction():
 
 @pytest.fixture(scope="session")
 def induction_model(induction):
-    """The default induction model (trained once, ~1 minute, then read from $CIRCUITS_CACHE)."""
+    """The default induction model (shipped as package data: read in about a second)."""
     return induction.default_model()
 
 

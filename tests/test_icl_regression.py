@@ -268,7 +268,7 @@ def test_analysis_quick(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_paper_numbers(task):
-    """The issue's targets on the default models (trained once, ~5 minutes each, then cached)."""
+    """The issue's targets on the default models (shipped; trained by `make models`, ~5 minutes each)."""
     two = task.default_model()
     assert task.validation_mse(two, n=32768) < 0.26
     assert task.validation_mse(task.model(1), n=32768) > 0.35

