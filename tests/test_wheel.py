@@ -29,7 +29,7 @@ SHIPPED = ["pyproject.toml", "README.md", "LICENSE", "circuits", "tasks", "analy
 
 # Runs inside the fresh venv (python -I: no script directory, no PYTHON* variables on sys.path).
 CHECKS = '''
-import importlib.metadata as metadata, json, sys
+import importlib.metadata as metadata, json, os, sys
 import circuits, tasks, analyses
 from circuits import models
 from tasks import facts
@@ -50,6 +50,8 @@ print("CHECKS " + json.dumps({
     "scripts": scripts,
     "registered": {"tasks": tasks.names(), "engines": circuits.engines.names()},  # from the wheel's entry points
     "top3": graph.top(3, by="signed"),
+    "viewer_files": sorted(f for f in files if f.startswith("circuits/view/") and not f.endswith((".py", ".pyc"))),
+    "html_bytes": os.path.getsize("g.html"),  # the README's graph.to_html: scripts from the wheel
 }))
 '''
 
@@ -117,3 +119,7 @@ def test_wheel_installs_and_runs_the_readme_example(tmp_path, induction_model):
     assert [name for name, _ in checks["top3"]] == [name for name, _ in shown]
     assert [score for _, score in checks["top3"]] == pytest.approx([score for _, score in shown], abs=5e-4)
     assert (work / "g.json").exists() and (work / "g.png").exists()
+    assert set(checks["viewer_files"]) >= {"circuits/view/page.html", "circuits/view/viewer.js",
+                                           "circuits/view/viewer.css", "circuits/view/vendor/cytoscape.min.js",
+                                           "circuits/view/vendor/cytoscape.LICENSE"}
+    assert checks["html_bytes"] == (work / "g.html").stat().st_size > 400_000  # Cytoscape.js (~440 kB) inlined
