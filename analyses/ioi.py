@@ -335,12 +335,12 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser = figure_parser(__doc__, "out/ioi", "4 prompts for the role tests, 2 for EAP and path patching from L26")
     parser.add_argument("--reuse", action="store_true", help="read engine scores already in OUT/graphs (same engine, "
                         "options and n) instead of recomputing them")
-    parser.add_argument("--engines", nargs="+", help=f"engines to run (default: {' '.join(Settings.engines)}; "
-                        f"quick: {' '.join(QUICK.engines)})")
+    parser.add_argument("--engines", nargs="*", help="engines to run, none after a bare --engines (default: "
+                        f"{' '.join(Settings.engines)}; quick: {' '.join(QUICK.engines)})")
     args = parser.parse_args(argv)
     at_most_two_threads()
     settings = QUICK if args.quick else Settings()
-    if args.engines:
+    if args.engines is not None:
         settings = replace(settings, engines=tuple(args.engines))
     return run(quick=args.quick, out=args.out, reuse=args.reuse, settings=settings)
 
