@@ -12,9 +12,10 @@ gave a drink to"), so it carries no information about which name is the answer; 
 its leading space) under the model's tokenizer, it has the clean prompt's token length.
 
 Each record keeps, under ``meta`` (ignored by the prompt-pairs loader), the template, the order, the names, the
-place and object, and the token positions in the clean prompt as the model reads it (with its BOS convention;
-position 0 is BOS for SmolLM2): ``IO``, ``S1``, ``S2``, ``S1+1`` (the token after S1, which induction heads attend
-to from S2) and ``end`` (the read-out position). The corrupted prompt has its names at the same positions.
+place and object (where the template has them), and the token positions in the clean prompt as the model reads it
+(with its BOS convention; position 0 is BOS for SmolLM2): ``IO``, ``S1``, ``S2``, ``S1+1`` (the token after S1,
+which induction heads attend to from S2) and ``end`` (the read-out position). The corrupted prompt has its names
+at the same positions.
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ def one_token_names(model: Any, names: Sequence[str] = NAMES) -> list[str]:
 
 
 def generate(model: Any, n: int, seed: int = 0, names: Sequence[str] = NAMES) -> list[dict[str, Any]]:
-    """`n` IOI records (module docstring), half ABBA and half BABA, templates in turn, names drawn from `seed`;
-    each with its token positions under ``meta`` (checked: the token at each name position is that name)."""
+    """`n` IOI records (module docstring), half ABBA and half BABA, templates in turn, names drawn from `seed`, no
+    clean prompt twice; each with its token positions under ``meta`` (checked: the token at each name position is
+    that name)."""
     if n < 1:
         raise InvalidOptionError(f"n={n!r}; expected at least one prompt")
     usable = one_token_names(model, names)
@@ -78,16 +80,20 @@ def generate(model: Any, n: int, seed: int = 0, names: Sequence[str] = NAMES) ->
         raise InvalidOptionError(f"only {len(usable)} of {len(names)} names are one token for this model ({usable}); "
                                  "expected at least 5 (two for the clean prompt, three others for the corruption)")
     rng = random.Random(seed)
-    records = []
+    records, seen = [], set()
     for i in range(n):
         template = i % len(TEMPLATES)
         order = "ABBA" if (i // len(TEMPLATES)) % 2 == 0 else "BABA"
-        io, s, a, b, c = rng.sample(usable, 5)
-        fill = {"place": rng.choice(PLACES), "object": rng.choice(OBJECTS)}
-        first, second = (io, s) if order == "ABBA" else (s, io)
-        clean = TEMPLATES[template].format(A=first, B=second, S=s, **fill)
+        clean = None
+        while clean is None or clean in seen:  # every clean prompt once (a repeat is drawn again)
+            io, s, a, b, c = rng.sample(usable, 5)
+            fill = {"place": rng.choice(PLACES), "object": rng.choice(OBJECTS)}
+            first, second = (io, s) if order == "ABBA" else (s, io)
+            clean = TEMPLATES[template].format(A=first, B=second, S=s, **fill)
+        seen.add(clean)
         corrupted = TEMPLATES[template].format(A=a, B=b, S=c, **fill)
-        meta = {"template": template, "order": order, "IO": io, "S": s, "corrupted_names": [a, b, c], **fill,
+        used = {key: value for key, value in fill.items() if "{" + key + "}" in TEMPLATES[template]}
+        meta = {"template": template, "order": order, "IO": io, "S": s, "corrupted_names": [a, b, c], **used,
                 "positions": positions(model, TEMPLATES[template], order, first, second, s, fill)}
         records.append({"clean": clean, "corrupted": corrupted, "answer": " " + io, "foil": " " + s, "meta": meta})
     return records
