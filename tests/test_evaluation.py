@@ -175,8 +175,11 @@ def test_edge_curves_are_mibs_areas_over_circuits_evaluated_one_by_one():
     from circuits.view.data import curve_data  # the circuit view reads a curve as it is
 
     shown = curve_data(result.curves["a"].of("absolute"))
-    assert [y for _, y in shown["points"]] == pytest.approx(result.curves["a"].absolute, abs=1e-5)
+    assert shown["absolute"] == pytest.approx(result.curves["a"].absolute, abs=1e-5) and shown["signed"] is None
     assert shown["cmd"] == pytest.approx(result.curves["a"].cmd, abs=1e-5)
+    whole = curve_data(result.curves["a"])  # an EdgeCurve as it is: both selections
+    assert whole["signed"] == pytest.approx(result.curves["a"].signed, abs=1e-5)
+    assert whole["fractions"] == pytest.approx(list(FRACTIONS))
 
 
 def test_edge_curves_refuse_bad_options():

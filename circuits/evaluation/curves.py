@@ -61,7 +61,8 @@ class EdgeCurve:
 
     def of(self, by: str) -> dict[str, Any]:
         """One selection's curve as a mapping (``fractions``, ``faithfulness``, ``cpr``, ``cmd``, ``by``), the shape
-        the circuit view takes (``evaluations=`` of `circuits.view`)."""
+        the circuit view takes too (`circuits.view.to_html`'s ``curves=`` reads an `EdgeCurve` or `Curves` as they
+        are)."""
         if by not in ("signed", "absolute"):
             raise InvalidOptionError(f"by={by!r}; expected 'signed' or 'absolute'")
         faithfulness = self.signed if by == "signed" else self.absolute
