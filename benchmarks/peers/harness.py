@@ -86,8 +86,8 @@ def run_pair(pair: Pair, model: Any, task: Any, batch: PromptBatch, worker: Opti
             log(f"  {p:<32} skipped: {why}")
     times: dict[str, list[float]] = {"ours": [], **{p: [] for p in ready}}
     results: dict[str, Any] = {}
-    for round in range(repeats + 1):  # interleaved: ours, then each peer, every round; round 0 warms up, untimed
-        if round == 1:
+    for attempt in range(repeats + 1):  # interleaved: ours, then each peer, every round; round 0 warms up, untimed
+        if attempt == 1:
             times = {key: [] for key in times}
         start = time.perf_counter()
         results["ours"] = pair.ours(model, task, batch)
@@ -108,10 +108,15 @@ def run_pair(pair: Pair, model: Any, task: Any, batch: PromptBatch, worker: Opti
         theirs = normalised(pair.normalise, *results[p])
         record = {"peer_s": statistics.median(times[p]), **agreement(ours_scores, theirs)}
         record["ratio"] = record["peer_s"] / out["ours_s"]  # > 1: we are faster
+        if pair.variant:
+            label, variant = pair.variant
+            record["variant"] = {"label": label, **agreement(normalised(pair.normalise, *variant(model, task, batch)), theirs)}
         out["peers"][p] = record
         log(f"  {p:<32} ours {out['ours_s']:8.4f} s  peer {record['peer_s']:8.4f} s  speed-up {record['ratio']:6.2f}x  "
             f"max|diff| {record['max_abs_diff']:.1e} (largest {record['largest']:.2f})  "
             f"Spearman {record['spearman']:+.4f}  top-{record['top_k']} {record['top_k_overlap']:.2f}")
+        if "variant" in record:
+            log(f"  {'':<32} {record['variant']['label']}: max|diff| {record['variant']['max_abs_diff']:.1e}")
     return out
 
 

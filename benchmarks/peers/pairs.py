@@ -12,8 +12,9 @@ Every side returns raw numbers plus its own clean and corrupted metric means (me
 
 from __future__ import annotations
 
+import copy as copy_module
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -32,6 +33,8 @@ class Pair:
     peers: tuple[str, ...]  # "peer:method" run by the worker; "tl4" runs TransformerLens 4 in our process
     normalise: str  # "fraction" (patched metric) or "eap" (gradient score) or "cdt" (m(irrel) - m(total))
     peer_key: str  # the tensor the worker returns
+    # ours again on a copy of the model changed to the peer's own convention (untimed): names why numbers differ
+    variant: Optional[tuple[str, Callable[[Any, Any, PromptBatch], Raw]]] = None
 
 
 def _measured(engine: Any, model: Any, task: Any, batch: PromptBatch) -> Any:
@@ -88,6 +91,19 @@ def ours_cdt(model: Any, task: Any, batch: PromptBatch) -> Raw:
     return m.values.nodes, m.clean, m.corrupted
 
 
+CD_CIRCUIT_EPS = 1e-8  # CD_Circuit's LayerNorm epsilon, hard-coded in its GPTLayerNormWrapper
+
+
+def ours_cdt_at_reference_eps(model: Any, task: Any, batch: PromptBatch) -> Raw:
+    """`ours_cdt` on a copy of the model whose LayerNorms use CD_Circuit's epsilon instead of the model's."""
+    copy = copy_module.deepcopy(model)
+    for module in copy.modules():
+        if isinstance(getattr(module, "eps", None), float):
+            module.eps = CD_CIRCUIT_EPS
+    copy.cfg.eps = CD_CIRCUIT_EPS
+    return ours_cdt(copy, task, batch)
+
+
 PAIRS = {
     "activation_patching": Pair("activation patching (heads, all positions)", ours_patching,
                                 ("tl4", "tl2:tl2_patching", "auto_circuit:patching"), "fraction", "patched"),
@@ -98,7 +114,8 @@ PAIRS = {
                           ("eap_ig:EAP-IG-inputs", "auto_circuit:eap_ig_inputs"), "eap", "scores"),
     "eap_ig_activations": Pair("EAP-IG (activations, 5 steps)", ours_eap("eap_ig_activations", 5),
                                ("eap_ig:EAP-IG-activations",), "eap", "scores"),
-    "cdt": Pair("CD-T (heads -> logits)", ours_cdt, ("cd_circuit:cdt",), "cdt", "nodes"),
+    "cdt": Pair("CD-T (heads -> logits)", ours_cdt, ("cd_circuit:cdt",), "cdt", "nodes",
+                variant=(f"ours with CD_Circuit's LayerNorm eps {CD_CIRCUIT_EPS:g}", ours_cdt_at_reference_eps)),
 }
 
 
