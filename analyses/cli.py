@@ -1,4 +1,4 @@
-"""The `circuits` console command: discover circuits, compare engines, run sweeps, list tasks and engines."""
+"""The `circuits` console command: discover circuits, compare engines, run sweeps, view graphs, list tasks and engines."""
 
 # Start-up stays light: `circuits --help`, `tasks`, `engines` and argument errors import neither torch nor
 # TransformerLens (`circuits` and `tasks` export lazily, names come from entry points); commands that run import
@@ -91,7 +91,7 @@ def _discover(args: argparse.Namespace) -> int:
         print(f"\n{edges}")
     json_path = graph.to_json(out / "graph.json")
     png_path = out / "graph.png"
-    graph.draw(png_path, title=f"{args.engine} · {task.name}", by=args.by)
+    graph.draw(png_path, by=args.by)  # titled engine · task · model, as graph.draw() from Python
     print(f"\nwrote {json_path} and {png_path}")
     return 0
 
@@ -117,6 +117,35 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"\n{len(report.failed)} failed cells (rerun them with --retry-failed):\n{report.failure_table()}",
               file=sys.stderr)
         return 1
+    return 0
+
+
+def _view(args: argparse.Namespace) -> int:
+    import json
+
+    from circuits import view
+    from circuits.graph import HeadGraph
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise InvalidOptionError(f"--out {str(out)!r} is a folder; expected an .html file to write")
+    labels = args.labels.split(",") if args.labels else None
+    if labels is not None and len(labels) != len(args.graphs):
+        raise InvalidOptionError(f"--labels {args.labels!r} names {len(labels)} graphs; expected one label for each "
+                                 f"of the {len(args.graphs)} graphs")
+    graphs = []
+    for path in map(Path, args.graphs):
+        if not path.is_file():
+            raise InvalidOptionError(f"graph file {str(path)!r} does not exist; expected a graph.json written by "
+                                     "`circuits discover` or graph.to_json")
+        try:
+            graphs.append(HeadGraph.from_json(path))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+            where = f" (line {error.lineno})" if isinstance(error, json.JSONDecodeError) else ""
+            raise InvalidOptionError(f"graph file {str(path)!r}{where} is not a graph ({error}); expected networkx "
+                                     "node-link JSON as graph.to_json writes it") from None
+    written = view.to_html(graphs, out, labels=labels, default_edges=args.edges, by=args.by)
+    print(f"wrote {written} ({written.stat().st_size / 1e6:.2f} MB; open it in a browser, no server needed)")
     return 0
 
 
@@ -156,6 +185,16 @@ def _parser() -> argparse.ArgumentParser:
                        help="trust done cells without checking that their prompts and model weights are unchanged "
                             "(their models are not loaded)")
     sweep.set_defaults(run=_sweep)
+    view = commands.add_parser("view", help="an interactive view of graphs in one HTML file (opens offline)")
+    view.add_argument("graphs", nargs="+", metavar="GRAPH.json",
+                      help="graph.json files of one task (several: an engine switch and a diff view)")
+    view.add_argument("--out", required=True, help="the .html file to write")
+    view.add_argument("--labels", default=None, help="comma-separated names for the graphs (default: their engines)")
+    view.add_argument("--edges", type=positive_int, default=300,
+                      help="edges drawn when the page opens (the slider brings in more)")
+    view.add_argument("--by", choices=["signed", "absolute"], default="absolute",
+                      help="rank edges by score or by |score| when the page opens")
+    view.set_defaults(run=_view)
     commands.add_parser("tasks", help="list tasks").set_defaults(run=lambda a: print("\n".join(tasks.names())) or 0)
     commands.add_parser("engines", help="list engines").set_defaults(
         run=lambda a: print("\n".join(circuits.engines.names())) or 0)

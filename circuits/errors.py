@@ -85,6 +85,16 @@ class RenamedError(CircuitsError, AttributeError):
         return self.args[0]
 
 
+class GraphFileError(CircuitsError, ValueError):
+    """A graph file (MIB's graph JSON) that cannot be read: the message names the file, the key and the value, and
+    what was expected."""
+
+
+class InvalidEdgeError(InvalidOptionError):
+    """An edge that cannot exist (a receiver before its sender, a head receiver without its q/k/v input, a name
+    that does not parse); the message names the edge and what was expected."""
+
+
 class MixedEffectsError(InvalidOptionError):
     """Edges that measure different effects (direct, total, ...) selected together; the message lists them."""
 

@@ -23,6 +23,7 @@ import json
 import math
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Optional, Union
 
 import networkx as nx
@@ -31,9 +32,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from circuits.errors import InvalidOptionError, MissingOptionError, MixedEffectsError, RenamedError, RenamedOptionError
-from circuits.nodes import EMBED, LOGITS, MLP, Head, Input, Node, Readout, all_heads, parse_node
+from circuits.nodes import (EMBED, INPUTS, LOGITS, MLP, Edge, Head, Input, Node, Readout, all_edges, all_heads,
+                            parse_node)
 
-__all__ = ["EFFECTS", "EMBED", "LOGITS", "RANKINGS", "Head", "HeadGraph", "all_heads"]
+__all__ = ["EFFECTS", "EMBED", "LOGITS", "RANKINGS", "Edge", "Head", "HeadGraph", "all_heads", "pruned"]
 
 EFFECTS = ("direct", "total", "share", "interaction")
 _TUPLE = "__tuple__"  # JSON has no tuples: they are written as {"__tuple__": [...]} and read back as tuples
@@ -195,30 +197,12 @@ class HeadGraph:
         """`k` edges grown from ``"logits"`` backwards: each step adds the best-ranked edge whose receiver is
         already in the circuit (its sender joins the circuit), in the order they were added."""
         _check_count(k, "edges")
-        key, chosen, inside, frontier, tie = _rank_key(by), [], {LOGITS}, [], 0
-        into: dict[str, list[tuple[str, str, float]]] = {}
-        for edge in self._scored_edges(effect):
-            into.setdefault(edge[1], []).append(edge)
+        return _greedy(self._scored_edges(effect), k, _rank_key(by), lambda edge: edge)
 
-        def push_into(node: str) -> None:
-            nonlocal tie
-            for edge in into.get(node, []):
-                heapq.heappush(frontier, (-key(edge[2]), tie, edge))
-                tie += 1
-
-        push_into(LOGITS)
-        while frontier and len(chosen) < k:
-            edge = heapq.heappop(frontier)[2]
-            chosen.append(edge)
-            if edge[0] not in inside:
-                inside.add(edge[0])
-                push_into(edge[0])
-        return chosen
-
-    def circuit(self, edges: list[tuple[str, str, float]], **selection: Any) -> "HeadGraph":
+    def subgraph(self, edges: list[tuple[str, str, float]], **selection: Any) -> "HeadGraph":
         """The subgraph of `edges` (nodes keep their attributes), pruned of nodes with no path from
         ``"embed"`` or none to ``"logits"`` through those edges; `selection` (how the edges were chosen)
-        goes into ``meta["selection"]``."""
+        goes into ``meta["selection"]``. (A circuit to evaluate, edges with their q/k/v inputs: `circuit`.)"""
         sub = nx.DiGraph()
         sub.add_edges_from((u, v) for u, v, _ in edges)
         keep = set()
@@ -232,6 +216,57 @@ class HeadGraph:
         out.add_nodes_from((node, self.nx.nodes[node]) for node in keep)
         out.add_edges_from((u, v, self.nx.edges[u, v]) for u, v, _ in edges if u in keep and v in keep)
         return HeadGraph(out)
+
+    def scored_edges(self, effect: Optional[str] = None) -> list[tuple[Edge, float]]:
+        """Every scored edge as (`Edge`, score), a head receiver's expanded into its q, k and v inputs: each input's
+        own score where the engine measured it (``score_q``, ``score_k``, ``score_v``), else the edge's score for
+        each input it covers (``inputs``, e.g. ``"q+k+v"``; all three when the edge does not say). Unscored edges
+        (no score, NaN) are left out; `effect` as in `top_edges`."""
+        out = []
+        for u, v, score in self._scored_edges(effect):
+            receiver = parse_node(v)
+            if not isinstance(receiver, Head):
+                out.append((Edge(u, receiver), score))
+                continue
+            data = self.nx.edges[u, v]
+            covered = str(data.get("inputs") or "+".join(INPUTS)).split("+")
+            for i in INPUTS:
+                own = data.get(f"score_{i}")
+                if own is not None and not math.isnan(own):
+                    out.append((Edge(u, receiver, i), float(own)))
+                elif i in covered and own is None:
+                    out.append((Edge(u, receiver, i), score))
+        return out
+
+    def edge_total(self) -> int:
+        """How many edges the whole model's graph has (MIB's count: every sender to every later receiver, a head's
+        q, k and v apart), for this graph's shape: with MLPs where the graph has MLP nodes."""
+        cfg = SimpleNamespace(n_layers=self.n_layers, n_heads=self.n_heads, attn_only=not self.mlps())
+        return len(all_edges(cfg))
+
+    def circuit(self, *args: Any, k: Optional[int] = None, fraction: Optional[float] = None, by: Optional[str] = None,
+                greedy: bool = False, effect: Optional[str] = None, total: Optional[int] = None) -> frozenset[Edge]:
+        """A circuit: a set of `Edge`s chosen by score, as the MIB benchmark chooses them. `k` edges, or a
+        `fraction` of `total` (default `edge_total`; MIB's ``int(fraction * total)``), ranked `by` ``"signed"`` or
+        ``"absolute"`` (|score|), among `scored_edges` (unscored edges never chosen): the top ones, or with `greedy`
+        grown from the read-out backwards (`greedy_edges`, on q/k/v edges); then pruned of every edge that lies on
+        no input -> read-out path through the chosen edges."""
+        if args:
+            raise RenamedError("HeadGraph", "circuit(edges)", "graph.subgraph(edges) for a HeadGraph of chosen edges, "
+                               "or graph.circuit(k=... | fraction=..., by=...) for a set of Edges")
+        if (k is None) == (fraction is None):
+            raise MissingOptionError(f"circuit(k={k!r}, fraction={fraction!r}): give exactly one of k (a number of "
+                                     "edges) and fraction (of the model's edges, in [0, 1])")
+        if fraction is not None:
+            if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+                raise InvalidOptionError(f"fraction={fraction!r}; expected a fraction of the edges in [0, 1]")
+            k = int(fraction * (self.edge_total() if total is None else total))
+        _check_count(k, "edges")
+        key = _rank_key(by)
+        scored = self.scored_edges(effect)
+        chosen = (_greedy(scored, k, key, lambda e: (e[0].sender, e[0].receiver, e[1])) if greedy else
+                   sorted(scored, key=lambda e: key(e[1]), reverse=True)[:k])
+        return pruned(edge for edge, _ in chosen)
 
     def effects(self) -> dict[Optional[str], int]:
         """How many edges measure each effect (`EFFECTS`; None: edges that do not say)."""
@@ -256,14 +291,34 @@ class HeadGraph:
         as ``{"__tuple__": [...]}`` so that `from_json` returns an equal graph."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = _encode(nx.node_link_data(self.nx, edges="edges"))
-        path.write_text(json.dumps(data, indent=1, default=_jsonable))
+        path.write_text(self._node_link_text())
         return path
 
     @classmethod
     def from_json(cls, path: Union[str, Path]) -> "HeadGraph":
-        data = json.loads(Path(path).read_text(), object_hook=_decode)
-        return cls(nx.node_link_graph(data, directed=True, edges="edges"))
+        return cls._from_node_link_text(Path(path).read_text())
+
+    def to_mib(self, path: Union[str, Path], *, circuit: Any = None, d_model: Optional[int] = None) -> Path:
+        """Write the MIB benchmark's graph JSON (`circuits.mib.write`): every scored edge, q/k/v apart, with ``score``
+        and ``in_graph`` (True for the edges of `circuit`); MIB's loader needs `d_model`."""
+        from circuits import mib
+
+        return mib.write(self, path, circuit=circuit, d_model=d_model)
+
+    @classmethod
+    def from_mib(cls, path: Union[str, Path]) -> "HeadGraph":
+        """Read the MIB benchmark's graph JSON (`circuits.mib.read`; the circuit it marks:
+        `circuits.mib.read_circuit`)."""
+        from circuits import mib
+
+        return mib.read(path)
+
+    def _node_link_text(self) -> str:
+        return json.dumps(_encode(nx.node_link_data(self.nx, edges="edges")), indent=1, default=_jsonable)
+
+    @classmethod
+    def _from_node_link_text(cls, text: str) -> "HeadGraph":
+        return cls(nx.node_link_graph(json.loads(text, object_hook=_decode), directed=True, edges="edges"))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, HeadGraph):
@@ -278,13 +333,29 @@ class HeadGraph:
         return f"HeadGraph({len(self.heads())} heads, {self.nx.number_of_edges()} edges; top by |score|: {top})"
 
     def draw(self, path: Optional[Union[str, Path]] = None, title: Optional[str] = None, k: int = 8,
-             by: str = "absolute") -> Any:
-        """A heatmap of head scores beside the graph of the top-`k` heads ranked `by` (``"absolute"``: by
-        |score|, so heads that hurt show too; ``"signed"``), with what the scores mean (``meta["score"]``)
-        underneath; saved to `path` if given."""
+             by: str = "absolute", edges: int = 12) -> Any:
+        """A heatmap of head scores (the top-`k` heads ranked `by` outlined: ``"absolute"``: by |score|, so heads
+        that hurt show too; ``"signed"``) beside the top-`edges` edges as a graph, layers from the input (left) to
+        the read-out (right); titled engine · task · model unless `title` is given, with what the scores mean
+        (``meta["score"]``) underneath; saved to `path` if given. `circuits discover` writes this same figure."""
         from circuits._drawing import draw_graph
 
-        return draw_graph(self, path=path, title=title, k=k, by=by)
+        return draw_graph(self, path=path, title=title, k=k, by=by, edges=edges)
+
+    def to_html(self, path: Union[str, Path], **options: Any) -> Path:
+        """An interactive view of this graph in one self-contained HTML file (`circuits.view.to_html`: options
+        ``evaluation``, ``default_edges``, ``by``, ``title``); returns the path."""
+        from circuits import view
+
+        if "evaluation" in options:
+            options["evaluations"] = [options.pop("evaluation")]
+        return view.to_html(self, path, **options)
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows a graph as its interactive view."""
+        from circuits import view
+
+        return view.notebook_html(self)
 
 
 RANKINGS = ("absolute", "signed")
@@ -297,6 +368,43 @@ def _rank_key(by: Optional[str]) -> Any:
     if by not in RANKINGS:
         raise InvalidOptionError(f"by={by!r}; expected one of {RANKINGS} (rank by |score| or by score)")
     return abs if by == "absolute" else (lambda score: score)
+
+
+def pruned(edges: Any) -> frozenset[Edge]:
+    """The edges that lie on some input -> read-out path through `edges` (MIB's prune: nodes without an incoming or
+    an outgoing edge removed, and their edges, until nothing changes)."""
+    edges = frozenset(edges)
+    flow = nx.DiGraph((e.sender.name, e.receiver.name) for e in edges)
+    if EMBED not in flow or LOGITS not in flow:
+        return frozenset()
+    keep = (nx.descendants(flow, EMBED) | {EMBED}) & (nx.ancestors(flow, LOGITS) | {LOGITS})
+    return frozenset(e for e in edges if e.sender.name in keep and e.receiver.name in keep)
+
+
+def _greedy(edges: list[Any], k: int, key: Any, parts: Any) -> list[Any]:
+    """`k` of `edges` grown from the read-out backwards: each step takes the best-ranked edge into a node already
+    in the circuit (MIB's ``apply_greedy``), whose sender joins; `parts(edge)` is (sender, receiver, score)."""
+    into: dict[str, list[Any]] = {}
+    for edge in edges:
+        into.setdefault(str(parts(edge)[1]), []).append(edge)
+    chosen: list[Any] = []
+    inside, frontier, tie = {LOGITS}, [], 0
+
+    def push_into(node: str) -> None:
+        nonlocal tie
+        for edge in into.get(node, []):
+            heapq.heappush(frontier, (-key(parts(edge)[2]), tie, edge))
+            tie += 1
+
+    push_into(LOGITS)
+    while frontier and len(chosen) < k:
+        edge = heapq.heappop(frontier)[2]
+        chosen.append(edge)
+        sender = str(parts(edge)[0])
+        if sender not in inside:
+            inside.add(sender)
+            push_into(sender)
+    return chosen
 
 
 def _check_count(k: int, what: str) -> None:

@@ -4,15 +4,19 @@ Every node has a ``name``, which is how a HeadGraph (a networkx graph) stores it
 (`MLP`), ``"embed"`` (`Input`) and ``"logits"`` (`Readout`). `parse_node` turns a name back into its node, and
 `in_model` checks a name against a model's config (typed errors that name the bad value and the valid range).
 A head receiver reads three inputs, `INPUTS` (its queries, keys and values).
+
+An `Edge` joins a sender (the input, a head or an MLP) to a receiver (a head's q, k or v input, an MLP's input or
+the read-out), as in the MIB benchmark's graphs; a circuit is a set of edges. `all_edges` lists a model's every edge.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, Optional, Union
 
-from circuits.errors import UnknownNameError
+from circuits.errors import InvalidEdgeError, UnknownNameError
 
 EMBED, LOGITS = "embed", "logits"
 INPUTS = ("q", "k", "v")  # what a head reads: its query, key and value inputs
@@ -158,3 +162,110 @@ def all_mlps(model_or_cfg: Any) -> list[MLP]:
     """Every MLP of a model (or config); none for an attention-only model."""
     cfg = config_of(model_or_cfg)
     return [] if cfg.attn_only else [MLP(layer) for layer in range(cfg.n_layers)]
+
+
+def stage(node: Node) -> Union[int, float]:
+    """When a node reads or writes: the input at -1, layer l's heads at 2l, its MLP at 2l + 1, the read-out last.
+    An edge runs from an earlier stage to a later one."""
+    if isinstance(node, Input):
+        return -1
+    if isinstance(node, Readout):
+        return math.inf
+    return 2 * node.layer + (1 if isinstance(node, MLP) else 0)
+
+
+_EDGE = re.compile(r"^([^<>]+)->([^<>]+?)(?:<([a-z]+)>)?$")
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One edge of a model's graph: `sender` (`Input`, `Head` or `MLP`) -> `receiver` (`Head`, `MLP` or `Readout`),
+    and for a head receiver the `input` it reads through (``"q"``, ``"k"`` or ``"v"``; None otherwise). Nodes may be
+    given by name. ``Edge("L0H1", "L1H0", "k").name == "L0H1->L1H0<k>"`` (the MIB benchmark's spelling, with this
+    library's node names); `Edge.parse` reads it back. A sender must come before its receiver: a head feeds the heads
+    of later layers, its own layer's MLP and later ones, and the read-out."""
+
+    sender: Union[Node, str]  # a name is parsed: the field always holds a node
+    receiver: Union[Node, str]
+    input: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        try:
+            sender, receiver = parse_node(self.sender), parse_node(self.receiver)
+        except UnknownNameError as error:
+            raise InvalidEdgeError(f"edge {self.sender!r} -> {self.receiver!r}: {error}") from None
+        object.__setattr__(self, "sender", sender)
+        object.__setattr__(self, "receiver", receiver)
+        where = f"edge {sender.name} -> {receiver.name} (input {self.input!r})"
+        if isinstance(sender, Readout):
+            raise InvalidEdgeError(f"{where}: the read-out sends nothing; expected a sender {EMBED!r}, a head or an "
+                                   "MLP")
+        if isinstance(receiver, Input):
+            raise InvalidEdgeError(f"{where}: the input receives nothing; expected a receiver: a head, an MLP or "
+                                   f"{LOGITS!r}")
+        if isinstance(receiver, Head) and self.input not in INPUTS:
+            raise InvalidEdgeError(f"{where}: a head receives through one of its inputs; expected input in {INPUTS}")
+        if not isinstance(receiver, Head) and self.input is not None:
+            raise InvalidEdgeError(f"{where}: only a head receiver has q/k/v inputs; expected input=None")
+        if not stage(sender) < stage(receiver):
+            raise InvalidEdgeError(f"{where}: the sender does not come before the receiver; expected a head to feed "
+                                   "later layers' heads, its own layer's MLP or later ones, and the read-out")
+
+    @property
+    def name(self) -> str:
+        return f"{self.sender.name}->{self.receiver.name}" + (f"<{self.input}>" if self.input else "")
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def key(self) -> tuple:
+        """A sort key: by receiver (in forward order, q before k before v), then by sender."""
+        inputs = INPUTS.index(self.input) if self.input else 0
+        return (stage(self.receiver), getattr(self.receiver, "head", 0), inputs, stage(self.sender),
+                getattr(self.sender, "head", 0))
+
+    @classmethod
+    def parse(cls, name: Union[str, "Edge"]) -> "Edge":
+        """``"L0H1->L1H0<k>"`` -> ``Edge(Head(0, 1), Head(1, 0), "k")`` (an `Edge` passes through)."""
+        if isinstance(name, Edge):
+            return name
+        match = _EDGE.match(name) if isinstance(name, str) else None
+        if match is None:
+            raise InvalidEdgeError(f"edge name {name!r}; expected 'sender->receiver' or 'sender->receiver<q|k|v>', "
+                                   "e.g. 'L0H1->L1H0<k>'")
+        return cls(match.group(1), match.group(2), match.group(3))
+
+    def in_model(self, model_or_cfg: Any) -> "Edge":
+        """This edge, checked against a model's config (`UnknownNameError` naming a node the model lacks)."""
+        for node in (self.sender, self.receiver):
+            if isinstance(node, Head):
+                Head.in_model(model_or_cfg, node)
+            elif isinstance(node, MLP):
+                MLP.in_model(model_or_cfg, node)
+        return self
+
+
+def senders(model_or_cfg: Any) -> list[Node]:
+    """Every sender in forward order: the input, then per layer its heads and its MLP."""
+    cfg = config_of(model_or_cfg)
+    out: list[Node] = [Input()]
+    for layer in range(cfg.n_layers):
+        out += [Head(layer, h) for h in range(cfg.n_heads)] + ([] if cfg.attn_only else [MLP(layer)])
+    return out
+
+
+def receivers(model_or_cfg: Any) -> list[tuple[Node, Optional[str]]]:
+    """Every receiver in forward order, as (node, input): per layer the q inputs of its heads, then k, then v,
+    then its MLP; the read-out last."""
+    cfg = config_of(model_or_cfg)
+    out: list[tuple[Node, Optional[str]]] = []
+    for layer in range(cfg.n_layers):
+        out += [(Head(layer, h), i) for i in INPUTS for h in range(cfg.n_heads)]
+        out += [] if cfg.attn_only else [(MLP(layer), None)]
+    return out + [(Readout(), None)]
+
+
+def all_edges(model_or_cfg: Any) -> list[Edge]:
+    """Every edge of a model's graph (MIB's): each sender to each later receiver, ordered by receiver then sender."""
+    return [Edge(s, r, i) for r, i in receivers(model_or_cfg) for s in senders(model_or_cfg) if stage(s) < stage(r)]

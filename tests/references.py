@@ -3,6 +3,8 @@
 - `tl_patched`: TransformerLens's own all-head activation patching (`transformer_lens.patching`).
 - `pair_loop` / `path_metric`: path patching computed literally, one (sender, receiver, inputs) at a time,
   with hooks on full forward passes (hook names spelled here, not taken from the library).
+- `edge_circuit_metric`: an edge circuit evaluated as MIB does, literally: layer by layer, each receiver's input
+  rebuilt one edge at a time, each head's q/k/v read from its own block run and its attention run alone.
 - `RandomTokens`: a task of random clean and corrupted prompts.
 """
 
@@ -191,3 +193,95 @@ def zero_head(head: int) -> Any:
         z[:, :, head] = 0
         return z
     return hook
+
+
+# --- edge circuits, evaluated literally ------------------------------------------------------------------------
+def sender_values(model: Any, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each sender's output on `tokens` by name: the token embedding, each head's z · W_O, each MLP's output."""
+    cfg = model.cfg
+    mlps = [] if cfg.attn_only else [MLP_OUT.format(l) for l in range(cfg.n_layers)]
+    cache = activations(model, tokens, ["hook_embed"] + [Z.format(l) for l in range(cfg.n_layers)] + mlps)
+    out = {"embed": cache["hook_embed"]}
+    for l in range(cfg.n_layers):
+        for h in range(cfg.n_heads):
+            out[HeadNode(l, h).name] = cache[Z.format(l)][:, :, h] @ model.blocks[l].attn.W_O[h]
+        if not cfg.attn_only:
+            out[f"M{l}"] = cache[MLP_OUT.format(l)]
+    return out
+
+
+def literal_ablations(model: Any, batch: PromptBatch, ablation: str,
+                      reference: Optional[PromptBatch] = None) -> dict[str, torch.Tensor]:
+    """What each sender carries on an edge outside the circuit, computed prompt by prompt and position by position."""
+    clean = sender_values(model, batch.clean)
+    if ablation == "zero":
+        return {name: torch.zeros_like(value) for name, value in clean.items()}
+    if ablation == "patching":
+        return sender_values(model, batch.corrupted)
+    values = sender_values(model, reference.clean)
+    length = batch.clean.shape[1]
+    out = {}
+    for name, value in values.items():
+        seen = [(i, p) for i in range(reference.size) for p in range(reference.clean.shape[1])
+                if p <= int(reference.position[i])]
+        overall = sum(value[i, p] for i, p in seen) / len(seen)
+        if ablation == "mean":
+            out[name] = overall.expand(batch.size, length, -1)
+            continue
+        per_position = []
+        for p in range(length):
+            here = [value[i, p] for i, q in seen if q == p]
+            per_position.append(sum(here) / len(here) if here else overall)
+        out[name] = torch.stack(per_position).expand(batch.size, -1, -1)
+    return out
+
+
+def edge_circuit_metric(model: Any, task: Any, batch: PromptBatch, circuit: Any,
+                        ablated: dict[str, torch.Tensor]) -> float:
+    """The metric mean of `circuit` (a set of `circuits.Edge`) on `batch`'s clean prompts, every edge outside it
+    carrying its sender's `ablated` output: each receiver's input is the residual stream of this pass minus every
+    earlier sender's output in this pass plus, edge by edge, that output (in the circuit) or the ablated one."""
+    cfg = model.cfg
+    group = cfg.n_heads // (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
+    names = {(e.sender.name, e.receiver.name, e.input) for e in circuit}
+    outputs: dict[str, torch.Tensor] = {}
+
+    def rebuilt(resid: torch.Tensor, receiver: str, which: Optional[str] = None) -> torch.Tensor:
+        x = resid.clone()
+        for sender, out in outputs.items():
+            x = x - out + (out if (sender, receiver, which) in names else ablated[sender])
+        return x
+
+    def captured(x: torch.Tensor, layer: int, hook_name: str, replace: Optional[dict] = None) -> torch.Tensor:
+        found = {}
+        fwd = [(name, (lambda t, hook, value=value: value)) for name, value in (replace or {}).items()]
+        fwd.append((hook_name, lambda t, hook: found.setdefault("x", t.detach().clone())))
+        with hooks.attached(model, fwd):
+            forward.run_blocks(model, x, layer, layer + 1)
+        return found["x"]
+
+    resid = forward.embed(model, batch.clean)
+    outputs["embed"] = sender_values(model, batch.clean)["embed"]
+    for layer in range(cfg.n_layers):
+        block, qkv = model.blocks[layer], {i: f"blocks.{layer}.attn.hook_{i}" for i in "qkv"}
+        base = {i: captured(resid, layer, qkv[i]) for i in "qkv"}
+        heads = {}
+        for h in range(cfg.n_heads):
+            own = {i: captured(rebuilt(resid, HeadNode(layer, h).name, i), layer, qkv[i]) for i in "qkv"}
+            replace = {}
+            for i in "qkv":
+                slot = h if i == "q" else h // group
+                value = base[i].clone()
+                value[:, :, slot] = own[i][:, :, slot]
+                replace[qkv[i]] = value
+            z = captured(resid, layer, f"blocks.{layer}.attn.hook_z", replace)
+            heads[HeadNode(layer, h).name] = z[:, :, h] @ block.attn.W_O[h]
+        bias = getattr(block.attn, "b_O", None)
+        resid = resid + sum(heads.values()) + (0 if bias is None else bias)
+        outputs.update(heads)
+        if not cfg.attn_only:
+            mlp_out = block.mlp(block.ln2(rebuilt(resid, f"M{layer}")))
+            outputs[f"M{layer}"] = mlp_out
+            resid = resid + mlp_out
+    logits = forward.unembed(model, rebuilt(resid, LOGITS), batch.position)
+    return metric_mean(task, logits, batch)

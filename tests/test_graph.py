@@ -133,7 +133,7 @@ def test_selections_rank_as_asked_and_prune_to_complete_paths(graph, n, by):
     threshold = 0.5
     assert {e[:2] for e in graph.threshold_edges(threshold, by=by)} == {e[:2] for e in every if key(e) >= threshold}
     for edges in (graph.top_edges(n, by=by), graph.greedy_edges(n, by=by), graph.threshold_edges(threshold, by=by)):
-        circuit = graph.circuit(edges, method="test", by=by)
+        circuit = graph.subgraph(edges, method="test", by=by)
         assert set(circuit.nx.edges) == literal_circuit_edges(edges)
         assert {n for n in circuit.nx.nodes if n not in ("embed", "logits")} == {x for e in circuit.nx.edges for x in e} - {"embed", "logits"}
         assert circuit.meta["selection"] == {"method": "test", "by": by, "edges_chosen": len(edges)}
@@ -148,13 +148,109 @@ def test_signed_and_absolute_rankings_differ_and_must_be_named():
     assert graph.top_edges(1, by="absolute")[0][:2] == ("L0H0", "logits")
     assert graph.top_edges(1, by="signed")[0][:2] == ("L1H0", "logits")
     # the top two by |score| end at logits but nothing reaches them from embed: pruned to nothing
-    assert graph.circuit(graph.top_edges(2, by="absolute")).nx.number_of_edges() == 0
+    assert graph.subgraph(graph.top_edges(2, by="absolute")).nx.number_of_edges() == 0
     # greedy by |score|: L0H0->logits (3), L1H0->logits (2), then embed->L0H0 (1) before embed->L1H0 (0.5)
     greedy = graph.greedy_edges(3, by="absolute")
     assert [e[:2] for e in greedy] == [("L0H0", "logits"), ("L1H0", "logits"), ("embed", "L0H0")]
-    assert set(graph.circuit(greedy).nx.edges) == {("embed", "L0H0"), ("L0H0", "logits")}
-    assert sorted(graph.circuit(greedy).heads()) == ["L0H0"]
+    assert set(graph.subgraph(greedy).nx.edges) == {("embed", "L0H0"), ("L0H0", "logits")}
+    assert sorted(graph.subgraph(greedy).heads()) == ["L0H0"]
     with pytest.raises(TypeError):
         graph.top_edges(2)  # no implicit ranking
     with pytest.raises(InvalidOptionError, match="'magnitude'"):
         graph.top_edges(2, by="magnitude")
+
+
+# --- edges as values and circuits as sets of them ---------------------------------------------------------------
+def test_edge_values_parse_name_and_refuse_impossible_edges():
+    from circuits import Edge
+    from circuits.errors import InvalidEdgeError
+    from circuits.nodes import MLP, Input, Readout
+
+    edge = Edge("L0H1", "L1H0", "k")
+    assert edge == Edge(Head(0, 1), Head(1, 0), "k") and hash(edge) == hash(Edge("L0H1", "L1H0", "k"))
+    assert edge.name == "L0H1->L1H0<k>" and Edge.parse(edge.name) == edge
+    assert Edge.parse("embed->M0") == Edge(Input(), MLP(0)) and Edge("M1", "logits").receiver == Readout()
+    assert Edge("L1H0", "M1").name == "L1H0->M1"  # a head feeds its own layer's MLP
+    for bad, match in [(("L1H0", "L1H1", "q"), "does not come before"), (("M1", "L1H0", "q"), "does not come before"),
+                       (("L0H0", "L1H0"), "expected input in"), (("L0H0", "L1H0", "x"), "expected input in"),
+                       (("L0H0", "M1", "q"), "expected input=None"), (("logits", "M1"), "read-out sends nothing"),
+                       (("L0H0", "embed"), "input receives nothing"), (("L0H0", "X9"), "'X9'")]:
+        with pytest.raises(InvalidEdgeError, match=match):
+            Edge(*bad)
+    with pytest.raises(InvalidEdgeError, match="'L0H1=>L1H0'"):
+        Edge.parse("L0H1=>L1H0")
+
+
+def test_all_edges_count_is_mibs():
+    from types import SimpleNamespace
+
+    from circuits.nodes import all_edges
+
+    cfg = SimpleNamespace(n_layers=2, n_heads=3, attn_only=False)
+    edges = all_edges(cfg)
+    # MIB: senders 1 + L (H + 1); layer l's q/k/v hear 1 + l (H + 1) senders, its MLP those and its own heads
+    expected = sum(3 * 3 * (1 + l * 4) + (1 + l * 4 + 3) for l in range(2)) + (1 + 2 * 4)
+    assert len(edges) == len(set(edges)) == expected
+    assert len(all_edges(SimpleNamespace(n_layers=2, n_heads=3, attn_only=True))) == 3 * 3 * 1 + 3 * 3 * 4 + 7
+
+
+def qkv_graph():
+    """embed -> L0H0 (q/k/v scored apart) -> logits; L0H1 joint-scored; an MLP; one unscored edge."""
+    graph = HeadGraph(n_layers=2, n_heads=2)
+    graph.add_edge("embed", "L0H0", 0.6, effect="direct", inputs="q+k+v", score_q=0.5, score_k=-0.2, score_v=0.3)
+    graph.add_edge("embed", "L0H1", 0.4, effect="direct", inputs="q+k")
+    graph.add_edge("L0H0", "L1H0", 0.1, effect="direct", inputs="v", score_v=float("nan"))
+    graph.add_edge("L0H0", "logits", 0.9, effect="direct")
+    graph.add_edge("L0H1", "M0", -0.7, effect="direct")
+    graph.add_edge("M0", "logits", 0.05, effect="direct")
+    graph.nx.add_edge("L1H0", "logits")  # unscored
+    return graph
+
+
+def test_scored_edges_expand_head_receivers_into_their_inputs():
+    from circuits import Edge
+
+    scored = dict(qkv_graph().scored_edges())
+    assert scored == {Edge("embed", "L0H0", "q"): 0.5, Edge("embed", "L0H0", "k"): -0.2,
+                      Edge("embed", "L0H0", "v"): 0.3,
+                      Edge("embed", "L0H1", "q"): 0.4, Edge("embed", "L0H1", "k"): 0.4,
+                      Edge("L0H0", "logits"): 0.9, Edge("L0H1", "M0"): -0.7, Edge("M0", "logits"): 0.05}
+
+
+def test_circuit_takes_top_edges_then_prunes_as_mib_does():
+    from circuits import Edge
+
+    graph = qkv_graph()
+    assert graph.circuit(k=2, by="absolute") == frozenset()  # L0H0 -> logits, L0H1 -> M0: no path from the input
+    assert graph.circuit(k=3, by="absolute") == frozenset({Edge("embed", "L0H0", "q"), Edge("L0H0", "logits")})
+    # by |score|: 0.9, -0.7, 0.5, 0.4, 0.4: L0H1 -> M0 has no path on to the read-out and is pruned
+    assert graph.circuit(k=5, by="absolute") == frozenset({Edge("embed", "L0H0", "q"), Edge("L0H0", "logits")})
+    assert Edge("L0H1", "M0") in graph.circuit(k=8, by="absolute")
+    # signed: the negative edges come last
+    assert graph.circuit(k=6, by="signed") == frozenset({Edge("embed", "L0H0", "q"), Edge("embed", "L0H0", "v"),
+                                                        Edge("L0H0", "logits")})
+    # greedy from the read-out: L0H0 -> logits, then L0H0's best input, then M0 -> logits ...
+    assert graph.circuit(k=2, by="absolute", greedy=True) == frozenset({Edge("embed", "L0H0", "q"),
+                                                                       Edge("L0H0", "logits")})
+    # fraction of every edge of the model's graph, floored as MIB does
+    assert graph.edge_total() == len(__import__("circuits").nodes.all_edges(
+        __import__("types").SimpleNamespace(n_layers=2, n_heads=2, attn_only=False)))
+    assert graph.circuit(fraction=3.9 / graph.edge_total(), by="absolute") == graph.circuit(k=3, by="absolute")
+    assert graph.circuit(fraction=1.0, by="absolute") == graph.circuit(k=100, by="absolute")
+    assert graph.circuit(k=0, by="absolute") == frozenset()
+
+
+def test_circuit_refuses_bad_choices_and_names_the_old_call():
+    from circuits.errors import MissingOptionError, RenamedError
+
+    graph = qkv_graph()
+    with pytest.raises(RenamedError, match="subgraph"):
+        graph.circuit(graph.top_edges(2, by="absolute"))
+    with pytest.raises(MissingOptionError, match="exactly one of k"):
+        graph.circuit(by="absolute")
+    with pytest.raises(MissingOptionError, match="exactly one of k"):
+        graph.circuit(k=2, fraction=0.1, by="absolute")
+    with pytest.raises(InvalidOptionError, match="fraction=1.5"):
+        graph.circuit(fraction=1.5, by="absolute")
+    with pytest.raises(MissingOptionError):
+        graph.circuit(k=2)

@@ -29,7 +29,7 @@ SHIPPED = ["pyproject.toml", "README.md", "LICENSE", "circuits", "tasks", "analy
 
 # Runs inside the fresh venv (python -I: no script directory, no PYTHON* variables on sys.path).
 CHECKS = '''
-import importlib.metadata as metadata, json, sys
+import importlib.metadata as metadata, json, os, sys
 import circuits, tasks, analyses
 from circuits import models
 from tasks import facts
@@ -44,11 +44,14 @@ print("CHECKS " + json.dumps({
     "version": dist.version,
     "licence": [f for f in files if f.endswith("LICENSE")],
     "facts_json": "tasks/data/facts.json" in files,
+    "ioi_data": [f in files for f in ("tasks/data/ioi_smollm2.jsonl", "tasks/data/ioi_smollm2_recipe.json")],
     "relations": facts.relation_names(),
     "gguf": str(models.bundled_gguf_path()),
     "scripts": scripts,
     "registered": {"tasks": tasks.names(), "engines": circuits.engines.names()},  # from the wheel's entry points
     "top3": graph.top(3, by="signed"),
+    "viewer_files": sorted(f for f in files if f.startswith("circuits/view/") and not f.endswith((".py", ".pyc"))),
+    "html_bytes": os.path.getsize("g.html"),  # the README's graph.to_html: scripts from the wheel
 }))
 '''
 
@@ -103,7 +106,7 @@ def test_wheel_installs_and_runs_the_readme_example(tmp_path, induction_model):
         assert Path(file).resolve().is_relative_to(installed), (name, file)
     assert not any(Path(p).resolve() == ROOT for p in checks["sys_path"] if p)
     assert checks["version"] == re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M)[1]
-    assert checks["licence"] and checks["facts_json"]
+    assert checks["licence"] and checks["facts_json"] and checks["ioi_data"] == [True, True]
     assert set(checks["relations"]) >= {"capital", "language"}  # the shipped facts are read as package data
     assert Path(checks["gguf"]).exists()  # the bundled-model loader finds SmolLM2's GGUF
     assert checks["scripts"] == {"circuits": "analyses.cli:main"} and (venv / "bin" / "circuits").exists()
@@ -116,3 +119,7 @@ def test_wheel_installs_and_runs_the_readme_example(tmp_path, induction_model):
     assert [name for name, _ in checks["top3"]] == [name for name, _ in shown]
     assert [score for _, score in checks["top3"]] == pytest.approx([score for _, score in shown], abs=5e-4)
     assert (work / "g.json").exists() and (work / "g.png").exists()
+    assert set(checks["viewer_files"]) >= {"circuits/view/page.html", "circuits/view/viewer.js",
+                                           "circuits/view/viewer.css", "circuits/view/vendor/cytoscape.min.js",
+                                           "circuits/view/vendor/cytoscape.LICENSE"}
+    assert checks["html_bytes"] == (work / "g.html").stat().st_size > 400_000  # Cytoscape.js (~440 kB) inlined

@@ -21,13 +21,10 @@ def pair_matrix(names: list[str], values: dict[tuple[str, str], float]) -> np.nd
 
 
 def draw_comparison(result: "Comparison", path: Optional[Union[str, Path]] = None) -> Any:
-    import matplotlib
+    from circuits._drawing import figure, finish
 
-    if path is not None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, (ax_curve, ax_rho, ax_jac) = plt.subplots(1, 3, figsize=(16, 4.6), gridspec_kw={"width_ratios": [1.6, 1, 1]})
+    fig, grid = figure(path, (16.0, 4.8), nrows=1, ncols=3, width_ratios=[1.6, 1, 1])
+    ax_curve, ax_rho, ax_jac = (fig.add_subplot(grid[i]) for i in range(3))
     fraction = result.random.fraction
     draws = result.random_draws
     ax_curve.fill_between(fraction, [min(d) for d in draws], [max(d) for d in draws], color="#bbbbbb", alpha=0.5,
@@ -57,9 +54,4 @@ def draw_comparison(result: "Comparison", path: Optional[Union[str, Path]] = Non
             ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
         ax.set_title(title, fontsize=9)
     fig.suptitle(f"{result.task} on {result.model}: engines compared (n={result.settings.get('n')} prompts)")
-    fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-    return fig
+    return finish(fig, path)

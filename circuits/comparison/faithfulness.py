@@ -27,6 +27,7 @@ from circuits.engines.kit import Baseline, chunks, copies_per_pass, metric_means
 from circuits.comparison.ranking import Numbers
 from circuits._task import PromptBatch
 from circuits.errors import InvalidOptionError
+from circuits.evaluation.curves import trapezoid
 from circuits.nodes import Head
 
 Masks = Bool[Tensor, "copies n_layers n_heads"]  # True: the head is in the circuit (kept)
@@ -137,12 +138,6 @@ def circuit_sizes(total: int, sizes: Sequence[int] | None = None) -> list[int]:
     if bad:
         raise InvalidOptionError(f"sizes {bad}; expected numbers of heads in [0, {total}]")
     return sorted({0, total, *(int(s) for s in sizes)})
-
-
-def trapezoid(x: Numbers, y: Numbers) -> float:
-    """The trapezoid rule: sum over intervals of (x[i+1] − x[i]) · (y[i] + y[i+1]) / 2."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2))
 
 
 def cpr(fraction: Numbers, faithfulness: Numbers) -> float:

@@ -1,0 +1,149 @@
+"""The HTML view on real graphs: file size, time to first draw and slider time in headless Chromium, and screenshots.
+
+`python -m benchmarks.view [--quick] [--out out/view] [--docs]`
+
+  induction  the induction task's default model: edge attribution, path patching and activation patching, one page
+             (engine switch, diff view); the page docs/view.md embeds (--docs writes it to docs/viewer/)
+  smollm2    the bundled SmolLM2-135M on `capitals`: edge attribution (EAP) of the whole edge graph (every head's q, k
+             and v apart), one page; --quick: 4 prompts instead of 16
+
+Time to first draw is `performance.now()` at Cytoscape's first render (from navigation start: reading the file,
+parsing the data, ranking every edge, drawing the default top edges), median of 3 loads, network blocked. The slider
+time is moving it to every edge of the graph and back. Screenshots go to OUT (and docs/ with --docs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import circuits
+import tasks
+from circuits import view
+from circuits.graph import HeadGraph
+
+CHROMIUM = "/usr/bin/chromium"
+INDUCTION_ENGINES = ("edge_attribution", "path_patching", "activation_patching")
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def induction_graphs(n: int) -> list[Any]:
+    task = tasks.get("induction")
+    model = task.default_model()
+    return [circuits.discover(model, task, engine=name, n=n, seed=0) for name in INDUCTION_ENGINES]
+
+
+def smollm2_graph(n: int) -> Any:
+    task = tasks.get("capitals")
+    return circuits.discover(circuits.models.bundled(), task, engine="edge_attribution", n=n, seed=0, method="eap")
+
+
+def until(page: Any, expression: str, seconds: float = 120.0) -> Any:
+    deadline = time.monotonic() + seconds
+    while not (value := page.evaluate(expression)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(expression)
+        time.sleep(0.01)
+    return value
+
+
+def measure(browser: Any, path: Path, shots: dict[str, Path], loads: int = 3,
+            diff: bool = False) -> dict[str, Any]:
+    """Time to first draw (median of `loads`), the slider moved to every edge and back, and screenshots."""
+    firsts, errors, blocked = [], [], []
+    for _ in range(loads):
+        page = browser.new_page(viewport={"width": 1400, "height": 820})
+        page.route("**/*", lambda r: r.continue_() if r.request.url.startswith("file://")
+                   else (blocked.append(r.request.url), r.abort()))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(path.as_uri())
+        firsts.append(until(page, "window.circuitView && window.circuitView.firstDrawMs()"))
+        if len(firsts) < loads:
+            page.close()
+    stats = page.evaluate("window.circuitView.stats()")
+    for name, target in shots.items():
+        if name == "main":
+            page.screenshot(path=str(target))
+    started = time.perf_counter()
+    page.evaluate(f"window.circuitView.setSize({stats['total']})")
+    until(page, f"window.circuitView.stats().edges === {stats['total']}")
+    page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    every = time.perf_counter() - started
+    if "all" in shots:
+        page.screenshot(path=str(shots["all"]))
+    started = time.perf_counter()
+    page.evaluate(f"window.circuitView.setSize({stats['size']})")
+    page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    back = time.perf_counter() - started
+    if diff and "diff" in shots:
+        page.select_option("#diff", "1")
+        page.evaluate("window.circuitView.setSize(40)")
+        page.screenshot(path=str(shots["diff"]))
+    page.close()
+    return {"bytes": path.stat().st_size, "first_draw_ms": statistics.median(firsts), "first_draw_all_ms": firsts,
+            "edges_total": stats["total"], "edges_at_open": stats["edges"], "nodes": stats["nodes"],
+            "slider_to_all_s": every, "slider_back_s": back, "console_errors": errors, "blocked_requests": blocked}
+
+
+def main(argv: Any = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default="out/view")
+    parser.add_argument("--docs", action="store_true", help="also write the docs' page and screenshots")
+    parser.add_argument("--cases", default="induction,smollm2")
+    parser.add_argument("--reuse", action="store_true", help="read the graphs a previous run saved in OUT")
+    args = parser.parse_args(argv)
+    from playwright.sync_api import sync_playwright
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        if "induction" in args.cases:
+            saved = [out / f"induction_{name}.json" for name in INDUCTION_ENGINES]
+            if args.reuse and all(path.exists() for path in saved):
+                graphs = [HeadGraph.from_json(path) for path in saved]
+            else:
+                graphs = induction_graphs(n=16 if args.quick else 32)
+                for graph, path in zip(graphs, saved):
+                    graph.to_json(path)
+            page = view.to_html(graphs, out / "induction.html")
+            if args.docs:
+                view.to_html(graphs, DOCS / "viewer" / "induction.html")
+                graphs[0].draw(DOCS / "view_induction_figure.png")
+            shots = {"main": out / "view_induction.png", "diff": out / "view_induction_diff.png"}
+            results["induction"] = measure(browser, page, shots, diff=True)
+            if args.docs:
+                for name in ("view_induction.png", "view_induction_diff.png"):
+                    (DOCS / name).write_bytes((out / name).read_bytes())
+        if "smollm2" in args.cases:
+            saved = out / "smollm2_edge_attribution.json"
+            if args.reuse and saved.exists():
+                graph = HeadGraph.from_json(saved)
+            else:
+                graph = smollm2_graph(n=4 if args.quick else 16)
+                graph.to_json(saved)
+            page = view.to_html(graph, out / "smollm2.html")
+            results["smollm2"] = measure(browser, page, {"main": out / "view_smollm2.png",
+                                                        "all": out / "view_smollm2_all.png"})
+            graph.draw(out / "figure_smollm2.png")
+            if args.docs:
+                for name in ("view_smollm2.png", "figure_smollm2.png"):
+                    (DOCS / name).write_bytes((out / name).read_bytes())
+        browser.close()
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    for case, r in results.items():
+        print(f"{case}: {r['bytes'] / 1e6:.2f} MB, {r['edges_total']} edges ({r['edges_at_open']} drawn at open), "
+              f"first draw {r['first_draw_ms']:.0f} ms (loads: {', '.join(f'{x:.0f}' for x in r['first_draw_all_ms'])}), "
+              f"slider to every edge {r['slider_to_all_s']:.2f} s, back {r['slider_back_s']:.2f} s; "
+              f"console errors {len(r['console_errors'])}, blocked requests {len(r['blocked_requests'])}")
+
+
+if __name__ == "__main__":
+    main()

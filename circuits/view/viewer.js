@@ -1,0 +1,414 @@
+// The circuit viewer (circuits/view): draws the embedded graphs with Cytoscape.js. Edges are ranked here, by the
+// rules of HeadGraph.top_edges (signed: by score; absolute: by |score|; ties keep the graph's order), and only the
+// top `size` of them are added to the drawing, so that a 44k-edge graph opens as fast as a small one.
+(function () {
+  "use strict";
+  var DATA = JSON.parse(document.getElementById("circuit-data").textContent);
+  var GRAPHS = DATA.graphs;
+  GRAPHS.forEach(function (g) { g.hasMlp = g.nodes.some(function (n) { return n[1] === "mlp"; }); });
+  var INPUTS = ["q", "k", "v"];
+  var COLUMN = 80;  // layers are columns from the input (left) to the read-out (right); see spacing
+  var INPUT_STYLE = {q: "solid", k: "dashed", v: "dotted"};
+  var INPUT_ARROW = {q: "triangle", k: "tee", v: "circle"};
+  var $ = function (id) { return document.getElementById(id); };
+  var state = {graph: 0, diff: -1, effect: null, inputs: "split", by: DATA.by, size: null, focus: null};
+  var cache = {};
+  var firstDraw = null;
+
+  // --- ranking -------------------------------------------------------------------------------------------
+  function hasInputs(g) { return !!g.edges.q; }
+
+  function entries(gi) {
+    // The graph's edges under the current effect and input mode: [{s, r, input, score, ...}], ranked.
+    var g = GRAPHS[gi], effect = effectOf(gi), split = state.inputs === "split" && hasInputs(g);
+    var id = [gi, effect, split, state.by].join("|");
+    if (cache[id]) return cache[id];
+    var e = g.edges, out = [];
+    for (var i = 0; i < e.s.length; i++) {
+      if (g.effects[e.effect[i]] !== effect) continue;
+      var s = g.nodes[e.s[i]][0], r = g.nodes[e.r[i]][0];
+      var parts = split ? INPUTS.filter(function (x) { return e[x][i] !== null; }) : [];
+      if (parts.length === 0) {
+        out.push(entry(g, i, s, r, null, e.score[i]));
+      } else {
+        parts.forEach(function (x) { out.push(entry(g, i, s, r, x, e[x][i])); });
+      }
+    }
+    var key = state.by === "absolute" ? function (x) { return Math.abs(x.score); } : function (x) { return x.score; };
+    out.sort(function (a, b) { return key(b) - key(a); });  // stable: ties keep the graph's order
+    out.forEach(function (x, rank) { x.rank = rank + 1; });
+    cache[id] = out;
+    return out;
+  }
+
+  function entry(g, i, s, r, input, score) {
+    var parts = {};
+    if (g.edges.q) INPUTS.forEach(function (x) { parts[x] = g.edges[x][i]; });
+    return {s: s, r: r, input: input, score: score, total: g.edges.score[i], parts: parts,
+            effect: g.effects[g.edges.effect[i]], key: s + ">" + r + (input ? "." + input : "")};
+  }
+
+  function effectOf(gi) {
+    // The chosen effect where the graph has it, else the effect most of its edges measure.
+    var g = GRAPHS[gi];
+    if (state.effect !== null && g.effects.indexOf(state.effect) >= 0) return state.effect;
+    var counts = g.effects.map(function () { return 0; });
+    g.edges.effect.forEach(function (x) { counts[x] += 1; });
+    return g.effects[counts.indexOf(Math.max.apply(null, counts))];
+  }
+
+  // --- colours -----------------------------------------------------------------------------------------
+  function mix(a, b, t) {
+    var pa = [1, 3, 5].map(function (i) { return parseInt(a.substr(i, 2), 16); });
+    var pb = [1, 3, 5].map(function (i) { return parseInt(b.substr(i, 2), 16); });
+    return "rgb(" + pa.map(function (x, i) { return Math.round(x + (pb[i] - x) * t); }).join(",") + ")";
+  }
+  function diverging(score, limit) {  // blue: helps, red: hurts, white: nothing (the matplotlib figure's RdBu)
+    if (score === null) return "#e6e6e6";
+    var t = Math.max(-1, Math.min(1, score / (limit || 1)));
+    return t >= 0 ? mix("#f7f7f7", "#2166ac", t) : mix("#f7f7f7", "#b2182b", -t);
+  }
+
+  // --- drawing -----------------------------------------------------------------------------------------
+  function spacing(g) {
+    // Columns that fill the panel's width (at least 80 units: a label's width), and rows as tall as makes the whole
+    // graph about the shape of the panel (30 layers of 9 heads: not a thin strip; 2 layers: not a small island).
+    var box = $("cy").getBoundingClientRect(), width = box.width || 1000, aspect = box.height / width || 0.6;
+    COLUMN = Math.max(80, 0.9 * width / (g.layers + 2));
+    return Math.max(44, aspect * (g.layers + 2) * COLUMN / ((g.heads || 1) + 1.4));
+  }
+
+  function position(g, node) {
+    var ROW = spacing(g), kind = node[1], layer = node[2];
+    var middle = ((g.heads || 1) - 1 + (g.hasMlp ? 1.4 : 0)) * ROW / 2;  // the input and read-out: level with the middle
+    if (kind === "embed") return {x: 0, y: middle};
+    if (kind === "logits") return {x: (g.layers + 1) * COLUMN, y: middle};
+    if (kind === "mlp") return {x: (layer + 1) * COLUMN, y: (g.heads + 0.4) * ROW};
+    return {x: (layer + 1) * COLUMN + (node[3] % 2 ? COLUMN * 0.15 : 0), y: node[3] * ROW};
+  }
+
+  var cy = cytoscape({
+    container: $("cy"), minZoom: 0.05, maxZoom: 4, boxSelectionEnabled: false,
+    style: [
+      {selector: "node", style: {"label": "data(id)", "font-size": 9, "min-zoomed-font-size": 6, "text-valign": "center", "text-halign": "center",
+        "width": 36, "height": 20, "shape": "round-rectangle", "background-color": "data(color)",
+        "border-width": 1, "border-color": "#777", "color": "#111"}},
+      {selector: "node.special", style: {"background-color": "#555", "color": "#fff", "width": 44, "shape": "ellipse"}},
+      {selector: "node.mlp", style: {"shape": "rectangle"}},
+      {selector: "node.unmeasured", style: {"border-style": "dashed"}},
+      {selector: "node.outside", style: {"opacity": 0.28}},
+      {selector: "node.found", style: {"border-width": 4, "border-color": "#f1a340", "opacity": 1}},
+      {selector: "node.focus", style: {"border-width": 3, "border-color": "#000", "opacity": 1}},
+      {selector: "node.axis", style: {"background-opacity": 0, "border-width": 0, "font-size": 18,
+        "min-zoomed-font-size": 0, "color": "#888", "events": "no", "width": 60}},
+      {selector: "edge", style: {"width": "data(width)", "line-color": "data(color)", "target-arrow-color": "data(color)",
+        "target-arrow-shape": "data(arrow)", "line-style": "data(line)", "arrow-scale": 0.8, "opacity": 0.75,
+        "curve-style": "unbundled-bezier", "control-point-distances": "data(bend)", "control-point-weights": 0.5}},
+      {selector: "edge.hidden", style: {"display": "none"}},
+      {selector: "edge:selected, edge.hover", style: {"opacity": 1, "underlay-color": "#f1a340",
+        "underlay-opacity": 0.5, "underlay-padding": 3}}
+    ]
+  });
+  cy.one("render", function () { firstDraw = performance.now(); });
+
+  function graphNodes() {
+    // Every node of the shown graph (and, in the diff view, of the other graph), placed by layer.
+    var seen = {}, out = [];
+    [state.graph, state.diff].forEach(function (gi) {
+      if (gi < 0) return;
+      var g = GRAPHS[gi];
+      g.nodes.forEach(function (n) { if (!seen[n[0]]) { seen[n[0]] = true; out.push({g: g, node: n, own: gi === state.graph}); } });
+    });
+    return out;
+  }
+
+  function graphNodesDrawn() { return cy.nodes().not(".axis"); }
+
+  function rebuildNodes() {
+    var g = GRAPHS[state.graph];
+    var limit = Math.max.apply(null, g.nodes.map(function (n) { return n[4] === null ? 0 : Math.abs(n[4]); }).concat([1e-12]));
+    var scores = {};
+    g.nodes.forEach(function (n) { scores[n[0]] = n[4]; });
+    cy.batch(function () {
+      cy.elements().remove();
+      cy.add(graphNodes().map(function (x) {
+        var n = x.node, kind = n[1], score = x.own ? n[4] : (n[0] in scores ? scores[n[0]] : null);
+        var special = kind === "embed" || kind === "logits";
+        var classes = [special ? "special" : kind, score === null && !special ? "unmeasured" : ""];
+        return {group: "nodes", data: {id: n[0], kind: kind, layer: n[2], head: n[3], score: score,
+                color: diverging(score, limit)}, position: position(x.g, n), classes: classes.join(" "), locked: true};
+      }));
+      var every = g.layers > 16 ? 5 : 1, ROW = spacing(g);
+      for (var layer = 0; layer < g.layers; layer += every) {  // column headings (not part of the graph)
+        cy.add({group: "nodes", data: {id: "layer " + layer, kind: "axis", color: "#fff"}, classes: "axis",
+                position: {x: (layer + 1) * COLUMN, y: -0.9 * ROW}, locked: true, selectable: false, grabbable: false});
+      }
+    });
+  }
+
+  function wanted() {
+    // The edges to draw: the top `size` of the shown graph, and in the diff view the top `size` of the other.
+    var a = entries(state.graph).slice(0, state.size), out = {};
+    a.forEach(function (x) { out[x.key] = {x: x, side: "a"}; });
+    if (state.diff >= 0) {
+      entries(state.diff).slice(0, state.size).forEach(function (x) {
+        out[x.key] = out[x.key] ? {x: out[x.key].x, other: x, side: "both"} : {x: x, side: "b"};
+      });
+    }
+    return out;
+  }
+
+  function redrawEdges() {
+    var want = wanted(), drawn = {}, limit = 1e-12;
+    Object.keys(want).forEach(function (k) { limit = Math.max(limit, Math.abs(want[k].x.score)); });
+    cy.batch(function () {
+      cy.edges().forEach(function (e) { if (!want[e.id()]) e.remove(); else drawn[e.id()] = e; });
+      var add = [];
+      Object.keys(want).forEach(function (k) {
+        var w = want[k], x = w.x, color = state.diff < 0 ? (x.score >= 0 ? "#2166ac" : "#b2182b")
+          : {a: "#e66101", b: "#5e3c99", both: "#333333"}[w.side];
+        var d = {id: k, source: x.s, target: x.r, score: x.score, side: w.side, input: x.input || "",
+                 width: 0.5 + 3.5 * Math.abs(x.score) / limit, color: color,
+                 line: x.input ? INPUT_STYLE[x.input] : "solid", arrow: x.input ? INPUT_ARROW[x.input] : "triangle",
+                 bend: bend(x)};
+        if (drawn[k]) drawn[k].data(d); else add.push({group: "edges", data: d});
+      });
+      cy.add(add);
+      var touched = {};
+      cy.edges().forEach(function (e) { touched[e.data("source")] = touched[e.data("target")] = true; });
+      graphNodesDrawn().forEach(function (n) {
+        n.toggleClass("outside", !touched[n.id()] && !n.hasClass("special"));
+      });
+    });
+    applyFocus();
+    report(want);
+  }
+
+  function bend(x) {
+    // Arcs instead of straight lines, so that an edge does not run through the heads between its ends; an
+    // edge's q, k and v parts arc by different amounts, so the three stay apart.
+    var a = cy.getElementById(x.s).position(), b = cy.getElementById(x.r).position();
+    var span = Math.abs(b.x - a.x) / COLUMN;
+    var base = span <= 1 ? 6 : 10 + 6 * Math.min(span, 8);
+    return base + (x.input ? 9 * INPUTS.indexOf(x.input) : 0);
+  }
+
+  // --- side panel ----------------------------------------------------------------------------------------
+  function fmt(x) { return x === null || x === undefined ? "—" : Number(x).toPrecision(4); }
+  function esc(s) { return String(s).replace(/[&<>"]/g, function (c) { return {"&": "&amp;", "<": "&lt;", ">": "&gt;", "\"": "&quot;"}[c]; }); }
+
+  function report(want) {
+    var all = entries(state.graph).length, drawn = cy.edges().length;
+    var nodes = graphNodesDrawn(), inside = nodes.filter(function (n) { return !n.hasClass("outside"); }).length;
+    var g = GRAPHS[state.graph], effect = effectOf(state.graph);
+    $("status").innerHTML = "<b>" + drawn + "</b> edges drawn (top " + state.size + " of " + all + " " +
+      (effect ? "\u201c" + esc(effect) + "\u201d " : "") + "edges, ranked " + (state.by === "absolute" ? "by |score|" : "by score") +
+      "); " + inside + " of " + nodes.length + " nodes touch them.";
+    $("status").dataset.edges = drawn;
+    $("status").dataset.nodes = nodes.length;
+    var box = $("diff-counts");
+    box.hidden = state.diff < 0;
+    if (state.diff >= 0) {
+      var c = {a: 0, b: 0, both: 0};
+      Object.keys(want).forEach(function (k) { c[want[k].side] += 1; });
+      box.dataset.onlyA = c.a; box.dataset.onlyB = c.b; box.dataset.both = c.both;
+      box.innerHTML = "<h3>top " + state.size + " edges of each</h3><span class='a'>\u25A0 only in " + esc(g.label) + ": <b>" + c.a +
+        "</b></span><br><span class='b'>\u25A0 only in " + esc(GRAPHS[state.diff].label) + ": <b>" + c.b +
+        "</b></span><br><span class='both'>\u25A0 in both: <b>" + c.both + "</b></span>";
+    }
+    drawCurve();
+  }
+
+  function header() {
+    var g = GRAPHS[state.graph], r = g.record;
+    $("title").textContent = [g.label, r.task, r.model].filter(Boolean).join(" \u00b7 ");
+    var parts = ["engine <code>" + esc(r.engine || "?") + "</code>", "task <code>" + esc(r.task || "?") + "</code>",
+                 "model <code>" + esc(r.model || "?") + "</code>"];
+    ["n", "seed", "version"].forEach(function (k) { if (r[k] !== undefined) parts.push(k + " " + esc(r[k])); });
+    if (r.options) parts.push("options " + Object.keys(r.options).map(function (k) {
+      return "<code>" + esc(k) + "=" + esc(JSON.stringify(r.options[k])) + "</code>"; }).join(" "));
+    if (r.selection) parts.push("selection <code>" + esc(JSON.stringify(r.selection)) + "</code>");
+    $("record").innerHTML = parts.join(" \u00b7 ");
+    $("meaning").innerHTML = r.score ? "<b>score:</b> " + esc(r.score) : "";
+    var split = hasInputs(g) && state.inputs === "split";
+    $("legend").innerHTML = "<h3>legend</h3>" +
+      "<span class='chip' style='background:#2166ac'></span>helps <span class='chip' style='background:#f7f7f7'></span>0 " +
+      "<span class='chip' style='background:#b2182b'></span>hurts (node: its score, on a scale to the largest |score|; " +
+      "dashed border: not measured)<br>edge width: |score|; " +
+      (state.diff >= 0 ? "colour: which graph's top edges it is in" : "colour: sign") +
+      (split ? "<br><span class='swatch'></span>q <span class='swatch' style='border-top-style:dashed'></span>k " +
+               "<span class='swatch' style='border-top-style:dotted'></span>v (the receiving head's input)" : "");
+  }
+
+  function showInfo(ele) {
+    var rows = [], r = GRAPHS[state.graph].record;
+    if (ele.isNode()) {
+      var d = ele.data();
+      rows.push(["node", "<b>" + esc(d.id) + "</b> (" + esc(d.kind) + ")"]);
+      if (d.layer !== null && d.layer !== undefined) rows.push(["layer", d.layer]);
+      if (d.head !== null && d.head !== undefined) rows.push(["head", d.head]);
+      rows.push(["score", "<span class='score'>" + fmt(d.score) + "</span>"]);
+      rows.push(["edges drawn", ele.incomers("edge").length + " in, " + ele.outgoers("edge").length + " out"]);
+    } else {
+      var e = ele.data(), x = (entries(state.graph).filter(function (y) { return y.key === e.id; })[0]) || null;
+      rows.push(["edge", "<b>" + esc(e.source) + " \u2192 " + esc(e.target) + (e.input ? " (" + e.input + ")" : "") + "</b>"]);
+      rows.push(["score", "<span class='score'>" + fmt(e.score) + "</span>"]);
+      if (x) {
+        rows.push(["rank", x.rank + " of " + entries(state.graph).length]);
+        if (x.effect) rows.push(["effect", esc(x.effect)]);
+        if (x.input) rows.push(["q+k+v", fmt(x.total)]);
+        INPUTS.forEach(function (i) { if (x.parts[i] !== undefined && x.parts[i] !== null) rows.push([i, fmt(x.parts[i])]); });
+      }
+      if (state.diff >= 0) rows.push(["in", {a: "only " + GRAPHS[state.graph].label, b: "only " + GRAPHS[state.diff].label, both: "both"}[e.side]]);
+    }
+    $("info").innerHTML = "<table>" + rows.map(function (row) { return "<tr><td>" + row[0] + "</td><td class='num'>" + row[1] + "</td></tr>"; }).join("") +
+      "</table>" + (r.score ? "<p class='hint'>score: " + esc(r.score) + "</p>" : "");
+  }
+
+  // --- faithfulness curve ----------------------------------------------------------------------------------
+  function drawCurve() {
+    var curve = GRAPHS[state.graph].curve, box = $("curve-box");
+    box.hidden = !curve;
+    if (!curve) return;
+    var pts = curve.points, total = entries(state.graph).length, here = total ? state.size / total : 0;
+    var xs = pts.map(function (p) { return p[0]; }), positive = xs.filter(function (x) { return x > 0; });
+    var low = Math.min.apply(null, positive.concat([here > 0 ? here : 1])), useLog = low < 0.02;
+    var X = function (f) {
+      if (!useLog) return 36 + 214 * f;
+      var lo = Math.log10(low);
+      return f <= 0 ? 36 : 36 + 214 * (Math.log10(Math.max(f, low)) - lo) / (0 - lo || 1);
+    };
+    var ys = pts.map(function (p) { return p[1]; }).filter(function (y) { return y !== null; }).concat([0, 1]);
+    var ylo = Math.min.apply(null, ys), yhi = Math.max.apply(null, ys);
+    var Y = function (v) { return 150 - 135 * (v - ylo) / ((yhi - ylo) || 1); };
+    var svg = "<line x1='36' y1='150' x2='250' y2='150' stroke='#999'/><line x1='36' y1='15' x2='36' y2='150' stroke='#999'/>" +
+      "<line x1='36' x2='250' y1='" + Y(1) + "' y2='" + Y(1) + "' stroke='#ccc' stroke-dasharray='3,3'/>" +
+      "<text x='2' y='" + (Y(1) + 4) + "' font-size='9'>1</text><text x='2' y='" + (Y(0) + 4) + "' font-size='9'>0</text>" +
+      "<text x='140' y='166' font-size='9' text-anchor='middle'>fraction of edges kept" + (useLog ? " (log)" : "") + "</text>";
+    var line = pts.filter(function (p) { return p[1] !== null; }).map(function (p) { return X(p[0]) + "," + Y(p[1]); }).join(" ");
+    svg += "<polyline fill='none' stroke='#2166ac' stroke-width='1.5' points='" + line + "'/>";
+    pts.forEach(function (p) {
+      if (p[1] === null) return;
+      svg += "<circle class='point' data-fraction='" + p[0] + "' cx='" + X(p[0]) + "' cy='" + Y(p[1]) + "' r='3.5' fill='#2166ac'><title>" +
+        (100 * p[0]).toPrecision(3) + "% of edges: faithfulness " + fmt(p[1]) + "</title></circle>";
+    });
+    var value = at(pts, here);
+    svg += "<line x1='" + X(here) + "' x2='" + X(here) + "' y1='15' y2='150' stroke='#f1a340' stroke-width='2'/>";
+    if (value.f !== null) svg += "<circle cx='" + X(here) + "' cy='" + Y(value.f) + "' r='4.5' fill='#f1a340'/>";
+    $("curve").innerHTML = svg;
+    $("curve-text").innerHTML = "this circuit: " + (100 * here).toPrecision(3) + "% of edges, faithfulness " +
+      (value.f === null ? "—" : (value.exact ? "" : "\u2248 ") + fmt(value.f)) + (value.exact ? " (measured)" : " (between measured sizes)") +
+      "<br>CPR " + fmt(curve.cpr) + " \u00b7 CMD " + fmt(curve.cmd) + (curve.by ? " \u00b7 circuits ranked " + esc(curve.by) : "") +
+      "<br><span class='hint'>click a point to show the circuit of that size</span>";
+    Array.prototype.forEach.call(document.querySelectorAll("#curve .point"), function (c) {
+      c.addEventListener("click", function () { setSize(Math.round(Number(c.dataset.fraction) * total)); });
+    });
+  }
+
+  function at(pts, f) {
+    // Faithfulness at fraction f: the measured value at a measured size, else the straight line between the
+    // two measured sizes around it (said so in the text).
+    var ok = pts.filter(function (p) { return p[1] !== null; });
+    for (var i = 0; i < ok.length; i++) if (Math.abs(ok[i][0] - f) < 1e-9) return {f: ok[i][1], exact: true};
+    for (i = 1; i < ok.length; i++) {
+      if (ok[i - 1][0] < f && f < ok[i][0]) {
+        var t = (f - ok[i - 1][0]) / (ok[i][0] - ok[i - 1][0]);
+        return {f: ok[i - 1][1] + t * (ok[i][1] - ok[i - 1][1]), exact: false};
+      }
+    }
+    return {f: null, exact: false};
+  }
+
+  // --- interaction -------------------------------------------------------------------------------------------
+  function applyFocus() {
+    cy.batch(function () {
+      cy.nodes().removeClass("focus");
+      if (!state.focus || cy.getElementById(state.focus).empty()) {
+        state.focus = null;
+        cy.edges().removeClass("hidden");
+        return;
+      }
+      var node = cy.getElementById(state.focus);
+      node.addClass("focus");
+      var keep = node.connectedEdges();
+      cy.edges().addClass("hidden");
+      keep.removeClass("hidden");
+    });
+  }
+
+  function setSize(k) {
+    var total = entries(state.graph).length;
+    state.size = Math.max(0, Math.min(total, Math.round(k)));
+    $("size").value = state.size;
+    $("size-number").value = state.size;
+    redrawEdges();
+  }
+
+  function resetGraph() {
+    var total = entries(state.graph).length;
+    $("size").max = total;
+    $("size-number").max = total;
+    var g = GRAPHS[state.graph];
+    $("inputs-box").hidden = !hasInputs(g) && (state.diff < 0 || !hasInputs(GRAPHS[state.diff]));
+    var effects = g.effects.filter(function (x) { return x !== null; });
+    $("effect-box").hidden = effects.length < 2;
+    $("effect").innerHTML = effects.map(function (x) { return "<option>" + esc(x) + "</option>"; }).join("");
+    $("effect").value = effectOf(state.graph);
+    header();
+    rebuildNodes();
+    setSize(state.size === null ? Math.min(total, DATA.defaultEdges) : state.size);
+  }
+
+  function search() {
+    var q = $("search").value.trim().toLowerCase(), hits = cy.collection();
+    cy.nodes().removeClass("found");
+    if (q) hits = graphNodesDrawn().filter(function (n) { return n.id().toLowerCase().indexOf(q) >= 0; });
+    hits.addClass("found");
+    $("found").textContent = q ? hits.length + (hits.length === 1 ? " node" : " nodes") : "";
+    $("found").dataset.count = hits.length;
+    if (hits.length === 1) { cy.center(hits); showInfo(hits[0]); }
+  }
+
+  GRAPHS.forEach(function (g, i) {
+    $("graph").insertAdjacentHTML("beforeend", "<option value='" + i + "'>" + esc(g.label) + "</option>");
+    $("diff").insertAdjacentHTML("beforeend", "<option value='" + i + "'>" + esc(g.label) + "</option>");
+  });
+  $("diff").parentNode.hidden = GRAPHS.length < 2;
+  $("graph").parentNode.hidden = GRAPHS.length < 2;
+  $("by").value = state.by;
+  $("graph").addEventListener("change", function () { state.graph = Number(this.value); state.focus = null; resetGraph(); fit(); });
+  $("diff").addEventListener("change", function () { state.diff = Number(this.value); if (state.diff === state.graph) state.diff = -1; this.value = state.diff; resetGraph(); });
+  $("effect").addEventListener("change", function () { state.effect = this.value; resetGraph(); });
+  $("inputs").addEventListener("change", function () { state.inputs = this.value; resetGraph(); });
+  $("by").addEventListener("change", function () { state.by = this.value; setSize(state.size); });
+  var pending = null;
+  $("size").addEventListener("input", function () {
+    var v = Number(this.value);
+    $("size-number").value = v;
+    if (pending) cancelAnimationFrame(pending);
+    pending = requestAnimationFrame(function () { pending = null; setSize(v); });
+  });
+  $("size-number").addEventListener("change", function () { setSize(Number(this.value)); });
+  $("search").addEventListener("input", search);
+  cy.on("mouseover", "node, edge", function (ev) { ev.target.addClass("hover"); showInfo(ev.target); });
+  cy.on("mouseout", "node, edge", function (ev) { ev.target.removeClass("hover"); });
+  cy.on("tap", "node", function (ev) { state.focus = ev.target.id(); applyFocus(); showInfo(ev.target); });
+  cy.on("tap", function (ev) { if (ev.target === cy) { state.focus = null; applyFocus(); } });
+
+  function fit() {  // the whole graph, but no closer than 1.4x (a tiny graph would show huge nodes and edges)
+    cy.resize();  // the header and controls are filled in by now: the panel's size may have changed
+    cy.fit(undefined, 20);
+    if (cy.zoom() > 1.4) { cy.zoom(1.4); cy.center(); }
+  }
+  resetGraph();
+  fit();
+  window.circuitView = {
+    cy: cy, state: state, entries: entries, setSize: setSize,
+    firstDrawMs: function () { return firstDraw; },
+    stats: function () {
+      return {nodes: graphNodesDrawn().length, edges: cy.edges().length,
+              shownEdges: cy.edges().filter(function (e) { return !e.hasClass("hidden"); }).length,
+              size: state.size, total: entries(state.graph).length};
+    }
+  };
+})();
