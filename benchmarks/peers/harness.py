@@ -24,13 +24,15 @@ import torch
 from safetensors.torch import save_file
 
 from benchmarks.peers import weights
-from benchmarks.peers.pairs import PAIRS, Pair, normalised, tl4_metrics, tl4_patching
+from benchmarks.peers.pairs import PAIRS, Pair, bench_circuits, for_model, normalised, tl4_metrics, tl4_patching
 from benchmarks.peers.worker_client import Worker
 from circuits import PromptBatch
 from circuits.comparison.ranking import spearman
 from circuits.engines.edge_attribution import Layout
+from circuits.mib import mib_edge_name
 
 LOGIT_TOLERANCE = 1e-4
+SEED = 0  # the prompts' seed
 TOP_K = 10
 
 
@@ -50,13 +52,14 @@ def bench_model(name: str) -> tuple[Any, Any, PromptBatch]:
                               eps=1e-5, positional_embedding_type="standard")
     else:
         raise ValueError(f"model {name!r}; expected induction or gpt2_toy")
-    return model.eval(), task, task.batch(model, n=8, seed=0)
+    return model.eval(), task, task.batch(model, n=8, seed=SEED)
 
 
-def write_side(model: Any, batch: PromptBatch, folder: Path) -> None:
+def write_side(model: Any, batch: PromptBatch, folder: Path, circuits: Sequence[frozenset] = ()) -> None:
     layout = Layout.of(model)
     config = dict(tl2=weights.tl2_config(model), writers=[w for w, _ in layout.writers],
-                  readers=[f"{n}<{i}>" if i else n for n, i, _ in layout.readers])
+                  readers=[f"{n}<{i}>" if i else n for n, i, _ in layout.readers],
+                  circuits=[sorted(mib_edge_name(edge) for edge in circuit) for circuit in circuits])
     (folder / "config.json").write_text(json.dumps(config))
     save_file(weights.tl2_state(model), str(folder / "model.safetensors"))
     rows = torch.arange(batch.size)
@@ -137,8 +140,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         model, task, batch = bench_model(name)
         log(f"{name}: {model.cfg.n_layers} layers x {model.cfg.n_heads} heads, {batch.size} prompts of "
             f"{batch.clean.shape[1]} tokens")
+        keys = args.pairs.split(",")
+        circuits = bench_circuits(model, task, batch) if "evaluation" in keys else []
         with tempfile.TemporaryDirectory(prefix="peers-") as folder:
-            write_side(model, batch, Path(folder))
+            write_side(model, batch, Path(folder), circuits)
             worker = None
             try:
                 worker = Worker(Path(folder), threads=args.threads)
@@ -156,9 +161,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 for peer, why in worker.loaded["errors"].items():
                     log(f"  {peer} skipped: {why}")
             try:
-                for key in args.pairs.split(","):
+                for key in keys:
                     log(f" {PAIRS[key].name}")
-                    entry["pairs"][key] = run_pair(PAIRS[key], model, task, batch, worker, args.repeats, log)
+                    pair = for_model(PAIRS[key], circuits, SEED)
+                    entry["pairs"][key] = run_pair(pair, model, task, batch, worker, args.repeats, log)
             finally:
                 if worker:
                     worker.close()

@@ -13,7 +13,7 @@ Every side returns raw numbers plus its own clean and corrupted metric means (me
 from __future__ import annotations
 
 import copy as copy_module
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
 import torch
@@ -29,7 +29,7 @@ Raw = tuple[torch.Tensor, float, float]  # (values, clean metric, corrupted metr
 @dataclass(frozen=True)
 class Pair:
     name: str  # the measurement
-    ours: Callable[[Any, Any, PromptBatch], Raw]
+    ours: Optional[Callable[[Any, Any, PromptBatch], Raw]]  # None: made per model (`for_model`)
     peers: tuple[str, ...]  # "peer:method" run by the worker; "tl4" runs TransformerLens 4 in our process
     normalise: str  # "fraction" (patched metric) or "eap" (gradient score) or "cdt" (m(irrel) - m(total))
     peer_key: str  # the tensor the worker returns
@@ -104,6 +104,28 @@ def ours_cdt_at_reference_eps(model: Any, task: Any, batch: PromptBatch) -> Raw:
     return ours_cdt(copy, task, batch)
 
 
+CIRCUIT_FRACTIONS = (0.02, 0.05, 0.1, 0.2, 0.5)  # of the model's edges, by |EAP-IG score|, pruned as MIB prunes
+
+
+def bench_circuits(model: Any, task: Any, batch: PromptBatch) -> list[frozenset]:
+    """The circuits both sides evaluate: our EAP-IG (inputs) graph's top edges at `CIRCUIT_FRACTIONS`."""
+    engine = EdgeAttribution(method="eap_ig_inputs", convention="mib", progress=False)
+    graph = engine.graph(model, engine.measure(model, task, batch))
+    return [graph.circuit(fraction=f, by="absolute") for f in CIRCUIT_FRACTIONS]
+
+
+def ours_evaluate(circuits: list[frozenset], seed: int) -> Callable[[Any, Any, PromptBatch], Raw]:
+    """`circuits.evaluate` (patching: every edge outside a circuit carries its sender's corrupted output) on the
+    benchmark's prompts (the task's `batch.size` prompts for `seed`): each circuit's metric mean."""
+    def run(model: Any, task: Any, batch: PromptBatch) -> Raw:
+        from circuits import evaluate
+
+        result = evaluate(model, task, circuits, ablation="patching", n=batch.size, seed=seed)
+        return torch.tensor(result.metrics), result.full, result.empty
+
+    return run
+
+
 PAIRS = {
     "activation_patching": Pair("activation patching (heads, all positions)", ours_patching,
                                 ("tl4", "tl2:tl2_patching", "auto_circuit:patching"), "fraction", "patched"),
@@ -114,9 +136,16 @@ PAIRS = {
                           ("eap_ig:EAP-IG-inputs", "auto_circuit:eap_ig_inputs"), "eap", "scores"),
     "eap_ig_activations": Pair("EAP-IG (activations, 5 steps)", ours_eap("eap_ig_activations", 5),
                                ("eap_ig:EAP-IG-activations",), "eap", "scores"),
+    "evaluation": Pair("circuit evaluation (patching; 5 circuits, 2-50% of edges)", None, ("eap_ig:evaluate",),
+                       "fraction", "patched"),
     "cdt": Pair("CD-T (heads -> logits)", ours_cdt, ("cd_circuit:cdt",), "cdt", "nodes",
                 variant=(f"ours with CD_Circuit's LayerNorm eps {CD_CIRCUIT_EPS:g}", ours_cdt_at_reference_eps)),
 }
+
+
+def for_model(pair: Pair, circuits: list[frozenset], seed: int) -> Pair:
+    """`pair` with its own side made for this model's benchmark `circuits` where it needs them."""
+    return replace(pair, ours=ours_evaluate(circuits, seed)) if pair.ours is None else pair
 
 
 def normalised(kind: str, values: torch.Tensor, clean: float, corrupted: float) -> torch.Tensor:

@@ -33,10 +33,12 @@ class Peer:
             raise RuntimeError("PEERS_EAP_IG is not set (a checkout of hannamw/EAP-IG)")
         sys.path.insert(0, os.path.join(path, "src"))
         import eap.attribute as attribute
+        import eap.evaluate as evaluate
         from eap.graph import Graph
 
         attribute.torch = _CpuTorch()
-        attribute.tokenize_plus = self._token_ids
+        attribute.tokenize_plus = evaluate.tokenize_plus = self._token_ids
+        self.evaluate_graph = evaluate.evaluate_graph
         self.attribute, self.side = attribute, side
         commit = subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
         self.version = f"hannamw/EAP-IG {commit[:12] or 'unknown commit'}"
@@ -45,6 +47,7 @@ class Peer:
         self.graph = Graph.from_model(self.model)
         self.batches = [(side.clean, side.corrupted, torch.stack([side.answer, side.foil], 1))]
         self.order = self._our_order(side.config["writers"], side.config["readers"])
+        self.circuits = [self._circuit_graph(Graph, names) for names in side.config.get("circuits", [])]
 
     def _token_ids(self, model, tokens, max_length=None):
         """The reference's `tokenize_plus` for our prompts (token ids): (tokens, mask, lengths, n_pos), every position
@@ -73,7 +76,33 @@ class Peer:
         backward["logits"] = g.n_backward - 1
         return [forward[w] for w in writers], [backward[r] for r in readers]
 
+    def _circuit_graph(self, Graph, names):
+        """A graph with exactly the edges `names` (MIB's spelling) and their nodes in it (built outside the timing)."""
+        graph = Graph.from_model(self.model)
+        graph.in_graph[:] = False
+        graph.nodes_in_graph[:] = False
+        for name in names:
+            edge = graph.edges[name]
+            edge.in_graph = True
+            for node in (edge.parent, edge.child):
+                if node.name != "logits":
+                    node.in_graph = True
+        return graph
+
+    @staticmethod
+    def per_prompt(logits, clean_logits, input_lengths, label):
+        rows = torch.arange(len(logits))
+        last = logits[rows, input_lengths - 1]
+        return last[rows, label[:, 0]] - last[rows, label[:, 1]]
+
     def run(self, method: str) -> dict[str, torch.Tensor]:
+        if method == "evaluate":  # each circuit's metric mean, every edge outside it patched (`evaluate_graph`)
+            return {"patched": torch.stack([self.evaluate_graph(self.model, graph, self._loader(), self.per_prompt,
+                                                                intervention="patching", quiet=True).mean()
+                                            for graph in self.circuits])}
+        return self._attribute(method)
+
+    def _attribute(self, method: str) -> dict[str, torch.Tensor]:
         """Raw scores (the reference's own units), our writers x readers."""
         self.attribute.attribute(self.model, self.graph, self._loader(), self.metric, method=method,
                                  ig_steps=STEPS[method], quiet=True)
