@@ -17,7 +17,8 @@ pytestmark = pytest.mark.skipif(peers_python() is None,
 
 @pytest.fixture(scope="module")
 def results():
-    return harness.main(["--models", "induction", "--repeats", "1"])["models"]["induction"]
+    pairs = "activation_patching,eap,cdt"  # the quick ones; `make bench-peers` runs every pair
+    return harness.main(["--models", "induction", "--pairs", pairs, "--repeats", "1"])["models"]["induction"]
 
 
 def test_same_logits_on_every_side(results):
@@ -30,6 +31,15 @@ def test_activation_patching_agrees_with_transformer_lens(results):
     for name in ("tl4", "tl2:tl2_patching"):
         assert peers[name]["max_abs_diff"] < 1e-4 and peers[name]["spearman"] > 0.999
         assert peers[name]["peer_s"] > 0
+
+
+def test_gradient_and_decomposition_peers_agree_where_installed(results):
+    """EAP with EAP-IG's and auto-circuit's code, CD-T with CD_Circuit's: 1e-4 after normalisation (CD_Circuit at its
+    own LayerNorm epsilon)."""
+    for name, record in results["pairs"]["eap"]["peers"].items():
+        assert record["max_abs_diff"] < 1e-4 and record["largest"] > 0.01, name
+    for name, record in results["pairs"]["cdt"]["peers"].items():
+        assert record["variant"]["max_abs_diff"] < 1e-4 and record["spearman"] > 0.99, name
 
 
 def test_every_installed_peer_ran_or_said_why(results):

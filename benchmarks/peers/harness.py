@@ -123,6 +123,20 @@ def run_pair(pair: Pair, model: Any, task: Any, batch: PromptBatch, worker: Opti
     return out
 
 
+def markdown_table(results: dict[str, Any]) -> str:
+    """The docs' table: one row per model, pair and peer."""
+    rows = ["| model | pair | peer | ours (s) | peer (s) | peer / ours | max abs diff | Spearman | top-k overlap |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for model, entry in results["models"].items():
+        for key, pair in entry["pairs"].items():
+            for peer, r in pair["peers"].items():
+                variant = f" ({r['variant']['max_abs_diff']:.1e} at its eps)" if "variant" in r else ""
+                rows.append(f"| {model} | {PAIRS[key].name} | {peer} | {pair['ours_s']:.3f} | {r['peer_s']:.3f} | "
+                            f"**{r['ratio']:.2f}x** | {r['max_abs_diff']:.1e}{variant} | {r['spearman']:+.4f} | "
+                            f"{r['top_k_overlap']:.2f} of {r['top_k']} |")
+    return "\n".join(rows)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="induction,gpt2_toy")
@@ -169,6 +183,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 if worker:
                     worker.close()
         results["models"][name] = entry
+    log("\n" + markdown_table(results))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=1))
