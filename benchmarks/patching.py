@@ -1,7 +1,8 @@
 """All-head activation patching: ours vs TransformerLens's `get_act_patch_attn_head_out_all_pos`.
 
 Same model, prompts and metric in one run, interleaved repetitions, median times; prints both times, their ratio
-and the max absolute difference of the patched metric values. `python -m benchmarks.patching [--cases a,b,c] [--repeats R]`
+and the max absolute difference of the patched metric values.
+`python -m benchmarks.patching [--cases a,b,c] [--repeats R] [--threads T]`
 
   a  2-layer x 8-head toy, 8 prompts of 16 tokens      (per-call overhead dominates)
   b  4-layer x 8-head d_model-128 toy, 16 prompts of 64 (compute dominates)

@@ -113,7 +113,8 @@ def run_pair(pair: Pair, model: Any, task: Any, batch: PromptBatch, worker: Opti
         record["ratio"] = record["peer_s"] / out["ours_s"]  # > 1: we are faster
         if pair.variant:
             label, variant = pair.variant
-            record["variant"] = {"label": label, **agreement(normalised(pair.normalise, *variant(model, task, batch)), theirs)}
+            ours_variant = normalised(pair.normalise, *variant(model, task, batch))
+            record["variant"] = {"label": label, **agreement(ours_variant, theirs)}
         out["peers"][p] = record
         log(f"  {p:<32} ours {out['ours_s']:8.4f} s  peer {record['peer_s']:8.4f} s  speed-up {record['ratio']:6.2f}x  "
             f"max|diff| {record['max_abs_diff']:.1e} (largest {record['largest']:.2f})  "
@@ -146,7 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("TQDM_DISABLE", "1")  # TransformerLens's and the peers' progress bars (the worker inherits it)
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the peers' progress bars (the worker inherits it)
     log = lambda text: print(text, flush=True)  # noqa: E731
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                "threads": args.threads, "repeats": args.repeats, "models": {}}
@@ -169,7 +170,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                              logit_diffs=worker.loaded["logit_diffs"])
                 for peer, diff in worker.loaded["logit_diffs"].items():
                     if diff > LOGIT_TOLERANCE:
-                        raise RuntimeError(f"{peer}'s model gives logits {diff:.2e} away from ours: not the same weights")
+                        raise RuntimeError(f"{peer}'s model gives logits {diff:.2e} away from ours: "
+                                           "not the same weights")
                 log(f"  same logits on every side (max |diff| {max(worker.loaded['logit_diffs'].values()):.1e}); "
                     f"peers: {worker.loaded['peers']}")
                 for peer, why in worker.loaded["errors"].items():

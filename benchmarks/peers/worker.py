@@ -45,7 +45,8 @@ class Side:
         self.state = load_file(folder / "model.safetensors")
         prompts = load_file(folder / "prompts.safetensors")
         self.clean, self.corrupted = prompts["clean"].long(), prompts["corrupted"].long()
-        self.answer, self.foil, self.position = prompts["answer"].long(), prompts["foil"].long(), prompts["position"].long()
+        self.answer, self.foil = prompts["answer"].long(), prompts["foil"].long()
+        self.position = prompts["position"].long()
         self.our_logits = prompts["logits"]
         self.rows = torch.arange(len(self.clean))
         self.cfg = HookedTransformerConfig(**self.config["tl2"], seed=0)

@@ -5,7 +5,8 @@ the reverse. Each patched run starts at the patched layer from the cached residu
 change through W_O, so layers below it are not run again; copies of the batch that patch different
 heads are stacked into one forward pass (chunked to `memory_mb`), and only read-out positions are
 unembedded. When every layer's copies fit the budget, the whole measurement is one pass (`fused_head_patches`):
-base and source prompts run stacked, and each layer's patched copies join the stack after that layer's attention. Scores: `kit.Baseline.normalise` of the patched metric's change.
+base and source prompts run stacked, and each layer's patched copies join the stack after that layer's attention.
+Scores: `kit.Baseline.normalise` of the patched metric's change.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ class ActivationPatching(base.EngineBase):
         with base.session(model):
             ready = kit.on_model(model, batch)
             cfg = model.cfg
-            if not self.per_position and cfg.n_layers * cfg.n_heads + 2 <= kit.copies_per_pass(model, ready, self.memory_mb):
+            copies = cfg.n_layers * cfg.n_heads + 2  # every head's copy plus the base and source rows
+            if not self.per_position and copies <= kit.copies_per_pass(model, ready, self.memory_mb):
                 return fused_head_patches(model, task, ready, self.direction)
             runs = PatchRuns.prepare(model, task, batch, self.direction)
             return runs.measured(self._patch_heads(runs))
@@ -115,7 +117,8 @@ def fused_head_patches(model: Any, task: Any, batch: PromptBatch, direction: str
     def keep(layer: int, kind: str):  # only the base and source rows: the copies' values are not needed
         return lambda tensor, hook: captured.__setitem__((layer, kind), tensor[: 2 * n].detach())
 
-    fwd = [(hooks.site(model, layer, kind), keep(layer, kind)) for layer in range(cfg.n_layers) for kind in ("z", "attn_out")]
+    fwd = [(hooks.site(model, layer, kind), keep(layer, kind))
+           for layer in range(cfg.n_layers) for kind in ("z", "attn_out")]
     with hooks.attached(model, fwd):
         residual = forward.embed(model, torch.cat([base_in, source_in]))
         copies: Optional[Tensor] = None
@@ -125,13 +128,15 @@ def fused_head_patches(model: Any, task: Any, batch: PromptBatch, direction: str
             z, attn_out = captured[layer, "z"], captured[layer, "attn_out"]
             mid = residual[:n].to(attn_out.device) + attn_out[:n]
             w_o = kit.output_weights(model, layer).to(z.device)
-            delta = einops.einsum(z[n:] - z[:n], w_o, "batch pos head d_head, head d_head d_model -> head batch pos d_model")
+            delta = einops.einsum(z[n:] - z[:n], w_o,
+                                  "batch pos head d_head, head d_head d_model -> head batch pos d_model")
             joining = einops.rearrange(mid[None] + delta.to(mid.device), "head batch pos d -> (head batch) pos d")
             joining = kit.finish_block(model, layer, joining)
             residual = out[: 2 * n]
             copies = joining if copies is None else torch.cat([out[2 * n:], joining.to(out.device)])
         stacked = 2 + cfg.n_layers * cfg.n_heads
-        logits = forward.unembed(model, torch.cat([residual, copies.to(residual.device)]), batch.position.repeat(stacked))
+        everything = torch.cat([residual, copies.to(residual.device)])
+        logits = forward.unembed(model, everything, batch.position.repeat(stacked))
     means = kit.metric_means(task, logits, batch, stacked)
     base_metric, source_metric = float(means[0]), float(means[1])
     clean, corrupted = (source_metric, base_metric) if direction == "denoising" else (base_metric, source_metric)
