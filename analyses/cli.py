@@ -1,4 +1,5 @@
-"""The `circuits` console command: discover circuits, compare engines, run sweeps, view graphs, list tasks and engines."""
+"""The `circuits` console command: discover circuits, compare engines, run sweeps, view graphs, list tasks and
+engines."""
 
 # Start-up stays light: `circuits --help`, `tasks`, `engines` and argument errors import neither torch nor
 # TransformerLens (`circuits` and `tasks` export lazily, names come from entry points); commands that run import

@@ -9,7 +9,8 @@
 
 Time to first draw is `performance.now()` at Cytoscape's first render (from navigation start: reading the file,
 parsing the data, ranking every edge, drawing the default top edges), median of 3 loads, network blocked. The slider
-time is moving it to every edge of the graph and back. Screenshots go to OUT (and docs/ with --docs).
+time is moving it to 1,000 and 5,000 edges (induction: every edge; --all: SmolLM2's every edge too, minutes) until
+they are drawn, and back. Screenshots go to OUT (and docs/ with --docs).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import circuits
 import tasks
 from circuits import view
+from circuits.evaluation import edge_curves
 from circuits.graph import HeadGraph
 
 CHROMIUM = "/usr/bin/chromium"
@@ -42,6 +44,16 @@ def smollm2_graph(n: int) -> Any:
     return circuits.discover(circuits.models.bundled(), task, engine="edge_attribution", n=n, seed=0, method="eap")
 
 
+def top_edges_only(graph: HeadGraph, k: int) -> HeadGraph:
+    """A copy of `graph` with every node and only its `k` edges of largest |score| (q, k and v summed)."""
+    keep = {(u, v) for u, v, _ in graph.top_edges(k, by="absolute")}
+    copy = graph.nx.copy()
+    copy.remove_edges_from([edge for edge in graph.nx.edges if edge not in keep])
+    kept = f"top {k} edges by |score| of {graph.nx.number_of_edges()}"
+    copy.graph["meta"] = {**graph.meta, "selection": {"kept": kept}}
+    return HeadGraph(copy)
+
+
 def until(page: Any, expression: str, seconds: float = 120.0) -> Any:
     deadline = time.monotonic() + seconds
     while not (value := page.evaluate(expression)):
@@ -51,9 +63,9 @@ def until(page: Any, expression: str, seconds: float = 120.0) -> Any:
     return value
 
 
-def measure(browser: Any, path: Path, shots: dict[str, Path], loads: int = 3,
+def measure(browser: Any, path: Path, shots: dict[str, Path], sizes: tuple[int, ...], loads: int = 3,
             diff: bool = False) -> dict[str, Any]:
-    """Time to first draw (median of `loads`), the slider moved to every edge and back, and screenshots."""
+    """Time to first draw (median of `loads`), the slider moved to each of `sizes` edges and back, screenshots."""
     firsts, errors, blocked = [], [], []
     for _ in range(loads):
         page = browser.new_page(viewport={"width": 1400, "height": 820})
@@ -62,20 +74,24 @@ def measure(browser: Any, path: Path, shots: dict[str, Path], loads: int = 3,
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(path.as_uri())
-        firsts.append(until(page, "window.circuitView && window.circuitView.firstDrawMs()"))
+        try:
+            firsts.append(until(page, "window.circuitView && window.circuitView.firstDrawMs()"))
+        except TimeoutError:
+            raise TimeoutError(f"{path} did not draw; console errors: {errors}") from None
         if len(firsts) < loads:
             page.close()
     stats = page.evaluate("window.circuitView.stats()")
-    for name, target in shots.items():
-        if name == "main":
-            page.screenshot(path=str(target))
-    started = time.perf_counter()
-    page.evaluate(f"window.circuitView.setSize({stats['total']})")
-    until(page, f"window.circuitView.stats().edges === {stats['total']}")
-    page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
-    every = time.perf_counter() - started
-    if "all" in shots:
-        page.screenshot(path=str(shots["all"]))
+    if "main" in shots:
+        page.screenshot(path=str(shots["main"]))
+    slider = {}
+    for size in sorted({min(s, stats["total"]) for s in sizes}):
+        started = time.perf_counter()
+        page.evaluate(f"window.circuitView.setSize({size})")
+        until(page, f"window.circuitView.stats().edges === {size}")
+        page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")  # drawn
+        slider[size] = time.perf_counter() - started
+        if size == stats["total"] and "all" in shots:
+            page.screenshot(path=str(shots["all"]))
     started = time.perf_counter()
     page.evaluate(f"window.circuitView.setSize({stats['size']})")
     page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
@@ -87,7 +103,7 @@ def measure(browser: Any, path: Path, shots: dict[str, Path], loads: int = 3,
     page.close()
     return {"bytes": path.stat().st_size, "first_draw_ms": statistics.median(firsts), "first_draw_all_ms": firsts,
             "edges_total": stats["total"], "edges_at_open": stats["edges"], "nodes": stats["nodes"],
-            "slider_to_all_s": every, "slider_back_s": back, "console_errors": errors, "blocked_requests": blocked}
+            "slider_s": slider, "slider_back_s": back, "console_errors": errors, "blocked_requests": blocked}
 
 
 def main(argv: Any = None) -> None:
@@ -97,6 +113,7 @@ def main(argv: Any = None) -> None:
     parser.add_argument("--docs", action="store_true", help="also write the docs' page and screenshots")
     parser.add_argument("--cases", default="induction,smollm2")
     parser.add_argument("--reuse", action="store_true", help="read the graphs a previous run saved in OUT")
+    parser.add_argument("--all", action="store_true", help="also move the SmolLM2 slider to every edge (minutes)")
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
@@ -113,12 +130,15 @@ def main(argv: Any = None) -> None:
                 graphs = induction_graphs(n=16 if args.quick else 32)
                 for graph, path in zip(graphs, saved):
                     graph.to_json(path)
-            page = view.to_html(graphs, out / "induction.html")
+            task = tasks.get("induction")
+            curves = edge_curves(task.default_model(), task, graphs, n=16 if args.quick else 32)  # MIB's, per graph
+            print("induction curves (patching ablation):\n" + curves.table())
+            page = view.to_html(graphs, out / "induction.html", curves=curves)
             if args.docs:
-                view.to_html(graphs, DOCS / "viewer" / "induction.html")
+                view.to_html(graphs, DOCS / "viewer" / "induction.html", curves=curves)
                 graphs[0].draw(DOCS / "view_induction_figure.png")
             shots = {"main": out / "view_induction.png", "diff": out / "view_induction_diff.png"}
-            results["induction"] = measure(browser, page, shots, diff=True)
+            results["induction"] = measure(browser, page, shots, (10**9,), diff=True)
             if args.docs:
                 for name in ("view_induction.png", "view_induction_diff.png"):
                     (DOCS / name).write_bytes((out / name).read_bytes())
@@ -130,19 +150,23 @@ def main(argv: Any = None) -> None:
                 graph = smollm2_graph(n=4 if args.quick else 16)
                 graph.to_json(saved)
             page = view.to_html(graph, out / "smollm2.html")
+            sizes = (1000, 5000) + ((10**9,) if args.all else ())
             results["smollm2"] = measure(browser, page, {"main": out / "view_smollm2.png",
-                                                        "all": out / "view_smollm2_all.png"})
+                                                        "all": out / "view_smollm2_all.png"}, sizes)
             graph.draw(out / "figure_smollm2.png")
-            if args.docs:
+            if args.docs:  # the docs embed its top 2,000 edges (the whole graph's page is ~4 MB)
+                view.to_html(top_edges_only(graph, 2000), DOCS / "viewer" / "smollm2_capitals.html")
                 for name in ("view_smollm2.png", "figure_smollm2.png"):
                     (DOCS / name).write_bytes((out / name).read_bytes())
         browser.close()
     (out / "results.json").write_text(json.dumps(results, indent=1))
     for case, r in results.items():
+        slider = ", ".join(f"{size} edges {seconds:.2f} s" for size, seconds in r["slider_s"].items())
         print(f"{case}: {r['bytes'] / 1e6:.2f} MB, {r['edges_total']} edges ({r['edges_at_open']} drawn at open), "
-              f"first draw {r['first_draw_ms']:.0f} ms (loads: {', '.join(f'{x:.0f}' for x in r['first_draw_all_ms'])}), "
-              f"slider to every edge {r['slider_to_all_s']:.2f} s, back {r['slider_back_s']:.2f} s; "
-              f"console errors {len(r['console_errors'])}, blocked requests {len(r['blocked_requests'])}")
+              f"first draw {r['first_draw_ms']:.0f} ms "
+              f"(loads: {', '.join(f'{x:.0f}' for x in r['first_draw_all_ms'])}), "
+              f"slider to {slider}, back {r['slider_back_s']:.2f} s; console errors {len(r['console_errors'])}, "
+              f"blocked requests {len(r['blocked_requests'])}")
 
 
 if __name__ == "__main__":

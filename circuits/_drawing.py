@@ -114,7 +114,8 @@ def draw_graph(graph: "HeadGraph", path: Optional[Union[str, Path]] = None, titl
     special = [n for n in shown.nodes if n in ("embed", "logits")]
     inner = [n for n in shown.nodes if n not in special]
     nx.draw_networkx_nodes(shown, positions, nodelist=inner, ax=ax_graph, node_size=620, edgecolors="#666",
-                           node_shape="s", node_color=[_diverging(graph.nx.nodes[n].get("score"), limit) for n in inner])
+                           node_shape="s",
+                           node_color=[_diverging(graph.nx.nodes[n].get("score"), limit) for n in inner])
     nx.draw_networkx_nodes(shown, positions, nodelist=special, ax=ax_graph, node_size=1100, node_color="#555555",
                            node_shape="o")
     for n in shown.nodes:  # white text on dark nodes
@@ -123,7 +124,8 @@ def draw_graph(graph: "HeadGraph", path: Optional[Union[str, Path]] = None, titl
         ax_graph.text(*positions[n], n, ha="center", va="center", fontsize=7, color="white" if dark else "black")
     biggest = max((abs(s) for _, _, s in chosen), default=1.0) or 1.0
     nx.draw_networkx_edges(shown, positions, ax=ax_graph, arrows=True, arrowsize=9, node_size=620, node_shape="s",
-                           connectionstyle="arc3,rad=0.12", edge_color=[HELPS if s >= 0 else HURTS for _, _, s in chosen],
+                           connectionstyle="arc3,rad=0.12",
+                           edge_color=[HELPS if s >= 0 else HURTS for _, _, s in chosen],
                            width=[0.6 + 3.4 * abs(s) / biggest for _, _, s in chosen], edgelist=[e[:2] for e in chosen])
     what = f"“{effect}” edges" if effect else "edges"
     ax_graph.set_title(f"top {len(chosen)} {what} by {'|score|' if by == 'absolute' else 'score'} (blue +, red −), "

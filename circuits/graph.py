@@ -343,12 +343,13 @@ class HeadGraph:
         return draw_graph(self, path=path, title=title, k=k, by=by, edges=edges)
 
     def to_html(self, path: Union[str, Path], **options: Any) -> Path:
-        """An interactive view of this graph in one self-contained HTML file (`circuits.view.to_html`: options
-        ``evaluation``, ``default_edges``, ``by``, ``title``); returns the path."""
+        """An interactive view of this graph in one self-contained HTML file (`circuits.view.to_html`); options
+        ``curve`` (its faithfulness curve, e.g. an `EdgeCurve`), ``default_edges``, ``by``, ``title``; returns the
+        path."""
         from circuits import view
 
-        if "evaluation" in options:
-            options["evaluations"] = [options.pop("evaluation")]
+        if "curve" in options:
+            options["curves"] = [options.pop("curve")]
         return view.to_html(self, path, **options)
 
     def _repr_html_(self) -> str:

@@ -5,7 +5,7 @@ edge-attribution benchmark has its own test (`test_edge_attribution.py`) and the
 
 from __future__ import annotations
 
-from benchmarks import cdt, clamped_training, path_patching, patching
+from benchmarks import cdt, clamped_training, evaluation, path_patching, patching
 from circuits import models
 from tests.references import RandomTokens
 
@@ -30,3 +30,8 @@ def test_clamped_training_benchmark():
     medians = clamped_training.main(["--steps", "1", "--rounds", "1", "--cases", "induction"])["induction"]
     assert set(medians) >= {"native, unclamped", "native, Layer0", "bridge, unclamped"}
     assert all(seconds > 0 for seconds in medians.values())
+
+
+def test_evaluation_benchmark():
+    result = evaluation.main(["--cases", "a", "--repeats", "1", "--loop-circuits", "1"])["a"]
+    assert result["diff"] < 1e-5 and result["curve_s"] > 0 and result["loop_s"] > 0

@@ -172,6 +172,11 @@ def test_edge_curves_are_mibs_areas_over_circuits_evaluated_one_by_one():
     assert len(result.random_draws) == len(FRACTIONS) and all(len(row) == 3 for row in result.random_draws)
     assert result.random.signed == pytest.approx([sum(row) / 3 for row in result.random_draws])
     assert result.random.signed[-1] == 1.0 and "| random |" in result.table()
+    from circuits.view.data import curve_data  # the circuit view reads a curve as it is
+
+    shown = curve_data(result.curves["a"].of("absolute"))
+    assert [y for _, y in shown["points"]] == pytest.approx(result.curves["a"].absolute, abs=1e-5)
+    assert shown["cmd"] == pytest.approx(result.curves["a"].cmd, abs=1e-5)
 
 
 def test_edge_curves_refuse_bad_options():
@@ -184,3 +189,20 @@ def test_edge_curves_refuse_bad_options():
         edge_curves(model, TASK, scored_graph(model, 1), draws=-1)
     with pytest.raises(InvalidOptionError, match="expected a HeadGraph"):
         edge_curves(model, TASK, [object()])
+
+
+def test_reference_prompts_as_token_ids_and_the_model_left_as_found():
+    model = toy("ln_mlp")
+    with session(model):
+        reference = prompts(model, TASK, 5, 7)
+    chosen = random_circuits(model, 2, seed=3)
+    as_batch = evaluate(model, TASK, chosen, ablation="mean", n=4, reference=reference)
+    ids = reference.clean[:, : int(reference.position.max()) + 1]
+    assert (reference.position == ids.shape[1] - 1).all()  # RandomTokens reads every prompt at its last token
+    as_ids = evaluate(model, TASK, chosen, ablation="mean", n=4, reference=ids)
+    assert as_ids.metrics == pytest.approx(as_batch.metrics, abs=1e-9)
+    model.train()
+    evaluate(model, TASK, chosen, ablation="zero", n=4)
+    with pytest.raises(InvalidOptionError, match="reference"):
+        evaluate(model, TASK, chosen, ablation="mean", n=4, reference=ids.float())
+    assert model.training and all(not m._forward_hooks for m in model.modules())

@@ -10,6 +10,7 @@ import random
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import pytest
 
@@ -33,8 +34,9 @@ def smollm2_shaped(seed: int = 0, n_layers: int = 30, n_heads: int = 9) -> HeadG
         graph.add_node(MLP(layer), rng.uniform(-0.2, 0.2))
     strong = ["L14H3", "L17H4", "L19H2", "L20H0", "L20H1", "L19H3", "L17H5"]
     for u, v in itertools.combinations(strong, 2):
-        graph.add_edge(u, v, rng.uniform(0.5, 1.0), effect="direct")
-    for _ in range(400):
+        if Head.parse(u).layer < Head.parse(v).layer:  # a head feeds later layers only
+            graph.add_edge(u, v, rng.uniform(0.5, 1.0), effect="direct")
+    for _ in range(400 if n_layers > 1 else 0):
         a, b = sorted(rng.sample(range(n_layers), 2))
         graph.add_edge(Head(a, rng.randrange(n_heads)), Head(b, rng.randrange(n_heads)), rng.uniform(-0.3, 0.3),
                        effect="direct")
@@ -53,7 +55,7 @@ def test_page_is_self_contained_and_embeds_every_scored_edge():
     page = view.page(graph)
     assert not re.search(r"<(script|link|img)[^>]+(src|href)=", page)  # nothing loaded from elsewhere
     assert "default-src 'none'" in page  # and the browser is told to refuse any request
-    assert page.count("</script>") == 3  # the data's "</script"-like text is escaped, not ending its element early
+    assert page.count("</script>") == 4  # the data's "</script"-like text is escaped, not ending its element early
     data = embedded(page)["graphs"][0]
     names = [n[0] for n in data["nodes"]]
     edges = {(names[s], names[r]): score for s, r, score in zip(*(data["edges"][c] for c in ("s", "r", "score")))}
@@ -61,24 +63,52 @@ def test_page_is_self_contained_and_embeds_every_scored_edge():
     assert data["record"]["engine"] == "edge_attribution" and data["layers"] == 30
 
 
-def test_per_input_scores_travel_and_unscored_edges_do_not():
+def test_split_edges_are_scored_edges_and_unscored_edges_stay_out():
     graph = HeadGraph(n_layers=2, n_heads=1)
-    graph.add_edge("L0H0", "L1H0", 0.6, effect="direct", score_q=0.1, score_k=0.2, score_v=0.3)
+    graph.add_edge("L0H0", "L1H0", 0.6, effect="direct", inputs="q+k+v", score_q=0.1, score_k=0.2, score_v=0.3)
+    graph.add_edge("embed", "L1H0", 0.4, effect="direct", inputs="q+k")  # no per-input scores: each input covered
     graph.add_edge("L0H0", LOGITS, 0.5, effect="direct")
-    graph.nx.add_edge(EMBED, "L0H0", score=float("nan"))
+    graph.nx.add_edge("L1H0", LOGITS, score=float("nan"))
     data = view.graph_data(graph)
-    assert data["edges"]["q"] == [0.1, None] and data["edges"]["v"] == [0.3, None]
-    assert len(data["edges"]["s"]) == 2
+    names = [n[0] for n in data["nodes"]]
+    rows = [(names[data["edges"]["s"][e]], names[data["edges"]["r"][e]]) for e in data["split"]["e"]]
+    split = [(u, f"{v}.{'qkv'[i]}" if i is not None else v, s)
+             for (u, v), i, s in zip(rows, data["split"]["input"], data["split"]["score"])]
+    expected = [(e.sender.name, f"{e.receiver.name}.{e.input}" if e.input else e.receiver.name, s)
+                for e, s in graph.scored_edges()]
+    assert split == expected and len(expected) == 6 and len(data["edges"]["s"]) == 3
+    assert data["edgeTotal"] == graph.edge_total()
 
 
-def test_curves_from_meta_or_an_evaluation_and_bad_ones_refused():
+def test_curves_from_meta_an_edge_curve_or_curves_and_bad_ones_refused():
     graph = smollm2_shaped(n_layers=3)
     assert view.graph_data(graph)["curve"] is None
-    curve = {"fraction": [1.0, 0.1], "faithfulness": [1.0, 0.5], "cpr": 0.7}
-    assert view.graph_data(graph, evaluation=curve)["curve"] == {"points": [[0.1, 0.5], [1.0, 1.0]], "cpr": 0.7,
-                                                                 "cmd": None, "by": None}
+    one = {"fraction": [0.1, 1.0], "faithfulness": [0.5, 1.0], "by": "signed", "cpr": 0.7}
+    assert view.graph_data(graph, curve=one)["curve"] == {"fractions": [0.1, 1.0], "signed": [0.5, 1.0],
+                                                          "absolute": None, "random": None, "cpr": 0.7, "cmd": None}
+
+    @dataclass
+    class EdgeCurve:  # circuits.evaluation.curves.EdgeCurve's fields
+        fractions: list
+        signed: list
+        absolute: list
+        cpr: float = 0.6
+        cmd: float = 0.2
+
+    @dataclass
+    class Curves:
+        curves: dict
+        random: EdgeCurve
+
+    curves = Curves({"eap": EdgeCurve([0.5, 1.0], [0.8, 1.0], [0.9, 1.0])},
+                    EdgeCurve([0.5, 1.0], [0.1, 1.0], [0.1, 1.0]))
+    data = view.view_data([graph, graph], ["eap", "other"], curves)
+    assert data["graphs"][0]["curve"]["absolute"] == [0.9, 1.0] and data["graphs"][0]["curve"]["cmd"] == 0.2
+    assert data["graphs"][0]["curve"]["random"]["signed"] == [0.1, 1.0] and data["graphs"][1]["curve"] is None
     with pytest.raises(InvalidOptionError, match="faithfulness"):
         view.curve_data({"fraction": [0.1, 1.0], "faithfulness": [1.0]})
+    with pytest.raises(InvalidOptionError, match="1 curves for 2 graphs"):
+        view.view_data([graph, graph], None, [None])
     with pytest.raises(InvalidOptionError, match="default_edges=0"):
         view.page(graph, default_edges=0)
     with pytest.raises(InvalidOptionError, match="by='best'"):

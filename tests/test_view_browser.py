@@ -49,12 +49,9 @@ def edge_graph(seed: int, n_layers: int = 3, n_heads: int = 3, engine: str = "ed
 
 
 def split_edges(graph: HeadGraph) -> list[tuple[str, str, float]]:
-    """(sender, receiver.input or receiver, score) of every edge with its q/k/v inputs apart, in graph order."""
-    out = []
-    for u, v, d in graph.nx.edges(data=True):
-        parts = [(f"{v}.{x}", d[f"score_{x}"]) for x in "qkv" if f"score_{x}" in d]
-        out += [(u, key, score) for key, score in parts] if parts else [(u, v, d["score"])]
-    return out
+    """(sender, receiver.input or receiver, score) of `scored_edges` (a head receiver's inputs apart)."""
+    return [(e.sender.name, f"{e.receiver.name}.{e.input}" if e.input else e.receiver.name, s)
+            for e, s in graph.scored_edges()]
 
 
 def top_keys(edges: list[tuple[str, str, float]], k: int, by: str) -> set[str]:
@@ -192,17 +189,57 @@ def test_diff_view_counts_are_the_set_differences(open_view):
 
 def test_search_and_the_faithfulness_curve(open_view):
     graph = edge_graph(seed=5)
-    total = len(split_edges(graph))
-    fractions = [0.01, 0.05, 0.1, 0.5, 1.0]
-    graph.meta["curve"] = {"fraction": fractions, "faithfulness": [0.1, 0.4, 0.7, 0.9, 1.0], "cpr": 0.83,
-                           "cmd": 0.12, "by": "signed"}
+    total = graph.edge_total()
+    assert total == len(split_edges(graph))  # every edge of the model scored
+    graph.meta["curve"] = {"fractions": [0.01, 0.05, 0.1, 0.5, 1.0], "signed": [0.1, 0.4, 0.7, 0.9, 1.0],
+                           "absolute": [0.2, 0.5, 0.8, 0.95, 1.0], "cpr": 0.83, "cmd": 0.12}
     page = open_view(graph, "curve")
     page.locator("#search").fill("l1h")
     until(page, "document.getElementById('found').dataset.count !== undefined")
     assert int(page.locator("#found").get_attribute("data-count")) == sum("L1H" in n for n in graph.nx.nodes)
     assert page.locator("#curve-box").is_visible()
-    assert "CPR 0.8300 · CMD 0.1200" in page.locator("#curve-text").inner_text()
-    page.locator("#curve .point").nth(3).click()  # 50% of the edges
-    until(page, f"window.circuitView.stats().edges === {round(0.5 * total)}")
-    assert "faithfulness 0.9000 (measured)" in page.locator("#curve-text").inner_text()
+    text = page.locator("#curve-text")
+    assert "CPR 0.8300 · CMD 0.1200" in text.inner_text() and "ranked by |score|" in text.inner_text()
+    page.locator("#curve .point").nth(3).click()  # 50% of the model's edges, MIB's int(0.5 * total)
+    until(page, f"window.circuitView.stats().edges === {int(0.5 * total)}")
+    assert "faithfulness 0.9500 (measured)" in text.inner_text()
+    page.select_option("#by", "signed")
+    until(page, "document.getElementById('curve-text').innerText.includes('ranked by score')")
+    assert "faithfulness 0.9000 (measured)" in text.inner_text()
     shot(page, "curve")
+    page.select_option("#inputs", "summed")  # summed edges are not what the curve counts: no point on it
+    until(page, "document.getElementById('curve-text').innerText.includes('to place this circuit')")
+
+
+def test_a_real_engines_graph_with_its_record(open_view, random_model):
+    import circuits
+    import tasks
+
+    graph = circuits.discover(random_model, tasks.get("induction"), engine="edge_attribution", n=4, seed=0,
+                              method="eap")
+    page = open_view(graph, "real")
+    stats = page.evaluate("window.circuitView.stats()")
+    assert stats["total"] == len(graph.scored_edges()) == graph.edge_total()
+    assert stats["edges"] == min(300, stats["total"]) and stats["nodes"] == graph.nx.number_of_nodes()
+    assert drawn_keys(page) == top_keys(split_edges(graph), stats["edges"], "absolute")
+    header = page.locator("#record").inner_text()
+    assert "edge_attribution" in header and 'method="eap"' in header and "induction" in header
+
+
+def test_the_notebook_view_draws_inside_its_iframe(browser, tmp_path):
+    graph = edge_graph(seed=6)
+    wrapper = tmp_path / "notebook.html"
+    wrapper.write_text(f"<!DOCTYPE html><html><body><h1>a notebook cell</h1>{graph._repr_html_()}</body></html>")
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file://") else route.abort())
+    page.goto(wrapper.as_uri())
+    deadline = time.monotonic() + 10
+    while len(page.frames) < 2 or not page.frames[1].evaluate("window.circuitView && window.circuitView.firstDrawMs()"):
+        assert time.monotonic() < deadline, "the iframe's view did not draw"
+        time.sleep(0.05)
+    assert page.frames[1].evaluate("window.circuitView.stats().edges") == len(split_edges(graph))
+    shot(page, "notebook")
+    page.close()
+    assert errors == []

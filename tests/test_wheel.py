@@ -120,6 +120,7 @@ def test_wheel_installs_and_runs_the_readme_example(tmp_path, induction_model):
     assert [score for _, score in checks["top3"]] == pytest.approx([score for _, score in shown], abs=5e-4)
     assert (work / "g.json").exists() and (work / "g.png").exists()
     assert set(checks["viewer_files"]) >= {"circuits/view/page.html", "circuits/view/viewer.js",
-                                           "circuits/view/viewer.css", "circuits/view/vendor/cytoscape.min.js",
+                                           "circuits/view/viewer.css", "circuits/view/curve.js",
+                                           "circuits/view/vendor/cytoscape.min.js",
                                            "circuits/view/vendor/cytoscape.LICENSE"}
     assert checks["html_bytes"] == (work / "g.html").stat().st_size > 400_000  # Cytoscape.js (~440 kB) inlined

@@ -59,6 +59,15 @@ class EdgeCurve:
         """The area under |1 − f| of the |score|-selection curve (lower is better)."""
         return trapezoid(self.fractions, np.abs(1.0 - np.asarray(self.absolute)))
 
+    def of(self, by: str) -> dict[str, Any]:
+        """One selection's curve as a mapping (``fractions``, ``faithfulness``, ``cpr``, ``cmd``, ``by``), the shape
+        the circuit view takes (``evaluations=`` of `circuits.view`)."""
+        if by not in ("signed", "absolute"):
+            raise InvalidOptionError(f"by={by!r}; expected 'signed' or 'absolute'")
+        faithfulness = self.signed if by == "signed" else self.absolute
+        return {"fractions": list(self.fractions), "faithfulness": list(faithfulness), "cpr": self.cpr, "cmd": self.cmd,
+                "by": by}
+
 
 @dataclass(frozen=True)
 class Curves:
@@ -86,9 +95,9 @@ def edge_curves(model: Any, task: Any, graphs: Any, *,
                 fractions: Sequence[float] = FRACTIONS, draws: int = 5, random_seed: int = 0, greedy: bool = False,
                 effect: Optional[str] = None, memory_mb: float = 512.0) -> Curves:
     """MIB's curves of the edge circuits of `graphs` (a HeadGraph, a list, or a mapping label -> HeadGraph; a list's
-    labels are ``meta["engine"]``) on `model` and `task`, against `draws` random circuits per size; `greedy` grows circuits from the read-out
-    instead of taking the top edges; `effect` picks one kind of edge (`HeadGraph.top_edges`). The rest as in
-    `circuits.evaluate`."""
+    labels are ``meta["engine"]``) on `model` and `task`, against `draws` random circuits per size; `greedy` grows
+    circuits from the read-out instead of taking the top edges; `effect` picks one kind of edge
+    (`HeadGraph.top_edges`). The rest as in `circuits.evaluate`."""
     labelled = _labelled(graphs)
     fractions = _checked_fractions(fractions)
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 0:

@@ -7,7 +7,9 @@ hooks change the receivers' inputs, never the stream). So each head reads its ow
 through the block's first norm and that head's own ``W_Q`` (``W_K``, ``W_V``) and bias, which is what the model's
 ``hook_q`` (``hook_k``, ``hook_v``) holds (tested), and the block's attention then runs on them (rotary, masks and
 scale as the model does). With grouped-query attention, query heads that share a key head may read different keys:
-the attention runs once per position in the group, each run giving its own query heads.
+the attention runs once per position in the group, each run giving its own query heads. Receivers of one copy that
+hear the same senders ablated (often all, or none) share one input, built and normed once; every head projects
+each distinct input and takes its own.
 
 Circuits are stacked as copies of the batch; a receiver whose every edge is in the circuit in every copy is left
 as the model computes it, so the whole circuit's pass is the plain model's.
@@ -74,7 +76,8 @@ class Rebuild:
         names = {i: hooks.site(model, layer, i) for i in INPUTS}
         z_name, out_name = hooks.site(model, layer, "z"), hooks.site(model, layer, "attn_out")
         rebuilt = {i: ablated[:, :swaps.count, k * heads:(k + 1) * heads] for k, i in enumerate(INPUTS)}
-        replace = {names[i]: self._projected(layer, i, swaps.rebuilt(resid, rebuilt[i]))
+        norm = model.blocks[layer].ln1
+        replace = {names[i]: self._projected(layer, i, *swaps.normed(resid, rebuilt[i], norm))
                    for i in INPUTS if rebuilt[i].any()}
         group = heads // (getattr(model.cfg, "n_key_value_heads", None) or heads)
         if group == 1 or not (names["k"] in replace or names["v"] in replace):
@@ -90,20 +93,21 @@ class Rebuild:
                 bias = found[out_name] - head_outputs(model, layer, found[z_name]).sum(0)
         return z, head_outputs(model, layer, z).sum(0) + bias
 
-    def _projected(self, layer: int, which: str, inputs: list[Tensor]) -> Tensor:
-        """Head h's q (k, v) from its own input ``inputs[h]``: first norm, its ``W`` and bias; ``[batch, pos, head,
-        d_head]`` with one head per query head."""
-        attn, norm = self.model.blocks[layer].attn, self.model.blocks[layer].ln1
+    def _projected(self, layer: int, which: str, normed: Tensor, index: Tensor) -> Tensor:
+        """Head h's q (k, v) in copy c from its normed input ``normed[index[c, h]]``: its ``W`` and bias;
+        ``[copies * batch, pos, head, d_head]`` with one head per query head. Every head projects every distinct
+        input (a few per copy) and each takes its own: cheaper than building an input per head."""
+        attn, heads = self.model.blocks[layer].attn, index.shape[1]
         with forward.readable_weights(attn):
             weight = getattr(attn, f"W_{which.upper()}").detach()
             bias = _bias(attn, which)
-        stacked = torch.stack(inputs)  # [head, batch, pos, d]
-        normed = norm(stacked.flatten(0, 1)).view(stacked.shape)
-        per_head = weight.repeat_interleave(len(inputs) // weight.shape[0], dim=0).to(normed)
-        out = einops.einsum(normed, per_head, "head batch pos d, head d e -> batch pos head e")
+        per_head = weight.repeat_interleave(heads // weight.shape[0], dim=0).to(normed)
+        every = einops.einsum(normed, per_head, "distinct batch pos d, head d e -> distinct batch pos head e")
         if bias is not None:
-            out = out + bias.repeat_interleave(len(inputs) // bias.shape[0], dim=0).to(out)
-        return out
+            every = every + bias.repeat_interleave(heads // bias.shape[0], dim=0).to(every)
+        own = torch.arange(heads, device=every.device)
+        picked = every[index.to(every.device), :, :, own[None]]  # [copies, head, batch, pos, e]
+        return einops.rearrange(picked, "copies head batch pos e -> (copies batch) pos head e")
 
 
 @dataclass
@@ -131,6 +135,25 @@ class Swaps:
         update = einops.einsum(heard.to(stacked.dtype), stacked,
                                "copies sender receiver, sender copies batch pos d -> receiver copies batch pos d")
         return list(resid[None] + update.reshape(ablated.shape[2], *resid.shape).to(resid.device))
+
+    def normed(self, resid: Tensor, ablated: Tensor, norm: Any) -> tuple[Tensor, Tensor]:
+        """`norm` of the receivers' rebuilt inputs: the distinct inputs ``[distinct, batch, pos, d_model]`` and, per
+        copy and receiver, which is its own (``[copies, receiver]``). Receivers of one copy that hear the same
+        senders ablated (often: all of them, or none) read the same input, built and normed once."""
+        heard = ablated[:, :self.count]
+        rows = resid.shape[0] // self.copies
+        values = self.values[:self.count].view(self.count, self.copies, rows, *resid.shape[1:])
+        per_copy = resid.view(self.copies, rows, *resid.shape[1:])
+        inputs, inverse, seen = [], [], 0
+        for copy in range(self.copies):
+            patterns, index = torch.unique(heard[copy].T, dim=0, return_inverse=True)  # [distinct, sender], [receiver]
+            update = einops.einsum(patterns.to(values.dtype), values[:, copy],
+                                   "distinct sender, sender batch pos d -> distinct batch pos d")
+            inverse.append(index + seen)
+            inputs.append(per_copy[copy][None] + update.to(resid.device))
+            seen += len(patterns)
+        distinct = torch.cat(inputs)
+        return norm(distinct.flatten(0, 1)).view(distinct.shape), torch.stack(inverse)
 
 
 def _bias(attn: Any, which: str) -> Tensor | None:

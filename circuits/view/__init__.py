@@ -32,14 +32,15 @@ def _script(text: str) -> str:
     return text.replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
-def page(graphs: Union[Any, Sequence[Any]], *, labels: Optional[Sequence[str]] = None,
-         evaluations: Optional[Sequence[Any]] = None, default_edges: int = 300, by: str = "absolute",
-         title: Optional[str] = None) -> str:
+def page(graphs: Union[Any, Sequence[Any]], *, labels: Optional[Sequence[str]] = None, curves: Any = None,
+         default_edges: int = 300, by: str = "absolute", title: Optional[str] = None) -> str:
     """The page's HTML for one graph or several of one task (an engine switch and a diff view between them).
-    `evaluations`: one faithfulness curve per graph (or None), else each graph's ``meta["curve"]``; the slider
-    starts at the graph's size or `default_edges` edges, whichever is smaller, ranked `by` ("absolute", "signed")."""
+    `curves`: one faithfulness curve per graph (an `EdgeCurve`, a mapping, or None), or the `Curves` of
+    `circuits.evaluation.edge_curves` (each graph's by its label, with the random circuits'); without them, each
+    graph's ``meta["curve"]``. The slider starts at `default_edges` edges (or the whole graph, if smaller), ranked
+    `by` ("absolute", "signed")."""
     graphs = [graphs] if hasattr(graphs, "nx") else list(graphs)
-    data = view_data(graphs, labels, evaluations, default_edges=default_edges, by=by)
+    data = view_data(graphs, labels, curves, default_edges=default_edges, by=by)
     record = data["graphs"][0]["record"]
     title = title or " · ".join(str(record[k]) for k in ("task", "model") if k in record) or "circuit"
     vendor = _asset("vendor/cytoscape.min.js")
@@ -48,6 +49,7 @@ def page(graphs: Union[Any, Sequence[Any]], *, labels: Optional[Sequence[str]] =
             .replace("{{style}}", _asset("viewer.css"))
             .replace("{{data}}", _script(json.dumps(data, separators=(",", ":"))))
             .replace("{{cytoscape}}", _script(vendor))
+            .replace("{{curve}}", _script(_asset("curve.js")))
             .replace("{{viewer}}", _script(_asset("viewer.js"))))
 
 

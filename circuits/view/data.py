@@ -1,9 +1,11 @@
-"""A HeadGraph as the viewer's data: compact columns of nodes and edges, its record, and a faithfulness curve.
+"""A HeadGraph as the viewer's data: compact columns of nodes and edges, its record, and faithfulness curves.
 
-Edges are written as columns (sender index, receiver index, score, and where the engine scored each input of a head
-receiver alone, its q, k and v scores) rather than as objects: the SmolLM2 edge graph has ~44k edges, and columns
-keep the file a few MB. Numbers keep 6 significant digits (what the view shows). The viewer ranks edges itself; the
-ranking rules are `HeadGraph.top_edges`'s (signed: by score; absolute: by |score|; ties keep the graph's order).
+Edges come twice, as columns (not objects: the SmolLM2 edge graph has ~44k edges, ~130k with q, k and v apart):
+``edges``, one per graph edge (sender, receiver, score, effect), and ``split``, the same edges with a head receiver's
+q, k and v inputs apart, exactly `HeadGraph.scored_edges` (an input's own score where the engine measured it, else
+the edge's score for each input it covers), each pointing at its graph edge. The page ranks them itself, by
+`HeadGraph.top_edges`'s rules (signed: by score; absolute: by |score|; ties keep the graph's order). Numbers keep 6
+significant digits (what the view shows).
 """
 
 from __future__ import annotations
@@ -27,70 +29,106 @@ def number(value: Any) -> Optional[float]:
     return None if math.isnan(value) else float(f"{value:.6g}")
 
 
-def graph_data(graph: Any, label: Optional[str] = None, evaluation: Any = None) -> dict[str, Any]:
-    """The viewer's data for one graph: its nodes, its edges as columns, its record and, where there is one, the
-    faithfulness curve of its circuits (`evaluation`, or ``graph.meta["curve"]``)."""
+def graph_data(graph: Any, label: Optional[str] = None, curve: Any = None) -> dict[str, Any]:
+    """The viewer's data for one graph: its nodes, its edges (whole and split by input) as columns, its record, the
+    whole model's edge count (MIB's, `HeadGraph.edge_total`) and, where there is one, its faithfulness curve
+    (`curve`, else ``graph.meta["curve"]``)."""
     nodes = list(graph.nx.nodes(data=True))
     index = {name: i for i, (name, _) in enumerate(nodes)}
-    columns: dict[str, list[Any]] = {"s": [], "r": [], "score": [], "effect": [], "q": [], "k": [], "v": []}
+    edges: dict[str, list[Any]] = {"s": [], "r": [], "score": [], "effect": []}
     effects: list[Optional[str]] = []
-    per_input = False
+    row: dict[tuple[str, str], int] = {}
     for sender, receiver, data in graph.nx.edges(data=True):
         score = number(data.get("score"))
         if score is None:
-            continue  # unscored edges are not part of any ranking
+            continue  # unscored edges are part of no ranking
         effect = data.get("effect")
         if effect not in effects:
             effects.append(effect)
-        columns["s"].append(index[sender])
-        columns["r"].append(index[receiver])
-        columns["score"].append(score)
-        columns["effect"].append(effects.index(effect))
-        for name in INPUTS:
-            value = number(data.get(f"score_{name}"))
-            columns[name].append(value)
-            per_input = per_input or value is not None
-    if not per_input:
-        for name in INPUTS:
-            del columns[name]
+        row[sender, receiver] = len(edges["s"])
+        edges["s"].append(index[sender])
+        edges["r"].append(index[receiver])
+        edges["score"].append(score)
+        edges["effect"].append(effects.index(effect))
     meta = graph.meta
     return {
         "label": label or str(meta.get("engine", "graph")),
         "layers": graph.nx.graph.get("n_layers"),
         "heads": graph.nx.graph.get("n_heads"),
+        "edgeTotal": _edge_total(graph),
         "record": {key: meta[key] for key in RECORD if key in meta},
         "nodes": [[name, data.get("kind"), data.get("layer"), data.get("head"), number(data.get("score"))]
                   for name, data in nodes],
-        "edges": columns,
+        "edges": edges,
+        "split": _split(graph, effects, row),
         "effects": effects,
-        "curve": curve_data(evaluation if evaluation is not None else meta.get("curve")),
+        "curve": curve_data(curve if curve is not None else meta.get("curve")),
     }
 
 
+def _split(graph: Any, effects: list[Optional[str]], row: dict[tuple[str, str], int]) -> dict[str, list[Any]]:
+    """`scored_edges` of each effect as columns: the graph edge's row, the input (index into q, k, v; None for a
+    receiver that is no head) and the score. Edges that say no effect, in a graph whose others do, stay whole."""
+    out: dict[str, list[Any]] = {"e": [], "input": [], "score": []}
+    asked = [None] if len(effects) == 1 else [e for e in effects if e is not None]
+    for effect in asked:
+        for edge, score in graph.scored_edges(effect):
+            out["e"].append(row[edge.sender.name, edge.receiver.name])
+            out["input"].append(None if edge.input is None else INPUTS.index(edge.input))
+            out["score"].append(number(score))
+    if len(effects) > 1 and None in effects:
+        for (u, v), i in row.items():
+            if graph.nx.edges[u, v].get("effect") is None:
+                out["e"].append(i)
+                out["input"].append(None)
+                out["score"].append(number(graph.nx.edges[u, v]["score"]))
+    return out
+
+
+def _edge_total(graph: Any) -> Optional[int]:
+    """MIB's count of the whole model's edges (every sender to every later receiver, q/k/v apart), for fractions."""
+    if "n_layers" not in graph.nx.graph or "n_heads" not in graph.nx.graph:
+        return None
+    return int(graph.edge_total())
+
+
 def curve_data(curve: Any) -> Optional[dict[str, Any]]:
-    """A faithfulness curve as ``{"points": [[fraction of edges, faithfulness], ...], "cpr", "cmd", "by"}``, from
-    a mapping or an object with ``fraction`` (or ``fractions``) and ``faithfulness`` (and, where known, ``cpr``,
-    ``cmd``, ``by``); None stays None."""
+    """A faithfulness curve as ``{"fractions", "signed", "absolute", "random", "cpr", "cmd"}`` (fractions of the
+    model's edges; a faithfulness per fraction for circuits chosen by score and by |score|; None where not measured).
+    From an `EdgeCurve`-like object or mapping (``fractions``, ``signed``, ``absolute``, ``cpr``, ``cmd``), or one
+    series (``fraction``/``fractions`` and ``faithfulness``, with ``by`` saying its ranking; both if not said).
+    None stays None."""
     if curve is None:
         return None
     get = curve.get if isinstance(curve, Mapping) else (lambda key, default=None: getattr(curve, key, default))
-    fractions = get("fraction", None)
+    fractions = get("fractions", None)
     if fractions is None:
-        fractions = get("fractions", None)
-    faithfulness = get("faithfulness", None)
-    if fractions is None or faithfulness is None or not isinstance(faithfulness, Sequence) \
-            or len(fractions) != len(faithfulness):
-        raise InvalidOptionError(f"curve {curve!r}; expected fractions of edges and one faithfulness per fraction "
-                                 "(a mapping or an object with `fraction` and `faithfulness` of equal length)")
-    points = sorted((float(x), number(y)) for x, y in zip(fractions, faithfulness))
-    return {"points": [[x, y] for x, y in points], "cpr": number(get("cpr", None)),
-            "cmd": number(get("cmd", None)), "by": get("by", None)}
+        fractions = get("fraction", None)
+    series = {by: get(by, None) for by in ("signed", "absolute")}
+    single = get("faithfulness", None)
+    if single is not None and series == {"signed": None, "absolute": None}:
+        by = get("by", None)
+        series = {key: single for key in series if by in (None, key)}
+    if fractions is None or not any(s is not None for s in series.values()) or any(
+            s is not None and (isinstance(s, (str, bytes)) or len(s) != len(fractions)) for s in series.values()):
+        raise InvalidOptionError(f"curve {curve!r}; expected fractions of edges and a faithfulness per fraction "
+                                 "(`fractions` with `signed` and/or `absolute`, as EdgeCurve has, or `fraction` with "
+                                 "`faithfulness`)")
+    random = get("random", None)
+    return {"fractions": [float(x) for x in fractions],
+            "signed": _numbers(series.get("signed")), "absolute": _numbers(series.get("absolute")),
+            "random": curve_data(random) if random is not None else None,
+            "cpr": number(get("cpr", None)), "cmd": number(get("cmd", None))}
 
 
-def view_data(graphs: Sequence[Any], labels: Optional[Sequence[str]] = None,
-              evaluations: Optional[Sequence[Any]] = None, *, default_edges: int = 300,
-              by: str = "absolute") -> dict[str, Any]:
-    """What the page embeds: every graph's data, and the view's starting state."""
+def _numbers(values: Any) -> Optional[list[Optional[float]]]:
+    return None if values is None else [number(v) for v in values]
+
+
+def view_data(graphs: Sequence[Any], labels: Optional[Sequence[str]] = None, curves: Any = None, *,
+              default_edges: int = 300, by: str = "absolute") -> dict[str, Any]:
+    """What the page embeds: every graph's data, and the view's starting state. `curves`: one curve per graph (or
+    None), or a `Curves`-like object (``curves`` by label, ``random``), whose random circuits' curve goes with each."""
     from circuits.graph import RANKINGS
 
     if by not in RANKINGS:
@@ -98,12 +136,30 @@ def view_data(graphs: Sequence[Any], labels: Optional[Sequence[str]] = None,
     if isinstance(default_edges, bool) or not isinstance(default_edges, int) or default_edges < 1:
         raise InvalidOptionError(f"default_edges={default_edges!r}; expected a positive number of edges")
     labels = list(labels) if labels is not None else _labels(graphs)
-    evaluations = list(evaluations) if evaluations is not None else [None] * len(graphs)
-    if not graphs or len(labels) != len(graphs) or len(evaluations) != len(graphs):
-        raise InvalidOptionError(f"{len(graphs)} graphs, {len(labels)} labels, {len(evaluations)} evaluations; "
-                                 "expected at least one graph and one label and evaluation per graph")
-    return {"graphs": [graph_data(g, label, e) for g, label, e in zip(graphs, labels, evaluations)],
+    if not graphs or len(labels) != len(graphs):
+        raise InvalidOptionError(f"{len(graphs)} graphs and {len(labels)} labels; expected at least one graph and "
+                                 "one label per graph")
+    per_graph = _per_graph(curves, labels)
+    return {"graphs": [graph_data(g, label, c) for g, label, c in zip(graphs, labels, per_graph)],
             "defaultEdges": default_edges, "by": by}
+
+
+def _per_graph(curves: Any, labels: list[str]) -> list[Any]:
+    if curves is None:
+        return [None] * len(labels)
+    by_label = getattr(curves, "curves", None)
+    if isinstance(by_label, Mapping):  # a Curves: each graph's by its label, with the random circuits' beside it
+        random = getattr(curves, "random", None)
+        return [None if by_label.get(label) is None else _with_random(by_label[label], random) for label in labels]
+    curves = list(curves)
+    if len(curves) != len(labels):
+        raise InvalidOptionError(f"{len(curves)} curves for {len(labels)} graphs; expected one per graph (or None)")
+    return curves
+
+
+def _with_random(curve: Any, random: Any) -> dict[str, Any]:
+    keys = ("fractions", "signed", "absolute", "cpr", "cmd")
+    return {**{key: getattr(curve, key, None) for key in keys}, "random": random}
 
 
 def _labels(graphs: Sequence[Any]) -> list[str]:

@@ -9,6 +9,7 @@
   var INPUTS = ["q", "k", "v"];
   var COLUMN = 80;  // layers are columns from the input (left) to the read-out (right); see spacing
   var INPUT_STYLE = {q: "solid", k: "dashed", v: "dotted"};
+  var FAST = 1500;  // above this many drawn edges, straight lines instead of arcs
   var INPUT_ARROW = {q: "triangle", k: "tee", v: "circle"};
   var $ = function (id) { return document.getElementById(id); };
   var state = {graph: 0, diff: -1, effect: null, inputs: "split", by: DATA.by, size: null, focus: null};
@@ -16,23 +17,26 @@
   var firstDraw = null;
 
   // --- ranking -------------------------------------------------------------------------------------------
-  function hasInputs(g) { return !!g.edges.q; }
+  function hasInputs(g) { return g.split.input.some(function (x) { return x !== null; }); }
 
   function entries(gi) {
-    // The graph's edges under the current effect and input mode: [{s, r, input, score, ...}], ranked.
+    // The graph's edges under the current effect and input mode, ranked: [{s, r, input, score, e, key, rank}].
     var g = GRAPHS[gi], effect = effectOf(gi), split = state.inputs === "split" && hasInputs(g);
     var id = [gi, effect, split, state.by].join("|");
     if (cache[id]) return cache[id];
-    var e = g.edges, out = [];
-    for (var i = 0; i < e.s.length; i++) {
-      if (g.effects[e.effect[i]] !== effect) continue;
-      var s = g.nodes[e.s[i]][0], r = g.nodes[e.r[i]][0];
-      var parts = split ? INPUTS.filter(function (x) { return e[x][i] !== null; }) : [];
-      if (parts.length === 0) {
-        out.push(entry(g, i, s, r, null, e.score[i]));
-      } else {
-        parts.forEach(function (x) { out.push(entry(g, i, s, r, x, e[x][i])); });
+    var e = g.edges, out = [], i;
+    var add = function (row, input, score) {
+      if (g.effects[e.effect[row]] !== effect) return;
+      var s = g.nodes[e.s[row]][0], r = g.nodes[e.r[row]][0];
+      out.push({s: s, r: r, input: input, score: score, e: row, effect: effect,
+                key: s + ">" + r + (input ? "." + input : "")});
+    };
+    if (split) {
+      for (i = 0; i < g.split.e.length; i++) {
+        add(g.split.e[i], g.split.input[i] === null ? null : INPUTS[g.split.input[i]], g.split.score[i]);
       }
+    } else {
+      for (i = 0; i < e.s.length; i++) add(i, null, e.score[i]);
     }
     var key = state.by === "absolute" ? function (x) { return Math.abs(x.score); } : function (x) { return x.score; };
     out.sort(function (a, b) { return key(b) - key(a); });  // stable: ties keep the graph's order
@@ -41,11 +45,16 @@
     return out;
   }
 
-  function entry(g, i, s, r, input, score) {
-    var parts = {};
-    if (g.edges.q) INPUTS.forEach(function (x) { parts[x] = g.edges[x][i]; });
-    return {s: s, r: r, input: input, score: score, total: g.edges.score[i], parts: parts,
-            effect: g.effects[g.edges.effect[i]], key: s + ">" + r + (input ? "." + input : "")};
+  function parts(g, row) {
+    // The q, k and v scores of graph edge `row` (its split entries), for the hover panel.
+    if (!g.partsOf) {
+      g.partsOf = {};
+      g.split.e.forEach(function (r, i) {
+        if (g.split.input[i] === null) return;
+        (g.partsOf[r] = g.partsOf[r] || {})[INPUTS[g.split.input[i]]] = g.split.score[i];
+      });
+    }
+    return g.partsOf[row] || {};
   }
 
   function effectOf(gi) {
@@ -104,6 +113,8 @@
       {selector: "edge", style: {"width": "data(width)", "line-color": "data(color)", "target-arrow-color": "data(color)",
         "target-arrow-shape": "data(arrow)", "line-style": "data(line)", "arrow-scale": 0.8, "opacity": 0.75,
         "curve-style": "unbundled-bezier", "control-point-distances": "data(bend)", "control-point-weights": 0.5}},
+      // many edges: haystack lines (no arrows, no dashes) draw several times faster than arcs
+      {selector: "edge.fast", style: {"curve-style": "haystack", "haystack-radius": 0, "line-style": "solid"}},
       {selector: "edge.hidden", style: {"display": "none"}},
       {selector: "edge:selected, edge.hover", style: {"opacity": 1, "underlay-color": "#f1a340",
         "underlay-opacity": 0.5, "underlay-padding": 3}}
@@ -162,7 +173,8 @@
     var want = wanted(), drawn = {}, limit = 1e-12;
     Object.keys(want).forEach(function (k) { limit = Math.max(limit, Math.abs(want[k].x.score)); });
     cy.batch(function () {
-      cy.edges().forEach(function (e) { if (!want[e.id()]) e.remove(); else drawn[e.id()] = e; });
+      var gone = cy.edges().filter(function (e) { if (want[e.id()]) { drawn[e.id()] = e; return false; } return true; });
+      cy.remove(gone);
       var add = [];
       Object.keys(want).forEach(function (k) {
         var w = want[k], x = w.x, color = state.diff < 0 ? (x.score >= 0 ? "#2166ac" : "#b2182b")
@@ -174,6 +186,7 @@
         if (drawn[k]) drawn[k].data(d); else add.push({group: "edges", data: d});
       });
       cy.add(add);
+      cy.edges().toggleClass("fast", cy.edges().length > FAST);
       var touched = {};
       cy.edges().forEach(function (e) { touched[e.data("source")] = touched[e.data("target")] = true; });
       graphNodesDrawn().forEach(function (n) {
@@ -203,7 +216,8 @@
     var g = GRAPHS[state.graph], effect = effectOf(state.graph);
     $("status").innerHTML = "<b>" + drawn + "</b> edges drawn (top " + state.size + " of " + all + " " +
       (effect ? "\u201c" + esc(effect) + "\u201d " : "") + "edges, ranked " + (state.by === "absolute" ? "by |score|" : "by score") +
-      "); " + inside + " of " + nodes.length + " nodes touch them.";
+      "); " + inside + " of " + nodes.length + " nodes touch them." +
+      (drawn > FAST ? " Over " + FAST + " edges: plain straight lines (q, k and v not styled apart), to stay fast." : "");
     $("status").dataset.edges = drawn;
     $("status").dataset.nodes = nodes.length;
     var box = $("diff-counts");
@@ -254,10 +268,11 @@
       rows.push(["edge", "<b>" + esc(e.source) + " \u2192 " + esc(e.target) + (e.input ? " (" + e.input + ")" : "") + "</b>"]);
       rows.push(["score", "<span class='score'>" + fmt(e.score) + "</span>"]);
       if (x) {
+        var g = GRAPHS[state.graph], p = parts(g, x.e);
         rows.push(["rank", x.rank + " of " + entries(state.graph).length]);
         if (x.effect) rows.push(["effect", esc(x.effect)]);
-        if (x.input) rows.push(["q+k+v", fmt(x.total)]);
-        INPUTS.forEach(function (i) { if (x.parts[i] !== undefined && x.parts[i] !== null) rows.push([i, fmt(x.parts[i])]); });
+        if (x.input) rows.push(["edge (inputs together)", fmt(g.edges.score[x.e])]);
+        INPUTS.forEach(function (i) { if (p[i] !== undefined) rows.push([i, fmt(p[i])]); });
       }
       if (state.diff >= 0) rows.push(["in", {a: "only " + GRAPHS[state.graph].label, b: "only " + GRAPHS[state.diff].label, both: "both"}[e.side]]);
     }
@@ -265,58 +280,19 @@
       "</table>" + (r.score ? "<p class='hint'>score: " + esc(r.score) + "</p>" : "");
   }
 
-  // --- faithfulness curve ----------------------------------------------------------------------------------
+  // --- faithfulness curve (curve.js draws it) ------------------------------------------------------------
   function drawCurve() {
-    var curve = GRAPHS[state.graph].curve, box = $("curve-box");
-    box.hidden = !curve;
-    if (!curve) return;
-    var pts = curve.points, total = entries(state.graph).length, here = total ? state.size / total : 0;
-    var xs = pts.map(function (p) { return p[0]; }), positive = xs.filter(function (x) { return x > 0; });
-    var low = Math.min.apply(null, positive.concat([here > 0 ? here : 1])), useLog = low < 0.02;
-    var X = function (f) {
-      if (!useLog) return 36 + 214 * f;
-      var lo = Math.log10(low);
-      return f <= 0 ? 36 : 36 + 214 * (Math.log10(Math.max(f, low)) - lo) / (0 - lo || 1);
-    };
-    var ys = pts.map(function (p) { return p[1]; }).filter(function (y) { return y !== null; }).concat([0, 1]);
-    var ylo = Math.min.apply(null, ys), yhi = Math.max.apply(null, ys);
-    var Y = function (v) { return 150 - 135 * (v - ylo) / ((yhi - ylo) || 1); };
-    var svg = "<line x1='36' y1='150' x2='250' y2='150' stroke='#999'/><line x1='36' y1='15' x2='36' y2='150' stroke='#999'/>" +
-      "<line x1='36' x2='250' y1='" + Y(1) + "' y2='" + Y(1) + "' stroke='#ccc' stroke-dasharray='3,3'/>" +
-      "<text x='2' y='" + (Y(1) + 4) + "' font-size='9'>1</text><text x='2' y='" + (Y(0) + 4) + "' font-size='9'>0</text>" +
-      "<text x='140' y='166' font-size='9' text-anchor='middle'>fraction of edges kept" + (useLog ? " (log)" : "") + "</text>";
-    var line = pts.filter(function (p) { return p[1] !== null; }).map(function (p) { return X(p[0]) + "," + Y(p[1]); }).join(" ");
-    svg += "<polyline fill='none' stroke='#2166ac' stroke-width='1.5' points='" + line + "'/>";
-    pts.forEach(function (p) {
-      if (p[1] === null) return;
-      svg += "<circle class='point' data-fraction='" + p[0] + "' cx='" + X(p[0]) + "' cy='" + Y(p[1]) + "' r='3.5' fill='#2166ac'><title>" +
-        (100 * p[0]).toPrecision(3) + "% of edges: faithfulness " + fmt(p[1]) + "</title></circle>";
-    });
-    var value = at(pts, here);
-    svg += "<line x1='" + X(here) + "' x2='" + X(here) + "' y1='15' y2='150' stroke='#f1a340' stroke-width='2'/>";
-    if (value.f !== null) svg += "<circle cx='" + X(here) + "' cy='" + Y(value.f) + "' r='4.5' fill='#f1a340'/>";
-    $("curve").innerHTML = svg;
-    $("curve-text").innerHTML = "this circuit: " + (100 * here).toPrecision(3) + "% of edges, faithfulness " +
-      (value.f === null ? "—" : (value.exact ? "" : "\u2248 ") + fmt(value.f)) + (value.exact ? " (measured)" : " (between measured sizes)") +
-      "<br>CPR " + fmt(curve.cpr) + " \u00b7 CMD " + fmt(curve.cmd) + (curve.by ? " \u00b7 circuits ranked " + esc(curve.by) : "") +
-      "<br><span class='hint'>click a point to show the circuit of that size</span>";
+    var g = GRAPHS[state.graph], box = $("curve-box");
+    box.hidden = !g.curve;
+    if (!g.curve) return;
+    var total = g.edgeTotal || entries(state.graph).length;
+    var split = state.inputs === "split" || !hasInputs(g);  // the curve counts edges with q, k and v apart
+    var drawn = window.circuitCurve(g.curve, {by: state.by, size: state.size, total: total, split: split, fmt: fmt, esc: esc});
+    $("curve").innerHTML = drawn.svg;
+    $("curve-text").innerHTML = drawn.text;
     Array.prototype.forEach.call(document.querySelectorAll("#curve .point"), function (c) {
-      c.addEventListener("click", function () { setSize(Math.round(Number(c.dataset.fraction) * total)); });
+      c.addEventListener("click", function () { setSize(Math.floor(Number(c.dataset.fraction) * total)); });
     });
-  }
-
-  function at(pts, f) {
-    // Faithfulness at fraction f: the measured value at a measured size, else the straight line between the
-    // two measured sizes around it (said so in the text).
-    var ok = pts.filter(function (p) { return p[1] !== null; });
-    for (var i = 0; i < ok.length; i++) if (Math.abs(ok[i][0] - f) < 1e-9) return {f: ok[i][1], exact: true};
-    for (i = 1; i < ok.length; i++) {
-      if (ok[i - 1][0] < f && f < ok[i][0]) {
-        var t = (f - ok[i - 1][0]) / (ok[i][0] - ok[i - 1][0]);
-        return {f: ok[i - 1][1] + t * (ok[i][1] - ok[i - 1][1]), exact: false};
-      }
-    }
-    return {f: null, exact: false};
   }
 
   // --- interaction -------------------------------------------------------------------------------------------
