@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: demo test test-fast bench figures models mutation docs clean
+.PHONY: demo test test-fast bench bench-peers figures models mutation docs clean
 
 # Two stamps: the base install (what `make demo` needs) and the extras on top (tests, docs, Ray, SmolLM2).
 $(VENV)/.installed: pyproject.toml
@@ -41,6 +41,18 @@ test-fast: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(PY) -m benchmarks.patching
 
+# The peers' side (benchmarks/peers): TransformerLens 2 and auto-circuit in their own venv, never built by `make test`.
+# EAP-IG and CD_Circuit run from checkouts you name: make bench-peers PEERS_EAP_IG=path PEERS_CD_CIRCUIT=path
+PEERS_VENV := .venv-peers
+$(PEERS_VENV)/.installed: benchmarks/peers/requirements.txt
+	test -x $(PEERS_VENV)/bin/python || python3 -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q torch==2.13.0  # pinned first: the same CPU build as ours, from local disk
+	$(PEERS_VENV)/bin/pip install -q -r benchmarks/peers/requirements.txt
+	touch $@
+
+bench-peers: $(VENV)/.installed-dev $(PEERS_VENV)/.installed
+	PEERS_EAP_IG=$(PEERS_EAP_IG) PEERS_CD_CIRCUIT=$(PEERS_CD_CIRCUIT) $(PY) -m benchmarks.peers --out out/peers.json
+
 figures: $(VENV)/.installed-dev  # every paper figure from analyses/ into figures/ with figures/manifest.json; QUICK=1: quick configurations
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m analyses.figures $(if $(QUICK),--quick) --sweep sweeps/figures.toml --out figures
 
@@ -55,4 +67,4 @@ docs: $(VENV)/.installed-dev  # serve the documentation site on http://127.0.0.1
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 clean:
-	rm -rf $(VENV) out mutants site build dist
+	rm -rf $(VENV) $(PEERS_VENV) out mutants site build dist

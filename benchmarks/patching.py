@@ -1,7 +1,8 @@
 """All-head activation patching: ours vs TransformerLens's `get_act_patch_attn_head_out_all_pos`.
 
-Same model, prompts and metric in one run; prints both times, their ratio and the max absolute
-difference of the patched metric values. `python -m benchmarks.patching [--cases a,b,c] [--repeats R]`
+Same model, prompts and metric in one run, interleaved repetitions, median times; prints both times, their ratio
+and the max absolute difference of the patched metric values.
+`python -m benchmarks.patching [--cases a,b,c] [--repeats R] [--threads T]`
 
   a  2-layer x 8-head toy, 8 prompts of 16 tokens      (per-call overhead dominates)
   b  4-layer x 8-head d_model-128 toy, 16 prompts of 64 (compute dominates)
@@ -11,6 +12,7 @@ difference of the patched metric values. `python -m benchmarks.patching [--cases
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -47,21 +49,25 @@ def transformer_lens(model: Any, task: Any, batch: PromptBatch) -> torch.Tensor:
     return tl_patched(model, task, batch)
 
 
-def timed(fn: Any, repeats: int, *args: Any) -> tuple[float, torch.Tensor]:
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn(*args)
-        best = min(best, time.perf_counter() - start)
-    return best, result
+def interleaved(fns: dict[str, Any], repeats: int, *args: Any) -> dict[str, tuple[float, torch.Tensor]]:
+    """Median seconds and result of each function, run in turn `repeats` rounds (load from other processes on
+    shared cores falls on every side alike) after one untimed round."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    results: dict[str, torch.Tensor] = {}
+    for attempt in range(repeats + 1):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            results[name] = fn(*args)
+            if attempt:
+                times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(times[name]), results[name]) for name in fns}
 
 
 def case(label: str, model: Any, task: Any, n: int, repeats: int) -> dict[str, float]:
     model.eval()
     batch = task.batch(model, n=n, seed=0)
-    timed(ours, 1, model, task, batch)  # warm-up
-    ours_s, ours_result = timed(ours, repeats, model, task, batch)
-    tl_s, tl_result = timed(transformer_lens, repeats, model, task, batch)
+    measured = interleaved({"ours": ours, "tl": transformer_lens}, repeats, model, task, batch)
+    (ours_s, ours_result), (tl_s, tl_result) = measured["ours"], measured["tl"]
     diff = (ours_result - tl_result).abs().max().item()
     print(f"{label:<44} TL {tl_s:8.3f} s   ours {ours_s:8.3f} s   ratio {tl_s / ours_s:6.2f}x   "
           f"max |diff| {diff:.2e}", flush=True)
@@ -71,8 +77,11 @@ def case(label: str, model: Any, task: Any, n: int, repeats: int) -> dict[str, f
 def main(argv: Any = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="a,b,c")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     results = {}
     print(f"torch threads: {torch.get_num_threads()}")

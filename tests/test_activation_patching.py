@@ -127,18 +127,34 @@ def test_chunking_does_not_change_results(induction, random_model):
     assert torch.allclose(one_per_pass, tl_patched(random_model, induction, batch), atol=1e-4)  # and both are right
 
 
-def test_layers_below_the_patched_one_are_not_run_again(induction):
-    """Each block's attention runs once in the caching pass, then once per stacked pass of every lower layer's
-    patches: layer l's runs 1 + l times (all heads of a layer fit one pass here), never for patches at or
-    above it. (Counted at hook_attn_out: hook_resid_pre of block 0 also fires while embedding.)"""
+@pytest.mark.parametrize("memory_mb, expected", [(256.0, [1, 1, 1]), (1e-6, [1, 1 + 4, 1 + 8])],
+                         ids=["one_fused_pass", "one_copy_per_pass"])
+def test_layers_below_the_patched_one_are_not_run_again(induction, memory_mb, expected):
+    """Counted at hook_attn_out (hook_resid_pre of block 0 also fires while embedding). When every copy fits the
+    budget, the whole measurement is one pass: every block's attention runs once, the patched copies joining the
+    stack after their layer. With one copy per pass, layer l's attention runs once in the caching pass, then once
+    per patched pass of each head below it: never for patches at or above it."""
     model = toy(ToyConfig(n_layers=3, n_heads=4, d_model=32, seed=3))
     calls = [0, 0, 0]
     for layer in range(3):
         model.hook_dict[hooks.site(model, layer, "attn_out")].add_hook(
             lambda t, hook, layer=layer: calls.__setitem__(layer, calls[layer] + 1))
-    ActivationPatching().measure(model, induction, induction.batch(model, n=2, seed=0)).values
+    ActivationPatching(memory_mb=memory_mb).measure(model, induction, induction.batch(model, n=2, seed=0)).values
     model.reset_hooks()
-    assert calls == [1, 2, 3]
+    assert calls == expected
+
+
+def test_fused_pass_equals_layer_by_layer_passes(induction):
+    """The one-pass measurement (every copy fits) gives the layer-by-layer numbers, MLPs included, both directions."""
+    model = toy(ToyConfig(n_layers=3, n_heads=4, d_model=32, attn_only=False, d_mlp=64, seed=5))
+    batch = induction.batch(model, n=3, seed=1)
+    for direction in ("denoising", "noising"):
+        fused = ActivationPatching(direction=direction).measure(model, induction, batch)
+        layered = ActivationPatching(direction=direction, memory_mb=1e-6).measure(model, induction, batch)
+        assert torch.allclose(fused.values.heads, layered.values.heads, atol=1e-5)
+        assert (fused.clean, fused.corrupted) == pytest.approx((layered.clean, layered.corrupted), abs=1e-5)
+    assert torch.allclose(ActivationPatching().measure(model, induction, batch).values.heads,
+                          tl_patched(model, induction, batch), atol=1e-4)
 
 
 def test_parallel_attention_and_mlp_blocks_are_refused(induction):

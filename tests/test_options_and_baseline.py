@@ -70,10 +70,10 @@ class WrongShape:
 
 def test_a_metric_of_the_wrong_shape_is_named():
     model = circuits.models.toy(n_layers=1, n_heads=2, d_model=8, d_vocab=16, n_ctx=8)
-    # base and source prompts run stacked: 2 x 3 rows
+    # one pass: base and source prompts and the 2 heads' patched copies stacked, 4 x 3 rows
     with pytest.raises(MetricError, match=r"wrong-shape.metric returned \(1,\) for 3 prompts; expected one value "
-                                          r"per prompt, a tensor of shape \(3,\) \(here 2 stacked copies of them: "
-                                          r"shape \(6,\)\)"):
+                                          r"per prompt, a tensor of shape \(3,\) \(here 4 stacked copies of them: "
+                                          r"shape \(12,\)\)"):
         circuits.discover(model, WrongShape(), n=3)
 
 

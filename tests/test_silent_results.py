@@ -205,7 +205,7 @@ class Averaged(Sixteen):
 
 def test_a_metric_returning_a_scalar_names_the_users_n():
     with pytest.raises(MetricError, match=r"averaged.metric returned \(\) for 4 prompts; expected one value per prompt, "
-                                          r"a tensor of shape \(4,\) \(here 2 stacked copies"):
+                                          r"a tensor of shape \(4,\) \(here \d+ stacked copies"):
         circuits.discover(tiny(), Averaged(), n=4)
 
 

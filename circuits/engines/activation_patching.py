@@ -4,7 +4,9 @@ Denoising (default): run the corrupted prompts with one head's output set to its
 the reverse. Each patched run starts at the patched layer from the cached residual stream plus the head's
 change through W_O, so layers below it are not run again; copies of the batch that patch different
 heads are stacked into one forward pass (chunked to `memory_mb`), and only read-out positions are
-unembedded. Scores: `kit.Baseline.normalise` of the patched metric's change.
+unembedded. When every layer's copies fit the budget, the whole measurement is one pass (`fused_head_patches`):
+base and source prompts run stacked, and each layer's patched copies join the stack after that layer's attention.
+Scores: `kit.Baseline.normalise` of the patched metric's change.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional
 
+import einops
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from circuits import forward, hooks
 from circuits._task import PromptBatch
 from circuits.engines import base, kit
 from circuits.engines.kit import Measurement, PatchRuns
@@ -52,6 +56,11 @@ class ActivationPatching(base.EngineBase):
     def measure(self, model: Any, task: Any, batch: PromptBatch) -> Measurement[HeadPatches]:
         """Patched metric means `HeadPatches` for a batch you built yourself."""
         with base.session(model):
+            ready = kit.on_model(model, batch)
+            cfg = model.cfg
+            copies = cfg.n_layers * cfg.n_heads + 2  # every head's copy plus the base and source rows
+            if not self.per_position and copies <= kit.copies_per_pass(model, ready, self.memory_mb):
+                return fused_head_patches(model, task, ready, self.direction)
             runs = PatchRuns.prepare(model, task, batch, self.direction)
             return runs.measured(self._patch_heads(runs))
 
@@ -91,3 +100,47 @@ class ActivationPatching(base.EngineBase):
                         positions[layer, h, p] = values[i]
         bar.close()
         return HeadPatches(heads, positions)
+
+
+def fused_head_patches(model: Any, task: Any, batch: PromptBatch, direction: str) -> Measurement[HeadPatches]:
+    """Every head's patch in one pass, for a `batch` made ready (`kit.on_model`). Base and source prompts run
+    stacked, block by block; after block l, each of its heads' patched copy (the base run's residual after the
+    attention, plus that head's change through W_O, then the block's MLP) joins the stack and runs the later
+    blocks with them; one unembedding and one metric call at the end. The same blocks are computed as by the
+    caching pass plus a patched pass per layer; the calls are a third or fewer (the overhead-bound case)."""
+    kit.check_direction(direction)
+    kit.check_sequential(model)
+    cfg, n = model.cfg, batch.size
+    base_in, source_in = (batch.corrupted, batch.clean) if direction == "denoising" else (batch.clean, batch.corrupted)
+    captured: dict[tuple[int, str], Tensor] = {}
+
+    def keep(layer: int, kind: str):  # only the base and source rows: the copies' values are not needed
+        return lambda tensor, hook: captured.__setitem__((layer, kind), tensor[: 2 * n].detach())
+
+    fwd = [(hooks.site(model, layer, kind), keep(layer, kind))
+           for layer in range(cfg.n_layers) for kind in ("z", "attn_out")]
+    with hooks.attached(model, fwd):
+        residual = forward.embed(model, torch.cat([base_in, source_in]))
+        copies: Optional[Tensor] = None
+        for layer in range(cfg.n_layers):
+            rows = residual if copies is None else torch.cat([residual, copies.to(residual.device)])
+            out = forward.run_blocks(model, rows, layer, layer + 1)
+            z, attn_out = captured[layer, "z"], captured[layer, "attn_out"]
+            mid = residual[:n].to(attn_out.device) + attn_out[:n]
+            w_o = kit.output_weights(model, layer).to(z.device)
+            delta = einops.einsum(z[n:] - z[:n], w_o,
+                                  "batch pos head d_head, head d_head d_model -> head batch pos d_model")
+            joining = einops.rearrange(mid[None] + delta.to(mid.device), "head batch pos d -> (head batch) pos d")
+            joining = kit.finish_block(model, layer, joining)
+            residual = out[: 2 * n]
+            copies = joining if copies is None else torch.cat([out[2 * n:], joining.to(out.device)])
+        stacked = 2 + cfg.n_layers * cfg.n_heads
+        everything = torch.cat([residual, copies.to(residual.device)])
+        logits = forward.unembed(model, everything, batch.position.repeat(stacked))
+    means = kit.metric_means(task, logits, batch, stacked)
+    base_metric, source_metric = float(means[0]), float(means[1])
+    clean, corrupted = (source_metric, base_metric) if direction == "denoising" else (base_metric, source_metric)
+    if kit.gap_is_required():
+        kit.Baseline(clean=clean, corrupted=corrupted)  # UndefinedScoreError, as `kit.Runs.prepare` raises it
+    heads = means[2:].view(cfg.n_layers, cfg.n_heads).cpu()
+    return Measurement(clean, corrupted, HeadPatches(heads), batch)

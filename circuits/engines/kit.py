@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -46,6 +47,11 @@ def gap_required() -> Iterator[None]:
         yield
     finally:
         _GAP_REQUIRED.reset(token)
+
+
+def gap_is_required() -> bool:
+    """Whether the caller asked (`gap_required`) for prompts with no clean/corrupted gap to be refused."""
+    return _GAP_REQUIRED.get()
 
 
 def check_direction(direction: str) -> None:
@@ -134,6 +140,21 @@ def read_out_and_cache(model: Any, inputs: Tensor, names: list[str],
 
 
 PROGRESS_PARAMETERS = 20_000_000  # models with fewer parameters (the toy models) run without a progress bar
+_PARAMETER_COUNTS: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
+
+
+def parameter_count(model: Any) -> int:
+    """The number of parameters of `model`, counted once per model (walking a bridge's parameters takes ~1 ms,
+    a fifth of a small patching run)."""
+    try:
+        return _PARAMETER_COUNTS[model]
+    except (KeyError, TypeError):
+        count = sum(p.numel() for p in model.parameters())
+        try:
+            _PARAMETER_COUNTS[model] = count
+        except TypeError:  # not weakly referenceable: count every time
+            pass
+        return count
 
 
 def progress(model: Any, total: int, description: str, enabled: bool = True) -> Any:
@@ -142,7 +163,7 @@ def progress(model: Any, total: int, description: str, enabled: bool = True) -> 
     ``progress`` option). Use it as a context manager and call ``update(steps)``."""
     from tqdm.auto import tqdm
 
-    large = enabled and sum(p.numel() for p in model.parameters()) >= PROGRESS_PARAMETERS
+    large = enabled and parameter_count(model) >= PROGRESS_PARAMETERS
     return tqdm(total=total, desc=description, disable=not large, leave=False, delay=1.0)
 
 
@@ -239,9 +260,7 @@ class PatchRuns(Runs):
     @classmethod
     def prepare(cls, model: Any, task: Any, batch: PromptBatch, direction: Direction,
                 sites: Iterable[Site] = ()) -> "PatchRuns":
-        if getattr(model.cfg, "parallel_attn_mlp", False):
-            raise IncompatibleModelError("patching restarts at the patched layer, which assumes sequential "
-                                         "attention then MLP; this model runs them in parallel")
+        check_sequential(model)
         runs = Runs.prepare(model, task, batch, direction, [*every_layer(model, "resid_pre", "attn_out", "z"), *sites])
         layers = range(model.cfg.n_layers)
         # On a model spread over devices, a block's input may be captured before the block moves it to its own
@@ -265,6 +284,12 @@ class PatchRuns(Runs):
         position = self.batch.position.repeat(copies)
         logits = forward.run_from(self.model, residual, layer + 1, position)
         return metric_means(self.task, logits, self.batch, copies)
+
+
+def check_sequential(model: Any) -> None:
+    if getattr(model.cfg, "parallel_attn_mlp", False):
+        raise IncompatibleModelError("patching restarts at the patched layer, which assumes sequential "
+                                     "attention then MLP; this model runs them in parallel")
 
 
 def output_weights(model: Any, layer: int) -> Float[Tensor, "head d_head d_model"]:
