@@ -11,8 +11,11 @@ CMD = area between it and 1) against random circuits of each size. Writes into D
 - compare.md and compare.csv: one table of CPR/CMD for all tasks x engines (and the random baseline), then
   each task's detailed table; summary.json: the headline numbers (for `make figures`' manifest).
 
-Engines run with their defaults, except path patching only to the logits and CD-T with no head -> head edges:
-their head scores are the same (what reaches the logits), the edges they skip are not compared here.
+Engines that score edges into heads' q/k/v inputs (path patching, edge attribution) are judged by MIB edge circuits
+(edge ablation by patching, CPR/CMD against random edge circuits), the others by head circuits (`circuits.compare`);
+every table row says which. Engines run with their defaults, except CD-T with no head -> head edges (its head scores
+are the same; its edges measure shares, so it is judged by heads either way) and, on SmolLM2, path patching only to
+the logits (every head as a receiver is too slow there): then it has no q/k/v edges and is judged by heads.
 Faithfulness is measured on prompts held out from the engines' (seed 1, reference means seed 2).
 """
 
@@ -36,8 +39,9 @@ if TYPE_CHECKING:  # imported when used: `circuits compare --help` (add_argument
     from circuits.comparison import Comparison
     from circuits.graph import HeadGraph
 
-ENGINE_OPTIONS = {"path_patching": {"receivers": "logits", "per_input": False}, "cdt": {"receiver_count": 0}}
+ENGINE_OPTIONS = {"cdt": {"receiver_count": 0}}
 BUNDLED = ("factual_recall", "capitals")  # tasks on SmolLM2: loaded once, smaller settings
+BUNDLED_OPTIONS = {"path_patching": {"receivers": "logits", "per_input": False}}  # SmolLM2: to the logits only
 
 
 @dataclass(frozen=True)
@@ -84,8 +88,9 @@ def compare_task(task: Any, model: Any, settings: Settings, engine_names: Sequen
             print(f"  {engine}: from the sweep (n={graphs[engine].meta.get('n')})", flush=True)
             continue
         start = time.perf_counter()
-        graphs[engine] = circuits.discover(model, task, engine=engine, n=settings.n, seed=0,
-                                           **ENGINE_OPTIONS.get(engine, {}))
+        options = {**ENGINE_OPTIONS.get(engine, {}),
+                   **(BUNDLED_OPTIONS.get(engine, {}) if getattr(task, "name", None) in BUNDLED else {})}
+        graphs[engine] = circuits.discover(model, task, engine=engine, n=settings.n, seed=0, **options)
         seconds[engine] = round(time.perf_counter() - start, 2)
         print(f"  {engine}: {seconds[engine]} s; top {graphs[engine].top(3, by='absolute')}", flush=True)
     start = time.perf_counter()
@@ -103,17 +108,23 @@ def record(result: Comparison, seconds: dict[str, float],
             "rows": result.rows(), "top": result.top,
             "spearman": {f"{a} · {b}": rho for (a, b), rho in result.spearman.items()},
             "jaccard": {f"{a} · {b}": value for (a, b), value in result.jaccard.items()},
+            "kinds": result.kinds,
             "curves": {name: {"sizes": c.sizes, "faithfulness": c.faithfulness} for name, c in result.curves.items()},
             "random": {"sizes": result.random.sizes, "faithfulness": result.random.faithfulness,
-                       "draws": result.random_draws}}
+                       "draws": result.random_draws},
+            "edge_curves": None if result.edges is None else {
+                "ablation": result.edges.ablation, "total_edges": result.edges.total_edges,
+                "full": result.edges.full, "empty": result.edges.empty,
+                "curves": {name: vars(c) for name, c in result.edges.curves.items()},
+                "random": vars(result.edges.random), "random_draws": result.edges.random_draws}}
 
 
 def overall_table(records: list[dict[str, Any]]) -> str:
-    lines = ["| task | engine | CPR ↑ | CMD ↓ | top-k faithfulness | k |", "|---|---|---|---|---|---|"]
+    lines = ["| task | engine | circuit | CPR ↑ | CMD ↓ | top-k head faithfulness | k |", "|---|---|---|---|---|---|---|"]
     for rec in records:
         k = rec["k"]
         for row in rec["rows"]:
-            lines.append(f"| {rec['task']} | {row['engine']} | {row['cpr']:.3f} | {row['cmd']:.3f} | "
+            lines.append(f"| {rec['task']} | {row['engine']} | {row['kind']} | {row['cpr']:.3f} | {row['cmd']:.3f} | "
                          f"{row[f'faithfulness_top{k}']:.3f} | {k} |")
     return "\n".join(lines)
 
@@ -123,12 +134,12 @@ def write_tables(records: list[dict[str, Any]], details: list[str], out: Path) -
                                     + "\n\n" + "\n\n".join(details) + "\n")
     with (out / "compare.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["task", "model", "engine", "cpr", "cmd", "k", "faithfulness_top_k", "top_k_heads"])
+        writer.writerow(["task", "model", "engine", "cpr", "cmd", "k", "faithfulness_top_k", "top_k_heads", "circuit"])
         for rec in records:
             for row in rec["rows"]:
                 top_k = row[f"faithfulness_top{rec['k']}"]
                 writer.writerow([rec["task"], rec["model"], row["engine"], f"{row['cpr']:.4f}", f"{row['cmd']:.4f}",
-                                 rec["k"], f"{top_k:.4f}", row["top_heads"]])
+                                 rec["k"], f"{top_k:.4f}", row["top_heads"], row["kind"]])
 
 
 def run(task_names: Optional[Sequence[str]] = None, quick: bool = False, out: Path = Path("out/compare"),

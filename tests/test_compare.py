@@ -23,7 +23,9 @@ from circuits.comparison import jaccard, ranked_heads, spearman
 from circuits.errors import InvalidOptionError, MismatchedGraphsError, UnknownNameError
 from circuits.graph import HeadGraph
 
-ENGINE_OPTIONS = {"path_patching": {"receivers": "logits", "per_input": False}, "cdt": {"receiver_count": 0}}
+from circuits.comparison.edges import is_edge_graph
+
+ENGINE_OPTIONS = {"cdt": {"receiver_count": 0}}  # as analyses.compare: path patching scores every edge
 
 
 # --- rank agreement on hand examples --------------------------------------------------------------------------
@@ -181,6 +183,21 @@ def small_graph(engine="activation_patching", task="induction", model="induction
     return graph
 
 
+def test_which_graphs_are_judged_by_edges():
+    """A graph is an edge graph when it scores direct effects into a head's q, k or v input; head -> read-out edges
+    alone, or edges measuring shares or total effects, leave it to head circuits."""
+    to_logits = small_graph("path_patching")
+    to_logits.add_edge("L1H0", "logits", 0.5, effect="direct")
+    assert not is_edge_graph(to_logits)
+    shares = small_graph("cdt")
+    shares.add_edge("L0H1", "L1H0", 0.3, effect="share")
+    assert not is_edge_graph(shares)
+    into_key = small_graph("path_patching")
+    into_key.add_edge("L1H0", "logits", 0.5, effect="direct")
+    into_key.add_edge("L0H3", "L1H0", 0.4, effect="direct", inputs="k")
+    assert is_edge_graph(into_key)
+
+
 def test_typed_errors_name_the_value(induction, induction_model):
     with pytest.raises(InvalidOptionError, match=r"graphs=\[\]"):
         circuits.compare([], induction_model, induction)
@@ -195,7 +212,8 @@ def test_typed_errors_name_the_value(induction, induction_model):
     with pytest.raises(InvalidOptionError, match="is a str; expected a HeadGraph"):
         circuits.compare(["activation_patching"], induction_model, induction)
     for bad, message in ((dict(k=0), r"k=0; expected a number of heads in \[1, 8\]"), (dict(k=9), "k=9"),
-                         (dict(draws=0), "draws=0"), (dict(sizes=[-1]), r"sizes \[-1\]")):
+                         (dict(draws=0), "draws=0"), (dict(sizes=[-1]), r"sizes \[-1\]"),
+                         (dict(edge_ablation="resample"), "'resample'; expected one")):
         with pytest.raises(InvalidOptionError, match=message):
             circuits.compare([small_graph()], induction_model, induction, **bad)
 
@@ -237,14 +255,29 @@ def test_induction_faithfulness(induction_comparison, induction, induction_model
     gap = ablation.full - empty
     assert (without - empty) / gap < 0.1 and (with_it - empty) / gap > 0.8
     table = result.table()
-    assert "| activation_patching |" in table and "Spearman" in table
+    assert "| activation_patching | heads |" in table and "| edge_attribution | edges |" in table and "Spearman" in table
+
+
+def test_induction_edge_circuits(induction_comparison):
+    """Engines that score q/k/v edges are judged by MIB edge circuits against random edge circuits: edge attribution's
+    beat them on CPR and CMD; f is 0 for the empty circuit and 1 for every edge."""
+    result = induction_comparison
+    assert result.kinds == {"activation_patching": "heads", "cdt": "heads", "edge_attribution": "edges",
+                            "path_patching": "edges"}
+    edges = result.edges
+    assert edges.random.signed[0] == 0.0 and edges.random.signed[-1] == pytest.approx(1.0, abs=1e-6)
+    eap = edges.curves["edge_attribution"]
+    assert eap.cpr > edges.random.cpr + 0.03 and eap.cmd < edges.random.cmd - 0.2
+    rows = {row["engine"]: row for row in result.rows()}
+    assert rows["edge_attribution"]["cpr"] == eap.cpr and rows["random_edges"]["kind"] == "edges"
+    assert rows["activation_patching"]["cpr"] == result.curves["activation_patching"].cpr
 
 
 def test_draw_and_rows(induction_comparison, tmp_path):
     induction_comparison.draw(tmp_path / "compare.png")
     assert (tmp_path / "compare.png").stat().st_size > 10_000
     rows = induction_comparison.rows()
-    assert [r["engine"] for r in rows] == [*induction_comparison.engines, "random"]
+    assert [r["engine"] for r in rows] == [*induction_comparison.engines, "random", "random_edges"]
 
 
 # --- SmolLM2 (slow) -------------------------------------------------------------------------------------------------
@@ -259,7 +292,7 @@ def test_smollm2_top_heads_beat_random(bundled_model, task_name, n):
     task = (factual_recall.FactualRecall(templates=facts.TEMPLATES["capital"][:1]) if task_name == "factual_recall"
             else capitals.Capitals(templates=capitals.CONTEXT_TEMPLATES[:1]))
     graph = circuits.discover(bundled_model, task, engine="edge_attribution", method="eap", n=n, seed=0)
-    result = circuits.compare([graph], bundled_model, task, n=4, sizes=[14], draws=3, k=14)
+    result = circuits.compare([graph], bundled_model, task, n=4, sizes=[14], draws=3, k=14, edges=False)
     curve = result.curves["edge_attribution"]
     assert curve.at(14) > max(result.random_draws[1]) + 0.2 and curve.cpr > result.random.cpr
     if task_name == "factual_recall":  # on capitals the top heads overshoot (f ~ 2; docs/compare.md): CMD is not

@@ -6,6 +6,8 @@
     result.jaccard         # {(a, b): overlap of the top-k heads}
     result.curves          # {engine: Curve}: faithfulness of the top heads under mean ablation, CPR and CMD
     result.random          # the same for random circuits of each size (mean over draws)
+    result.kinds           # {engine: "edges" | "heads"}: the kind of circuit each engine's row judges
+    result.edges           # MIB edge curves (`Curves`) of the edge engines and random edge circuits, or None
     print(result.table()); result.draw("compare.png")
 
 Heads are ranked by |score| (a head that hurts the behaviour matters as much as one that helps); heads an engine
@@ -13,6 +15,12 @@ did not score rank last. Faithfulness curves follow the MIB benchmark (Mueller e
 keep the top fraction x of heads, mean-ablate the rest over a reference batch (`circuits.comparison.faithfulness`),
 faithfulness = (m_C − m_∅) / (m_full − m_∅); CPR is the area under the curve (higher is better), CMD the area
 between the curve and 1 (lower is better), both by the trapezoid rule over the fraction kept.
+
+Graphs that score edges into heads' q/k/v inputs (path patching, edge attribution: `comparison.edges.is_edge_graph`)
+are judged as MIB judges them, by **edge circuits** under edge ablation (`circuits.evaluation.curves.edge_curves`:
+CPR by signed score, CMD by |score|, against random edge circuits); the others (activation patching, clamped
+training, CD-T while its head -> head edges measure shares) by **head circuits**. Each row of `rows`/`table` says
+which; head curves are computed for every graph (the head-level view of the edge engines stays in `curves`).
 """
 
 from __future__ import annotations
@@ -29,11 +37,14 @@ import numpy as np
 import torch
 
 from circuits import engines
+from circuits.comparison.edges import EDGES, HEADS, curves_of_edges, kinds as circuit_kinds
 from circuits.comparison.faithfulness import MeanAblation, circuit_sizes, cmd, cpr, masks
 from circuits.comparison.ranking import jaccard, ranked_heads, score_agreement, spearman, top_heads
 from circuits._task import PromptBatch
 from circuits.engines.base import on_model, prompts, session, task_batch
 from circuits.errors import InvalidOptionError, MismatchedGraphsError, UnknownNameError
+from circuits.evaluation.ablations import ABLATIONS
+from circuits.evaluation.curves import Curves
 from circuits.graph import HeadGraph
 from circuits.nodes import all_heads
 
@@ -76,6 +87,8 @@ class Comparison:
     metric_empty: float
     settings: dict[str, Any] = field(default_factory=dict)
     shared_prompts: int = 0  # faithfulness prompts that are also among the engines' prompts (0: truly held out)
+    kinds: dict[str, str] = field(default_factory=dict)  # engine -> "edges" | "heads" (the circuits its row judges)
+    edges: Optional[Curves] = None  # MIB edge curves of the edge engines and of random edge circuits
 
     @property
     def held_out_note(self) -> str:
@@ -88,14 +101,37 @@ class Comparison:
                 "are also among the prompts the engines scored (the task ignores seed, or draws from few prompts): "
                 "on those, faithfulness is measured on the engines' own prompts")
 
+    @property
+    def empty_edge_note(self) -> str:
+        """Empty unless some edge engine's circuits are all empty after pruning (no chosen edge on an input ->
+        read-out path, e.g. a graph with no edge from the input): then which, since their CPR is 0 by construction."""
+        if self.edges is None:
+            return ""
+        empty = [name for name, c in self.edges.curves.items() if not any(c.edges_signed) and not any(c.edges_absolute)]
+        return "" if not empty else (f"{', '.join(empty)}: every edge circuit is empty after pruning (none of its "
+                                     "scored edges lies on an input -> read-out path: it scores no edge from the "
+                                     "input), so its edge CPR is 0 and CMD about 1 whatever its ranking")
+
+    def kind(self, name: str) -> str:
+        return self.kinds.get(name, HEADS)
+
     def rows(self) -> list[dict[str, Any]]:
-        """One row per engine and one for the random baseline: CPR, CMD, the top heads, and faithfulness at k."""
+        """One row per engine and one per random baseline (``random``: head circuits; ``random_edges``: edge
+        circuits, when an engine is judged by edges): the kind of circuit, its CPR and CMD, the head-level
+        faithfulness of the top k heads (every engine) and the top heads."""
         out = []
-        for name in [*self.engines, "random"]:
-            curve = self.random if name == "random" else self.curves[name]
-            out.append({"task": self.task, "engine": name, "cpr": curve.cpr, "cmd": curve.cmd,
-                        f"faithfulness_top{self.k}": curve.at(self.k) if self.k in curve.sizes else float("nan"),
-                        "top_heads": "" if name == "random" else " ".join(self.top[name][: self.k])})
+        names = [*self.engines, "random"] + (["random_edges"] if self.edges is not None else [])
+        for name in names:
+            kind = EDGES if name == "random_edges" else self.kind(name)
+            head_curve = (self.random if name in ("random", "random_edges") else self.curves[name])
+            if kind == EDGES:
+                curve = self.edges.random if name == "random_edges" else self.edges.curves[name]
+            else:
+                curve = head_curve
+            out.append({"task": self.task, "engine": name, "kind": kind, "cpr": curve.cpr, "cmd": curve.cmd,
+                        f"faithfulness_top{self.k}": (head_curve.at(self.k) if name != "random_edges"
+                                                      and self.k in head_curve.sizes else float("nan")),
+                        "top_heads": "" if name.startswith("random") else " ".join(self.top[name][: self.k])})
         return out
 
     def table(self) -> str:
@@ -104,10 +140,15 @@ class Comparison:
                  f"{self.metric_empty:.3f}", ""]
         if self.held_out_note:
             lines += [f"> **Warning:** {self.held_out_note}.", ""]
-        lines += [f"| engine | CPR ↑ | CMD ↓ | faithfulness of top {self.k} | top {self.k} heads (by abs. score) |",
-                  "|---|---|---|---|---|"]
+        if self.edges is not None:
+            lines += [f"Edge circuits: {self.edges.ablation} ablation of the {self.edges.total_edges} edges, metric "
+                      f"full {self.edges.full:.3f}, empty circuit {self.edges.empty:.3f}; head circuits: mean "
+                      "ablation of hook_z. Each kind is measured against random circuits of its own kind.", ""]
+            lines += [f"> **Note:** {note}.", ""] if (note := self.empty_edge_note) else []
+        lines += [f"| engine | circuit | CPR ↑ | CMD ↓ | head faithfulness of top {self.k} | "
+                  f"top {self.k} heads (by abs. score) |", "|---|---|---|---|---|---|"]
         for row in self.rows():
-            lines.append(f"| {row['engine']} | {row['cpr']:.3f} | {row['cmd']:.3f} | "
+            lines.append(f"| {row['engine']} | {row['kind']} | {row['cpr']:.3f} | {row['cmd']:.3f} | "
                          f"{row[f'faithfulness_top{self.k}']:.3f} | {row['top_heads']} |")
         if self.spearman:
             lines += ["", f"| engine pair | Spearman of abs. scores | Jaccard of top {self.k} |", "|---|---|---|"]
@@ -123,7 +164,8 @@ class Comparison:
 
 def compare(graphs: Union[Sequence[Any], Mapping[str, Any]], model: Any, task: Any, *, n: int = 32,
             seed: int = 1, reference_seed: Optional[int] = None, sizes: Optional[Sequence[int]] = None,
-            draws: int = 5, k: Optional[int] = None, memory_mb: float = 256.0) -> Comparison:
+            draws: int = 5, k: Optional[int] = None, memory_mb: float = 256.0, edges: bool = True,
+            edge_ablation: str = "patching") -> Comparison:
     """Compare engines' HeadGraphs of `task` on `model`.
 
     graphs: HeadGraphs from registered engines (labelled by ``meta["engine"]``), or a mapping label -> graph.
@@ -132,6 +174,8 @@ def compare(graphs: Union[Sequence[Any], Mapping[str, Any]], model: Any, task: A
     sizes: circuit sizes in heads (0 and all heads are always added; default: see `circuit_sizes`).
     draws: random circuits per size, the baseline (all of them where a size has no more than `draws`).
     k: the top-k of the Jaccard overlap (default: 5% of the heads, at least 2, fewer than all).
+    edges: judge graphs that score q/k/v edges by MIB edge circuits (`comparison.edges`; `draws` random edge
+    circuits per fraction, `edge_ablation` as in `circuits.evaluate`); False judges every graph by its heads.
     Bad input raises a typed error before any forward pass.
     """
     labelled = _labelled(graphs, model, task)
@@ -144,6 +188,10 @@ def compare(graphs: Union[Sequence[Any], Mapping[str, Any]], model: Any, task: A
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= total:
         raise InvalidOptionError(f"k={k!r}; expected a number of heads in [1, {total}]")
     reference_seed = seed + 1 if reference_seed is None else reference_seed
+    if edges not in (True, False):
+        raise InvalidOptionError(f"edges={edges!r}; expected True (edge circuits for edge graphs) or False")
+    if edge_ablation not in ABLATIONS:
+        raise InvalidOptionError(f"edge_ablation={edge_ablation!r}; expected one of {ABLATIONS}")
 
     names = list(labelled)
     ranked = {name: ranked_heads(graph) for name, graph in labelled.items()}
@@ -175,12 +223,16 @@ def compare(graphs: Union[Sequence[Any], Mapping[str, Any]], model: Any, task: A
     fraction = [size / total for size in sizes]
     curves = {name: Curve(sizes, fraction, [row[i] for row in engine_values]) for i, name in enumerate(names)}
     random = Curve(sizes, fraction, [float(np.mean(row)) for row in random_values])
+    kinds = circuit_kinds(labelled) if edges else {name: HEADS for name in names}
+    edge_result = curves_of_edges(model, task, {name: labelled[name] for name in names if kinds[name] == EDGES},
+                                  ablation=edge_ablation, n=n, seed=seed, draws=draws, memory_mb=memory_mb)
     return Comparison(task=task.name, model=_model_name(model), engines=names, k=k, top=ranked, spearman=rho,
                       jaccard=overlap, curves=curves, random=random, random_draws=random_values,
                       metric_full=ablation.full, metric_empty=empty,
                       settings=dict(n=n, seed=seed, reference_seed=reference_seed, draws=draws, sizes=sizes,
-                                    ranking="absolute score, unscored heads last", ablation="mean of hook_z"),
-                      shared_prompts=shared)
+                                    ranking="absolute score, unscored heads last", ablation="mean of hook_z",
+                                    edge_ablation=edge_ablation if edge_result is not None else None),
+                      shared_prompts=shared, kinds=kinds, edges=edge_result)
 
 
 def engine_batches(graphs: Mapping[str, HeadGraph]) -> list[tuple[int, int]]:
