@@ -27,6 +27,7 @@ import circuits
 from circuits import LOGITS, models
 from circuits.comparison import spearman
 from circuits.engines import CDT, PathPatching
+from circuits.nodes import all_heads
 from circuits.graph import HeadGraph
 
 RECEIVERS = 10
@@ -51,7 +52,9 @@ def compare(label: str, model: Any, task: Any, n: int, receivers: int, repeats: 
             loop: bool = False) -> dict[str, float]:
     t_cdt, cdt = timed(CDT(receiver_count=receivers), model, task, n, repeats)
     top = sorted({r for _, r in cdt.nx.edges() if r != LOGITS})  # CD-T's top receivers outside layer 0
-    path_patching = PathPatching(receivers=tuple(top) + (LOGITS,), per_input=False)
+    # head senders only: CD-T scores no embed or MLP edges, so the exact side measures the same edges
+    heads = tuple(h.name for h in all_heads(model.cfg))
+    path_patching = PathPatching(senders=heads, receivers=tuple(top) + (LOGITS,), per_input=False)
     t_exact, exact = timed(path_patching, model, task, n, repeats)
     if loop:  # the literal per-pair loop (two hooked full passes per edge), as the paper's baselines run
         from tests.references import pair_loop

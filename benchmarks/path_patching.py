@@ -37,7 +37,7 @@ def floor_time(model: Any, task: Any, batch: PromptBatch, engine: PathPatching) 
         per_copy = kit.copies_per_pass(model, runs.batch, engine.memory_mb)
         start = time.perf_counter()
         for layer in range(model.cfg.n_layers):
-            n_senders = sum(1 for s in senders if s.layer < layer)
+            n_senders = sum(1 for s in senders if getattr(s, "layer", -1) < layer)  # embed (no layer) comes first
             copies = n_senders * sum(1 for r in receivers if r.layer == layer) * len(engine._combos())
             for chunk in kit.chunks(copies, per_copy):
                 runs.finish(layer, runs.base_resid[layer].new_zeros((len(chunk),) + runs.base_resid[layer].shape))

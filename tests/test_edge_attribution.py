@@ -287,7 +287,9 @@ def test_induction_top_head_and_its_previous_token_key_edge(method, induction, i
     top = max(layer_1(graph.scores()).items(), key=lambda item: item[1])[0]
     assert top == max(layer_1(patched.scores()).items(), key=lambda item: item[1])[0]
     keys = {u: d["score_k"] for u, _, d in graph.nx.in_edges(top, data=True) if "score_k" in d}
-    strongest = max(keys, key=lambda u: abs(keys[u]))
+    # among head senders, as exact path patching below: on the shipped induction model EAP's gradient scores the
+    # embed -> L1H0<k> edge (-0.023) a hair above L0H3's (-0.020), where exact patching gives -0.024 and -0.347
+    strongest = max((u for u in keys if u != EMBED), key=lambda u: abs(keys[u]))
     assert strongest == "L0H3" and keys[strongest] < 0
     exact = PathPatching(senders=tuple(k for k in keys if k != EMBED), receivers=(top,)).run(
         induction_model, induction, n=32, seed=0)
@@ -364,4 +366,6 @@ def test_benchmark_quick_form_agrees_with_path_patching():
 
     assert spearman([1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 40.0, 30.0]) == pytest.approx(0.8)
     results = main(["--quick"])["toy"]
-    assert results["EAP"]["spearman_top"] > 0.9 and results["EAP"]["edges"] == 8 * 8 * 6 + 32
+    # path patching's default senders now include the input: 8x8 head pairs x 6 layer gaps + 32 heads -> logits,
+    # plus embed -> each of the 32 heads and the logits
+    assert results["EAP"]["spearman_top"] > 0.9 and results["EAP"]["edges"] == 8 * 8 * 6 + 32 + 33
