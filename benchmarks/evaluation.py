@@ -25,23 +25,12 @@ import circuits
 from circuits import forward, models, nodes
 from circuits.engines.base import prompts, session
 from circuits.evaluation import FRACTIONS, edge_curves
-from tests.references import RandomTokens, edge_circuit_metric, literal_ablations
+from tests.references import RandomTokens, edge_circuit_metric, literal_ablations, random_edge_graph
 
 
 def random_graph(model: Any, seed: int = 0) -> circuits.HeadGraph:
     """Every edge of `model` scored at random, q/k/v apart (the shape edge attribution writes)."""
-    graph = circuits.HeadGraph(n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads, meta={"engine": "random_scores"})
-    g = torch.Generator().manual_seed(seed)
-    pairs: dict = {}
-    for edge in nodes.all_edges(model):
-        pairs.setdefault((edge.sender.name, edge.receiver.name), {})[edge.input] = float(torch.randn(1, generator=g))
-    for (u, v), scores in pairs.items():
-        if None in scores:
-            graph.add_edge(u, v, scores[None], effect="direct")
-        else:
-            graph.add_edge(u, v, sum(scores.values()), effect="direct", inputs="q+k+v",
-                           **{f"score_{i}": s for i, s in scores.items()})
-    return graph
+    return random_edge_graph(model, torch.Generator().manual_seed(seed), {"engine": "random_scores"})
 
 
 def median_time(fn: Any, repeats: int) -> tuple[float, Any]:

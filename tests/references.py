@@ -337,3 +337,22 @@ def edge_circuit_metric(model: Any, task: Any, batch: PromptBatch, circuit: Any,
             resid = resid + mlp_out
     logits = forward.unembed(model, rebuilt(resid, LOGITS), batch.position)
     return metric_mean(task, logits, batch)
+
+
+def random_edge_graph(model_or_cfg: Any, generator: torch.Generator, meta: dict) -> "HeadGraph":
+    """Every edge of a model (or config) scored at random from `generator`, head receivers' q/k/v apart, in the
+    shape edge attribution writes (a per-input `score_q/k/v` and their sum on one networkx edge)."""
+    from circuits import HeadGraph, nodes
+
+    cfg = nodes.config_of(model_or_cfg)
+    graph = HeadGraph(n_layers=cfg.n_layers, n_heads=cfg.n_heads, meta=meta)
+    pairs: dict = {}
+    for edge in nodes.all_edges(model_or_cfg):
+        pairs.setdefault((edge.sender.name, edge.receiver.name), {})[edge.input] = float(torch.randn(1, generator=generator))
+    for (u, v), scores in pairs.items():
+        if None in scores:
+            graph.add_edge(u, v, scores[None], effect="direct")
+        else:
+            graph.add_edge(u, v, sum(scores.values()), effect="direct", inputs="q+k+v",
+                           **{f"score_{i}": s for i, s in scores.items()})
+    return graph

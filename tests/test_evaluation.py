@@ -16,7 +16,7 @@ from circuits.engines.base import prompts, session
 from circuits.errors import InvalidEdgeError, InvalidOptionError
 from circuits.evaluation import ABLATIONS, evaluate, head_circuit
 from circuits.evaluation.faithfulness import EdgeIndex, prepare
-from tests.references import RandomTokens, edge_circuit_metric, literal_ablations
+from tests.references import RandomTokens, edge_circuit_metric, literal_ablations, random_edge_graph
 from tests.tiny_hf import save_tiny_llama
 
 TASK = RandomTokens(seq_len=6)
@@ -128,18 +128,7 @@ def test_bad_circuits_and_ablations_are_typed_errors_naming_them():
 # --- MIB's curve and areas ----------------------------------------------------------------------------------
 def scored_graph(model, seed):
     """Every edge of `model` scored at random (head receivers' q/k/v apart), as an engine's graph would be."""
-    graph = circuits.HeadGraph(n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads, meta={"engine": f"g{seed}"})
-    g = torch.Generator().manual_seed(seed)
-    pairs: dict = {}
-    for edge in nodes.all_edges(model):
-        pairs.setdefault((edge.sender.name, edge.receiver.name), {})[edge.input] = float(torch.randn(1, generator=g))
-    for (u, v), scores in pairs.items():
-        if None in scores:
-            graph.add_edge(u, v, scores[None], effect="direct")
-        else:
-            graph.add_edge(u, v, sum(scores.values()), effect="direct", inputs="q+k+v",
-                           **{f"score_{i}": s for i, s in scores.items()})
-    return graph
+    return random_edge_graph(model, torch.Generator().manual_seed(seed), {"engine": f"g{seed}"})
 
 
 def mib_areas(fractions, faithfulness_signed, faithfulness_absolute):

@@ -12,6 +12,7 @@ import torch
 from circuits import Edge, HeadGraph, nodes
 from circuits.errors import GraphFileError, MissingOptionError
 from circuits.mib import mib_edge_name, read_circuit
+from tests.references import random_edge_graph
 
 
 def mib_edge_names(n_layers, n_heads):
@@ -35,17 +36,9 @@ def test_our_edges_are_mibs_edges():
 
 def engine_graph(seed=0):
     """A graph as edge attribution writes it: every edge of a 2-layer, 2-head model with MLPs, q/k/v apart."""
-    graph = HeadGraph(n_layers=2, n_heads=2, meta={"engine": "edge_attribution", "options": {"steps": (1, 2)}})
     g = torch.Generator().manual_seed(seed)
-    pairs: dict = {}
-    for edge in nodes.all_edges(SimpleNamespace(n_layers=2, n_heads=2, attn_only=False)):
-        pairs.setdefault((edge.sender.name, edge.receiver.name), {})[edge.input] = float(torch.randn(1, generator=g))
-    for (u, v), scores in pairs.items():
-        if None in scores:
-            graph.add_edge(u, v, scores[None], effect="direct")
-        else:
-            graph.add_edge(u, v, sum(scores.values()), effect="direct", inputs="q+k+v",
-                           **{f"score_{i}": s for i, s in scores.items()})
+    graph = random_edge_graph(SimpleNamespace(n_layers=2, n_heads=2, attn_only=False), g,
+                              {"engine": "edge_attribution", "options": {"steps": (1, 2)}})
     for name in ["L0H0", "L0H1", "L1H0", "L1H1", "M0", "M1"]:
         graph.add_node(name, float(torch.randn(1, generator=g)))
     return graph
