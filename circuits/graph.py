@@ -223,19 +223,24 @@ class HeadGraph:
         each input it covers (``inputs``, e.g. ``"q+k+v"``; all three when the edge does not say). Unscored edges
         (no score, NaN) are left out; `effect` as in `top_edges`."""
         out = []
+        nodes: dict[str, Node] = {}  # each name parsed once: a large model's graph has ~10^5 edges
         for u, v, score in self._scored_edges(effect):
-            receiver = parse_node(v)
+            for name in (u, v):
+                if name not in nodes:
+                    nodes[name] = parse_node(name)
+            sender, receiver = nodes[u], nodes[v]
             if not isinstance(receiver, Head):
-                out.append((Edge(u, receiver), score))
+                out.append((Edge(sender, receiver), score))
                 continue
+            Edge(sender, receiver, INPUTS[0])  # the pair checked once (a typed error for a backward edge) ...
             data = self.nx.edges[u, v]
             covered = str(data.get("inputs") or "+".join(INPUTS)).split("+")
-            for i in INPUTS:
+            for i in INPUTS:  # ... and its q, k, v edges built unchecked
                 own = data.get(f"score_{i}")
                 if own is not None and not math.isnan(own):
-                    out.append((Edge(u, receiver, i), float(own)))
+                    out.append((Edge.between(sender, receiver, i), float(own)))
                 elif i in covered and own is None:
-                    out.append((Edge(u, receiver, i), score))
+                    out.append((Edge.between(sender, receiver, i), score))
         return out
 
     def edge_total(self) -> int:

@@ -19,7 +19,10 @@ from circuits import tokens
 from tasks.prompt_pairs import PromptPairs
 
 IOI = Path(__file__).parent / "data" / "ioi_hand.jsonl"
-OPTIONS = {"path_patching": ["--option", "receivers=logits", "--option", "per_input=false"]}  # heads -> logits only
+# The cheapest form of each engine on SmolLM2 (the full-size timings are in the note): path patching heads -> logits,
+# EAP's one gradient pass, CD-T's head -> logits scores without head -> head edges.
+OPTIONS = {"path_patching": ["--option", "receivers=logits", "--option", "per_input=false"],
+           "edge_attribution": ["--option", "method=eap"], "cdt": ["--option", "receiver_count=0"]}
 
 
 def rows() -> list[dict]:

@@ -46,7 +46,7 @@ from circuits.engines import base, coverage, kit
 from circuits.engines.kit import Measurement
 from circuits.errors import InvalidOptionError, MetricError
 from circuits.graph import HeadGraph
-from circuits.nodes import EMBED, INPUTS, LOGITS, MLP, Head
+from circuits.nodes import EMBED, INPUTS, LOGITS, MLP, Head, parse_node
 
 METHODS = ("eap", "eap_ig_inputs", "eap_ig_activations", "eap_ig_stagewise")
 QUADRATURES = ("midpoint", "base_end", "source_end")
@@ -427,13 +427,15 @@ def edge_graph(layout: Layout, scores: Float[Tensor, "writer reader"]) -> HeadGr
             others.append((node, r))
     stage = {name: s for name, s in writers}
     reader_stage = {node: s for node, _, s in readers}
+    nodes = {name: parse_node(name) for name in [*stage, *reader_stage]}  # parsed once: ~10^5 edges on SmolLM2
     for w, (writer, _) in enumerate(writers):
         row = values[w]
         for node, columns in heads.items():
             if stage[writer] < reader_stage[node]:
                 per = {f"score_{i}": row[c] for i, c in columns.items()}
-                graph.add_edge(writer, node, sum(per.values()), effect="direct", inputs="+".join(INPUTS), **per)
+                graph.add_edge(nodes[writer], nodes[node], sum(per.values()), effect="direct", inputs="+".join(INPUTS),
+                               **per)
         for node, c in others:
             if stage[writer] < reader_stage[node]:
-                graph.add_edge(writer, node, row[c], effect="direct")
+                graph.add_edge(nodes[writer], nodes[node], row[c], effect="direct")
     return graph
