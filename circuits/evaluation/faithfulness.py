@@ -27,6 +27,7 @@ from circuits.errors import InvalidEdgeError, InvalidOptionError
 from circuits.evaluation.ablations import ablated_outputs, check_ablation, sender_outputs
 from circuits.evaluation.rebuild import Rebuild
 from circuits.nodes import MLP, Edge, Head, Input, all_edges, receivers, senders
+from circuits.positions import tokens_at
 
 Circuit = Iterable[Union[Edge, str]]
 
@@ -48,7 +49,9 @@ def evaluate(model: Any, task: Any, circuits: Union[Circuit, Sequence[Circuit]],
              n: int = 32, seed: int = 1, reference: Optional[Union[PromptBatch, Tensor]] = None,
              memory_mb: float = 512.0) -> Evaluation:
     """Evaluate edge circuits (each a set of `Edge`s or edge names, e.g. from ``graph.circuit``; one set alone is one
-    circuit) of `model` on `task`'s `n` prompts for `seed` (default 1: held out from the engines' default 0).
+    circuit) of `model` on `task`'s `n` prompts for `seed` (default 1: held out from the engines' default 0). Edges
+    may act at one position (``Edge.position``: a token index or a span of the task's prompts; docs/positional.md):
+    outside the circuit an edge is ablated at the tokens where the circuit does not hold it.
 
     ablation: what an edge outside the circuit carries: ``"patching"`` (its sender's output on the corrupted
     prompt), ``"mean"``, ``"mean_positional"`` (over `reference`) or ``"zero"`` (`circuits.evaluation.ablations`).
@@ -59,9 +62,13 @@ def evaluate(model: Any, task: Any, circuits: Union[Circuit, Sequence[Circuit]],
     check_ablation(ablation)
     circuits = _as_circuits(circuits)
     index = EdgeIndex.of(model)
-    masks = torch.stack([index.ablated(circuit) for circuit in circuits]) if circuits else None
+    for circuit in circuits:
+        index.check(circuit)
+    positional = any(edge.position is not None for circuit in circuits for edge in circuit)
     with session(model):
         batch = prompts(model, task, n, seed)
+        at = batch if positional else None  # every circuit's mask gets the batch and position axes, to stack them
+        masks = torch.stack([index.ablated(circuit, at) for circuit in circuits]) if circuits else None
         if ablation.startswith("mean"):
             reference = _reference(model, task, n, seed + 1, reference)
         rebuild, clean_logits = prepare(model, task, batch, ablation, reference)
@@ -99,15 +106,37 @@ class EdgeIndex:
             mask[sent[edge.sender], received[edge.receiver, edge.input]] = True
         return cls(sent, received, mask, edges)
 
-    def ablated(self, circuit: frozenset) -> Tensor:
-        """``[sender, receiver]``: True for the model's edges outside `circuit`."""
-        keep = torch.zeros_like(self.mask)
+    def check(self, circuit: frozenset) -> None:
+        """`InvalidEdgeError` naming an edge of `circuit` that is no edge of this model (at any position)."""
         for edge in circuit:
-            if edge not in self.edges:
+            if edge.plain not in self.edges:
                 raise InvalidEdgeError(f"edge {edge.name!r} is not an edge of this model; expected an edge of "
                                        f"circuits.nodes.all_edges(model) ({len(self.edges)} edges)")
-            keep[self.senders[edge.sender], self.receivers[edge.receiver, edge.input]] = True
-        return self.mask & ~keep
+
+    def ablated(self, circuit: frozenset, batch: Optional[PromptBatch] = None) -> Tensor:
+        """``[sender, receiver]``: True for the model's edges outside `circuit`. With `batch` (needed for a circuit
+        with positional edges) ``[sender, receiver, batch, pos]``: True where an edge is outside the circuit at that
+        prompt's token (a positional edge keeps its edge at its own tokens only: a token index, or a span resolved
+        per prompt through ``batch.spans``; a plain edge keeps it everywhere)."""
+        self.check(circuit)
+        keep = torch.zeros_like(self.mask)
+        at: dict[tuple[int, int], Tensor] = {}
+        for edge in circuit:
+            cell = (self.senders[edge.sender], self.receivers[edge.receiver, edge.input])
+            if edge.position is None:
+                keep[cell] = True
+            elif batch is None:
+                raise InvalidEdgeError(f"edge {edge.name!r} acts at one position; expected a batch to resolve it "
+                                       "(circuits.evaluate gives one)")
+            else:
+                at[cell] = at.get(cell, False) | tokens_at(batch, edge.position)
+        plain = self.mask & ~keep
+        if batch is None:
+            return plain
+        out = plain[:, :, None, None].repeat(1, 1, *batch.clean.shape[:2])
+        for (s, r), tokens in at.items():
+            out[s, r] &= ~tokens
+        return out
 
 
 def head_circuit(model: Any, heads: Iterable[Union[Head, str]]) -> frozenset:
@@ -123,10 +152,11 @@ def _metrics(rebuild: Rebuild, masks: Tensor, index: EdgeIndex, full: float, emp
     (no pass needed); the others in stacked passes."""
     values: list[Optional[float]] = [None] * len(masks)
     todo = []
+    every = index.mask.view(*index.mask.shape, *[1] * (masks.ndim - 3)).expand_as(masks[0])
     for i, mask in enumerate(masks):
         if not mask.any():
             values[i] = full
-        elif torch.equal(mask, index.mask):
+        elif torch.equal(mask, every):
             values[i] = empty
         else:
             todo.append(i)

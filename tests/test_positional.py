@@ -1,0 +1,147 @@
+"""Position-aware circuits (docs/positional.md): edges at a token or a span, evaluated against a literal per-token
+reference (`tests.references.edge_circuit_metric` with `kept_tokens`), edge attribution per position summing to the
+plain graph, selection, JSON and typed errors; tiny float64 toys."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from circuits import Edge, HeadGraph, PromptBatch, models, nodes
+from circuits.engines.base import prompts, session
+from circuits.engines.edge_attribution import EdgeAttribution
+from circuits.errors import InvalidBatchError, InvalidEdgeError, InvalidOptionError
+from circuits.evaluation import evaluate
+from tests.references import RandomTokens, edge_circuit_metric, literal_ablations
+
+SPANS = ("first", "middle", "end", "other")
+TOYS = {"ln_mlp": dict(attn_only=False, d_mlp=24),
+        "rms_rotary_gqa_mlp": dict(attn_only=False, d_mlp=24, normalization="RMS", positional="rotary", n_kv_heads=2)}
+
+
+@dataclasses.dataclass(frozen=True)
+class SpanTokens(RandomTokens):
+    """Random prompts whose spans differ from prompt to prompt: the last token is "end", the rest drawn at random
+    from the other spans (so a span covers different tokens, or none, in different prompts)."""
+
+    name: str = "span_tokens"
+
+    def batch(self, model, n, seed):
+        batch = super().batch(model, n, seed)
+        spans = torch.randint(len(SPANS), (n, self.seq_len), generator=torch.Generator().manual_seed(seed + 99))
+        spans[spans == SPANS.index("end")] = SPANS.index("other")
+        spans[:, -1] = SPANS.index("end")
+        return dataclasses.replace(batch, spans=spans, span_names=SPANS)
+
+
+TASK = SpanTokens(seq_len=6)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def toy(name, seed=3):
+    return models.toy(models.ToyConfig(n_layers=2, n_heads=4, d_model=16, d_head=4, d_vocab=32, n_ctx=16, seed=seed,
+                                       **TOYS[name])).to(torch.float64)
+
+
+def positional_circuits(model, count, seed):
+    """Random circuits mixing plain edges, edges at token indices and edges at spans."""
+    g = torch.Generator().manual_seed(seed)
+    where = [None, *range(TASK.seq_len), *SPANS]
+    out = []
+    for p in torch.linspace(0.3, 0.8, count).tolist():
+        chosen = set()
+        for edge in nodes.all_edges(model):
+            for position in where:
+                if float(torch.rand(1, generator=g)) < p / len(where) * (0.3 if position is None else 1.0):
+                    chosen.add(edge.at(position))
+        out.append(frozenset(chosen))
+    return out
+
+
+def literal(model, circuits_, ablation, n=4, seed=1):
+    with session(model):
+        batch = prompts(model, TASK, n, seed)
+        ablated = literal_ablations(model, batch, ablation, prompts(model, TASK, n, seed + 1))
+        return [edge_circuit_metric(model, TASK, batch, c, ablated) for c in circuits_]
+
+
+# --- edges at positions ----------------------------------------------------------------------------------------
+def test_edge_names_with_positions_read_back_and_plain_edges_are_unchanged():
+    edge = Edge("L0H3", "L1H0", "k", "end")
+    assert edge.name == "L0H3->L1H0<k>@end" and Edge.parse(edge.name) == edge
+    assert Edge.parse("L0H3->logits@5") == Edge("L0H3", "logits", position=5) == Edge("L0H3", "logits", None, "5")
+    assert Edge.parse("L0H3->L1H0<k>") == Edge("L0H3", "L1H0", "k") and Edge("L0H3", "L1H0", "k").position is None
+    assert edge.plain == Edge("L0H3", "L1H0", "k") and edge.plain.at("end") == edge and edge != edge.plain
+    assert len({Edge("embed", "M0"), Edge("embed", "M0", None, None)}) == 1
+    for bad in (-1, "a b", "x@y", ""):
+        with pytest.raises(InvalidEdgeError, match="position"):
+            Edge("L0H3", "logits", position=bad)
+
+
+def test_batch_spans_follow_rows_repeats_trimming_and_are_validated():
+    model = toy("ln_mlp")
+    batch = TASK.batch(model, 4, 0)
+    batch.validate(model)
+    assert torch.equal(batch.rows(range(1, 3)).spans, batch.spans[1:3])
+    assert torch.equal(batch.repeated(2).spans, batch.spans.repeat(2, 1))
+    short = dataclasses.replace(batch, position=torch.full((4,), 3))
+    assert short.trimmed(causal=True).spans.shape == (4, 4) and short.trimmed(causal=True).n_positions == 6
+    bad = {"spans of another shape": dict(spans=batch.spans[:, :3]),
+           "an index out of range": dict(spans=batch.spans + 4),
+           "names without spans": dict(spans=None),
+           "repeated names": dict(span_names=("a", "a", "b", "c")),
+           "names of digits": dict(span_names=("0", "a", "b", "c"))}
+    for why, change in bad.items():
+        with pytest.raises(InvalidBatchError):
+            dataclasses.replace(batch, **change).validate(model)
+
+
+# --- evaluation against the literal reference ------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(TOYS))
+@pytest.mark.parametrize("ablation", ["patching", "mean"])
+def test_positional_evaluation_equals_the_literal_per_token_reference(name, ablation):
+    model = toy(name)
+    chosen = positional_circuits(model, 2, seed=len(name))
+    result = evaluate(model, TASK, chosen, ablation=ablation, n=4)
+    expected = literal(model, chosen + [frozenset()], ablation)
+    assert result.metrics == pytest.approx(expected[:-1], abs=1e-5)
+    assert result.empty == pytest.approx(expected[-1], abs=1e-5)
+    plain = evaluate(model, TASK, [frozenset(e.plain for e in c) for c in chosen], ablation=ablation, n=4)
+    assert all(abs(a - b) > 1e-3 for a, b in zip(result.metrics, plain.metrics))  # positions matter here
+
+
+def test_edges_at_every_token_or_every_span_are_the_plain_edge():
+    """An edge held at every token index, or at every span, is the plain edge: the same metric as the plain circuit,
+    and the whole circuit at every position is the plain model."""
+    model = toy("rms_rotary_gqa_mlp")
+    every = nodes.all_edges(model)
+    plain = frozenset(every[::3])
+    by_token = frozenset(e.at(p) for e in plain for p in range(TASK.seq_len))
+    by_span = frozenset(e.at(s) for e in plain for s in SPANS)
+    whole = frozenset(e.at(s) for e in every for s in SPANS)
+    result = evaluate(model, TASK, [plain, by_token, by_span, whole, frozenset()], n=4)
+    assert result.metrics[1] == pytest.approx(result.metrics[0], abs=1e-9)
+    assert result.metrics[2] == pytest.approx(result.metrics[0], abs=1e-9)
+    assert result.metrics[3] == result.full and result.metrics[4] == result.empty
+    assert result.faithfulness[3] == 1.0 and result.faithfulness[4] == 0.0
+
+
+def test_positions_the_prompts_lack_are_typed_errors_naming_them():
+    model = toy("ln_mlp")
+    with pytest.raises(InvalidEdgeError, match="'subject'"):
+        evaluate(model, TASK, [{Edge("L0H0", "logits", position="subject")}], n=2)
+    with pytest.raises(InvalidEdgeError, match="position 9"):
+        evaluate(model, TASK, [{Edge("L0H0", "logits", position=9)}], n=2)
+    with pytest.raises(InvalidEdgeError, match="have none"):
+        evaluate(model, RandomTokens(seq_len=6), [{Edge("L0H0", "logits", position="end")}], n=2)
+    with pytest.raises(InvalidEdgeError, match="L0H0->M9@end"):
+        evaluate(model, TASK, [{"L0H0->M9@end"}], n=2)
