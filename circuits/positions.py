@@ -8,10 +8,11 @@ the plain (position-free) value. See docs/positional.md.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Union
 
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from circuits._task import PromptBatch
@@ -61,3 +62,35 @@ def tokens_at(batch: PromptBatch, position: Union[int, str]) -> Bool[Tensor, "ba
                                f"position {position!r} names a span, but these prompts have none; expected a token "
                                "index (or a task that marks spans)")
     return (batch.spans == names.index(position)).cpu()
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """The tokens of a batch grouped by label: `sorted` puts a ``[rows, batch, pos, d]`` tensor's tokens in label
+    order (``[rows, batch * pos, d]``), so that each label's tokens are one contiguous segment; `products` then takes
+    the per-label products of two such tensors, ``[rows_a, rows_b, label]``, in one matrix product per label: the
+    same work as the position-free product ``a.flatten(1) @ b.flatten(1).T``, which is their sum over labels."""
+
+    order: Tensor  # indices into the flattened (batch, pos) axis, sorted by label (stable)
+    segments: tuple[tuple[int, int, int], ...]  # (label, start, stop) of each label that some token has
+    labels: int
+
+    @classmethod
+    def of(cls, index: Int[Tensor, "batch pos"], labels: int) -> "Grouping":
+        flat = index.flatten()
+        order = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat.cpu(), minlength=labels).tolist()
+        starts = [sum(counts[:label]) for label in range(labels)]
+        segments = tuple((label, starts[label], starts[label] + c) for label, c in enumerate(counts) if c)
+        return cls(order, segments, labels)
+
+    def sorted(self, values: Float[Tensor, "rows batch pos d"]) -> Float[Tensor, "rows tokens d"]:
+        return values.flatten(1, 2).index_select(1, self.order.to(values.device))
+
+    def products(self, a: Float[Tensor, "rows_a tokens d"],
+                 b: Float[Tensor, "rows_b tokens d"]) -> Float[Tensor, "rows_a rows_b label"]:
+        """Per label, ``Σ_tokens Σ_d a · b`` over that label's tokens (`a` and `b` already `sorted`)."""
+        out = a.new_zeros(a.shape[0], b.shape[0], self.labels)
+        for label, start, stop in self.segments:
+            out[:, :, label] = a[:, start:stop].flatten(1) @ b[:, start:stop].flatten(1).T
+        return out

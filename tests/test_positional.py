@@ -145,3 +145,82 @@ def test_positions_the_prompts_lack_are_typed_errors_naming_them():
         evaluate(model, RandomTokens(seq_len=6), [{Edge("L0H0", "logits", position="end")}], n=2)
     with pytest.raises(InvalidEdgeError, match="L0H0->M9@end"):
         evaluate(model, TASK, [{"L0H0->M9@end"}], n=2)
+
+
+# --- edge attribution per position -------------------------------------------------------------------------------
+METHODS = ("eap", "eap_ig_inputs", "eap_ig_activations", "eap_ig_stagewise")
+
+
+def graphs(model, method, n=3):
+    options = dict(method=method, steps=2)
+    return (EdgeAttribution(**options).run(model, TASK, n=n),
+            {kind: EdgeAttribution(**options, positions=kind).run(model, TASK, n=n) for kind in ("tokens", "spans")})
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_summed_over_positions_the_positional_graph_is_the_plain_graph(method):
+    model = toy("rms_rotary_gqa_mlp", seed=5)
+    plain, positional = graphs(model, method)
+    for kind, graph in positional.items():
+        assert graph.meta["positions"] == {"kind": kind, "labels": [str(p) for p in range(6)] if kind == "tokens"
+                                           else list(SPANS)}
+        assert graph.nx.number_of_edges() == plain.nx.number_of_edges()
+        for u, v, data in plain.nx.edges(data=True):
+            mine = graph.nx.edges[u, v]
+            assert mine["score"] == pytest.approx(data["score"], rel=1e-9, abs=1e-10), (kind, u, v)
+            assert sum(mine["positions"].values()) == pytest.approx(mine["score"], rel=1e-12, abs=1e-14)
+            for i in "qkv":
+                if f"score_{i}" in data:
+                    assert mine[f"score_{i}"] == pytest.approx(data[f"score_{i}"], rel=1e-9, abs=1e-10)
+                    assert mine[f"score_{i}"] == sum(mine[f"positions_{i}"].values())  # the score is their sum
+        for node in plain.heads() + plain.mlps():
+            assert graph.nx.nodes[node]["score"] == pytest.approx(plain.nx.nodes[node]["score"], rel=1e-9, abs=1e-10)
+        # only the read-out token reaches the logits, and the last layer's queries matter there alone
+        read_out = "5" if kind == "tokens" else "end"
+        for u, v, data in graph.nx.edges(data=True):
+            key = "positions" if v == "logits" else "positions_q" if v.startswith("L1H") else None
+            if key:
+                assert all(value == 0 or label == read_out for label, value in data[key].items()), (u, v)
+                assert data[key][read_out] != 0
+
+
+def test_span_scores_are_token_scores_gathered_prompt_by_prompt():
+    """The spans of each prompt differ: measured on the batch, each edge's span values are the mean over prompts of
+    that prompt's own per-token values (measured alone) summed over the tokens of each span."""
+    model = toy("ln_mlp", seed=2)
+    with session(model):
+        batch = prompts(model, TASK, 3, 0)
+    spans = EdgeAttribution(method="eap", positions="spans").measure(model, TASK, batch).values
+    expected = torch.zeros_like(spans)
+    for i in range(batch.size):
+        alone = EdgeAttribution(method="eap", positions="tokens").measure(model, TASK, batch.rows(range(i, i + 1)))
+        for p in range(batch.clean.shape[1]):
+            expected[:, :, int(batch.spans[i, p])] += alone.values[:, :, p] / batch.size
+    torch.testing.assert_close(spans, expected, rtol=1e-9, atol=1e-12)
+    assert (spans.abs().sum((0, 1)) > 0).sum() >= 3  # several spans carry scores
+
+
+def test_positional_selection_json_and_typed_errors(tmp_path):
+    model = toy("ln_mlp", seed=1)
+    plain, positional = graphs(model, "eap", n=2)
+    graph = positional["spans"]
+    assert HeadGraph.from_json(graph.to_json(tmp_path / "g.json")) == graph
+    scored = graph.scored_edges(positional=True)
+    assert len(scored) == len(plain.scored_edges()) * len(SPANS)
+    assert {e.position for e, _ in scored} == set(SPANS)
+    circuit = graph.circuit(k=40, by="absolute", positional=True)
+    assert circuit and all(e.position in SPANS for e in circuit)
+    top = sorted(scored, key=lambda item: abs(item[1]), reverse=True)[:40]
+    assert circuit <= {e for e, _ in top}  # the top 40, pruned
+    total = graph.edge_total() * len(SPANS)
+    assert graph.circuit(fraction=0.2, by="absolute", positional=True) == \
+        graph.circuit(k=int(0.2 * total), by="absolute", positional=True)
+    tokens = positional["tokens"].circuit(k=30, by="signed", positional=True)
+    assert all(isinstance(e.position, int) for e in tokens)
+    evaluate(model, TASK, [circuit, tokens], n=2)  # what the graph chose, the evaluation reads
+    with pytest.raises(InvalidOptionError, match="no scores per position"):
+        plain.circuit(k=3, by="absolute", positional=True)
+    with pytest.raises(InvalidOptionError, match="positions='rows'"):
+        EdgeAttribution(positions="rows")
+    with pytest.raises(InvalidBatchError, match="'random_tokens'"):
+        EdgeAttribution(positions="spans").run(model, RandomTokens(seq_len=6), n=2)
