@@ -5,16 +5,19 @@ plain graph, selection, JSON and typed errors; tiny float64 toys."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
 
-from circuits import Edge, HeadGraph, PromptBatch, models, nodes
+import tasks
+from circuits import Edge, HeadGraph, models, nodes, tokens
 from circuits.engines.base import prompts, session
 from circuits.engines.edge_attribution import EdgeAttribution
-from circuits.errors import InvalidBatchError, InvalidEdgeError, InvalidOptionError
+from circuits.errors import InvalidBatchError, InvalidEdgeError, InvalidOptionError, PromptFileError
 from circuits.evaluation import evaluate
 from tests.references import RandomTokens, edge_circuit_metric, literal_ablations
+from tests.tiny_hf import save_tiny_llama
 
 SPANS = ("first", "middle", "end", "other")
 TOYS = {"ln_mlp": dict(attn_only=False, d_mlp=24),
@@ -224,3 +227,65 @@ def test_positional_selection_json_and_typed_errors(tmp_path):
         EdgeAttribution(positions="rows")
     with pytest.raises(InvalidBatchError, match="'random_tokens'"):
         EdgeAttribution(positions="spans").run(model, RandomTokens(seq_len=6), n=2)
+
+
+# --- spans from tasks --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    """A tiny random Hugging Face Llama with a tokenizer of one token per word (BOS first)."""
+    return models.load(save_tiny_llama(tmp_path_factory.mktemp("llama") / "model"))
+
+
+ROW = {"clean": "When Mary and John went to the store , John gave an email to",  # 15 tokens with BOS
+       "corrupted": "When Mary and John went to the store , Paul gave an email to", "answer": " Mary", "foil": " John"}
+SHORTER = {"clean": "Then Anna and Lisa went to the park , Lisa gave to",  # 13 tokens with BOS
+           "corrupted": "Then Anna and Lisa went to the park , Jane gave to", "answer": " Anna", "foil": " Lisa"}
+
+
+def test_prompt_records_give_spans_by_position_or_per_token_and_auto_circuits_word_idxs(llama, tmp_path):
+    labels = [None] * 13
+    labels[2], labels[4], labels[10], labels[12] = "IO", "S1", "S2", "end"
+    task = tasks.prompts([{**ROW, "spans": {"IO": 2, "S1": 4, "S2": 10, "end": 14}}, {**SHORTER, "spans": labels}])
+    batch = task.batch(llama, n=2, seed=0)
+    batch.validate(llama)
+    assert batch.span_names == ("IO", "S1", "S2", "end", "other")
+    for i in range(2):
+        for name, word in (("IO", " Mary" if batch.position[i] == 14 else " Anna"), ("end", " to")):
+            at = (batch.spans[i] == batch.span_names.index(name)).nonzero()[:, 0].tolist()
+            assert len(at) == 1 and tokens.pieces(llama, [int(batch.clean[i, at[0]])])[0].strip() == word.strip()
+        assert (batch.spans[i, int(batch.position[i]) + 1:] == batch.span_names.index("other")).all()  # padding
+    path = tmp_path / "ac.json"
+    path.write_text(json.dumps({"word_idxs": {"IO": 2, "end": 14}, "prompts": [
+        {"clean": ROW["clean"], "corrupt": ROW["corrupted"], "answers": [" Mary"], "wrong_answers": [" John"]}]}))
+    from_file = tasks.prompts(path).batch(llama, n=1, seed=0)
+    assert from_file.span_names == ("IO", "end", "other") and from_file.spans[0, 2] == 0 and from_file.spans[0, 14] == 1
+
+
+def test_bad_spans_in_prompt_records_are_typed_errors_naming_the_row(llama):
+    with pytest.raises(PromptFileError, match="record 0: spans label 3 tokens; the clean prompt is 15"):
+        tasks.prompts([{**ROW, "spans": ["a", "b", None]}]).batch(llama, 1, 0)
+    with pytest.raises(PromptFileError, match="record 0: span 'end' at token 15"):
+        tasks.prompts([{**ROW, "spans": {"end": 15}}]).batch(llama, 1, 0)
+    with pytest.raises(PromptFileError, match="record 1: no spans"):
+        tasks.prompts([{**ROW, "spans": {"end": 14}}, SHORTER])
+    with pytest.raises(PromptFileError, match="record 0: spans is"):
+        tasks.prompts([{**ROW, "spans": {"end": -1}}])
+
+
+def test_the_shipped_ioi_set_and_induction_declare_their_spans(induction, induction_model):
+    from tasks import ioi
+
+    task = tasks.prompts(ioi.DATA)
+    rows = [json.loads(line) for line in ioi.DATA.read_text().splitlines()]
+    assert all(pair.spans == row["meta"]["positions"] for pair, row in zip(task.pairs, rows))
+    assert set(task.pairs[0].spans) == {"IO", "S1", "S1+1", "S2", "end"}
+    batch = induction.batch(induction_model, 16, 0)
+    batch.validate(induction_model)
+    rows_ = torch.arange(16)
+    at = {name: (batch.spans == i).int().argmax(1) for i, name in enumerate(batch.span_names) if name != "other"}
+    assert (at["end"] == batch.position).all()
+    assert (batch.clean[rows_, at["repeated"]] == batch.clean[rows_, at["end"]]).all()  # the token the read-out repeats
+    assert (batch.clean[rows_, at["next"]] == batch.answer).all() and (at["next"] == at["repeated"] + 1).all()
+    graph = EdgeAttribution(method="eap", positions="spans").run(induction_model, induction, n=8)
+    assert graph.meta["positions"]["labels"] == ["repeated", "next", "end", "other"]
+    assert graph.circuit(k=10, by="absolute", positional=True)
