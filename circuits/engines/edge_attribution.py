@@ -464,8 +464,7 @@ def edge_graph(layout: Layout, scores: Tensor, labels: tuple[str, ...] = ()) -> 
                 per = {f"score_{i}": _scored(row[c], labels, f"_{i}") for i, c in columns.items()}
                 extra = {k: v for parts in per.values() for k, v in parts[1].items()}
                 if labels:  # per position, the sum over q, k and v
-                    extra["positions"] = {label: sum(row[c][j] for c in columns.values())
-                                          for j, label in enumerate(labels)}
+                    extra["positions"] = dict(zip(labels, map(sum, zip(*(row[c] for c in columns.values())))))
                 graph.add_edge(writer, node, sum(score for score, _ in per.values()), effect="direct",
                                inputs="+".join(INPUTS), **{k: score for k, (score, _) in per.items()}, **extra)
         for node, c in others:
