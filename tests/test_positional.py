@@ -220,7 +220,11 @@ def test_positional_selection_json_and_typed_errors(tmp_path):
         graph.circuit(k=int(0.2 * total), by="absolute", positional=True)
     tokens = positional["tokens"].circuit(k=30, by="signed", positional=True)
     assert all(isinstance(e.position, int) for e in tokens)
-    evaluate(model, TASK, [circuit, tokens], n=2)  # what the graph chose, the evaluation reads
+    grown = graph.circuit(k=20, by="absolute", positional=True, greedy=True)
+    assert grown and all(e.position in SPANS for e in grown)
+    assert any(e.receiver.name == "logits" for e in grown)  # grown from the read-out
+    result = evaluate(model, TASK, [circuit, tokens, grown], n=2)  # what the graph chose, the evaluation reads
+    assert len(set(result.metrics)) == 3
     with pytest.raises(InvalidOptionError, match="no scores per position"):
         plain.circuit(k=3, by="absolute", positional=True)
     with pytest.raises(InvalidOptionError, match="positions='rows'"):
@@ -289,3 +293,11 @@ def test_the_shipped_ioi_set_and_induction_declare_their_spans(induction, induct
     graph = EdgeAttribution(method="eap", positions="spans").run(induction_model, induction, n=8)
     assert graph.meta["positions"]["labels"] == ["repeated", "next", "end", "other"]
     assert graph.circuit(k=10, by="absolute", positional=True)
+
+
+def test_chunked_prompts_give_the_same_positional_scores():
+    model = toy("ln_mlp", seed=4)
+    whole = EdgeAttribution(method="eap_ig_inputs", steps=2, positions="spans").run(model, TASK, n=5)
+    chunked = EdgeAttribution(method="eap_ig_inputs", steps=2, positions="spans", memory_mb=0.01).run(model, TASK, n=5)
+    for u, v, data in whole.nx.edges(data=True):
+        assert chunked.nx.edges[u, v]["positions"] == pytest.approx(data["positions"], rel=1e-9, abs=1e-12)

@@ -185,7 +185,8 @@ class EdgeAttribution(base.EngineBase):
             index, labels = positions.labelled(batch, self.positions, task) if self.positions else (None, ())
             per_label = (len(labels),) if self.positions else ()
             sums = torch.zeros(len(layout.writers), len(layout.readers), *per_label, dtype=torch.float64)
-            parts = kit.chunks(batch.size, _prompts_per_pass(model, layout, batch, self.memory_mb))
+            parts = kit.chunks(batch.size, _prompts_per_pass(model, layout, batch, self.memory_mb,
+                                                             positional=bool(self.positions)))
             passes = sum(len(self.alphas()) if path.interpolates else 1 for path in self._paths(runs, layout))
             with kit.progress(model, len(parts) * passes, f"{self.name}: gradient passes", self.progress) as bar:
                 for chunk in parts:
@@ -422,13 +423,16 @@ def _group_size(model: Any) -> int:
     return model.cfg.n_heads // n_kv
 
 
-def _prompts_per_pass(model: Any, layout: Layout, batch: PromptBatch, memory_mb: float) -> int:
-    """Prompts per gradient pass within `memory_mb`: writer deltas, one pass's reader gradients and
-    batched cotangents, and the autograd graph of the forward pass (a rough per-prompt size)."""
+def _prompts_per_pass(model: Any, layout: Layout, batch: PromptBatch, memory_mb: float,
+                      positional: bool = False) -> int:
+    """Prompts per gradient pass within `memory_mb`: writer deltas (twice per position: in label order too), one
+    pass's reader gradients and batched cotangents, and the autograd graph of the forward pass (a rough per-prompt
+    size)."""
     cfg = model.cfg
     n_pos, d = batch.clean.shape[1], cfg.d_model
     d_mlp = 0 if cfg.attn_only else (cfg.d_mlp or 4 * d)
-    floats = n_pos * (d * (len(layout.writers) + 2 * len(layout.readers) + 9 * cfg.n_heads)
+    writers = (2 if positional else 1) * len(layout.writers)
+    floats = n_pos * (d * (writers + 2 * len(layout.readers) + 9 * cfg.n_heads)
                       + cfg.n_layers * (24 * d + 6 * cfg.n_heads * n_pos + 6 * d_mlp)) + 4 * cfg.d_vocab
     itemsize = torch.finfo(cfg.dtype).bits // 8 if isinstance(getattr(cfg, "dtype", None), torch.dtype) else 4
     return max(1, int(memory_mb * 2**20 // (itemsize * floats)))

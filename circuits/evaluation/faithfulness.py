@@ -68,13 +68,12 @@ def evaluate(model: Any, task: Any, circuits: Union[Circuit, Sequence[Circuit]],
     with session(model):
         batch = prompts(model, task, n, seed)
         at = batch if positional else None  # every circuit's mask gets the batch and position axes, to stack them
-        masks = torch.stack([index.ablated(circuit, at) for circuit in circuits]) if circuits else None
         if ablation.startswith("mean"):
             reference = _reference(model, task, n, seed + 1, reference)
         rebuild, clean_logits = prepare(model, task, batch, ablation, reference)
         full = float(metric_means(task, clean_logits, batch)[0])
         empty = float(rebuild.metrics(index.mask[None])[0])
-        values = [] if masks is None else _metrics(rebuild, masks, index, full, empty, memory_mb)
+        values = _metrics(rebuild, circuits, index, at, full, empty, memory_mb)
     faithfulness = Baseline(clean=full, corrupted=empty).normalise(torch.tensor(values) - empty, "denoising")
     return Evaluation(values, full, empty, [float(f) for f in faithfulness], ablation, batch.size)
 
@@ -146,36 +145,41 @@ def head_circuit(model: Any, heads: Iterable[Union[Head, str]]) -> frozenset:
     return frozenset(e for e in all_edges(model) if isinstance(e.sender, (Input, MLP)) or e.sender in kept)
 
 
-def _metrics(rebuild: Rebuild, masks: Tensor, index: EdgeIndex, full: float, empty: float,
-             memory_mb: float) -> list[float]:
+def _metrics(rebuild: Rebuild, circuits: list[frozenset], index: EdgeIndex, batch: Optional[PromptBatch],
+             full: float, empty: float, memory_mb: float) -> list[float]:
     """Each circuit's metric: the whole circuit's is the plain model's and the empty one's the empty circuit's
-    (no pass needed); the others in stacked passes."""
-    values: list[Optional[float]] = [None] * len(masks)
+    (no pass needed); the others in stacked passes. Masks are built per pass (`batch`: positional ones, which are
+    ``[sender, receiver, batch, pos]`` each), not all at once."""
+    values: list[Optional[float]] = [None] * len(circuits)
     todo = []
-    every = index.mask.view(*index.mask.shape, *[1] * (masks.ndim - 3)).expand_as(masks[0])
-    for i, mask in enumerate(masks):
+    every = index.mask if batch is None else index.mask[:, :, None, None].expand(-1, -1, *batch.clean.shape[:2])
+    for i, circuit in enumerate(circuits):
+        mask = index.ablated(circuit, batch)
         if not mask.any():
             values[i] = full
         elif torch.equal(mask, every):
             values[i] = empty
         else:
             todo.append(i)
-    for part in chunks(len(todo), copies_per_pass(rebuild, memory_mb)):
+    for part in chunks(len(todo), copies_per_pass(rebuild, memory_mb, positional=batch is not None)):
         rows = [todo[j] for j in part]
-        for row, value in zip(rows, rebuild.metrics(masks[rows]).tolist()):
+        masks = torch.stack([index.ablated(circuits[row], batch) for row in rows])
+        for row, value in zip(rows, rebuild.metrics(masks).tolist()):
             values[row] = value
     return [float(v) for v in values]
 
 
-def copies_per_pass(rebuild: Rebuild, memory_mb: float) -> int:
-    """Circuits per stacked pass within `memory_mb`: per copy, every sender's swap and a layer's rebuilt inputs."""
+def copies_per_pass(rebuild: Rebuild, memory_mb: float, positional: bool = False) -> int:
+    """Circuits per stacked pass within `memory_mb`: per copy, every sender's swap and a layer's rebuilt inputs, and
+    a positional circuit's mask (a byte per sender, receiver, prompt and position)."""
     cfg, batch = rebuild.model.cfg, rebuild.batch
     n_pos = batch.clean.shape[1]
     d_mlp = 0 if cfg.attn_only else (cfg.d_mlp or 4 * cfg.d_model)
     floats = batch.size * n_pos * (cfg.d_model * (len(rebuild.ablated) + 6 * cfg.n_heads + 8)
                                    + 3 * cfg.n_heads * n_pos + 2 * d_mlp)
     itemsize = torch.finfo(cfg.dtype).bits // 8 if isinstance(getattr(cfg, "dtype", None), torch.dtype) else 4
-    return max(1, int(memory_mb * 2**20 // (itemsize * floats)))
+    mask = batch.size * n_pos * len(rebuild.ablated) * len(receivers(cfg)) if positional else 0
+    return max(1, int(memory_mb * 2**20 // (itemsize * floats + mask)))
 
 
 def _as_circuits(circuits: Any) -> list[frozenset]:
