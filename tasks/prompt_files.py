@@ -9,8 +9,10 @@
 
 Spans (positional circuits, docs/positional.md) name tokens of the clean prompt as the model reads it (its BOS
 included where it adds one): either a label per token (a list as long as the prompt's tokens; null for a token in no
-span) or ``{name: token position}`` (auto-circuit's ``word_idxs``, which are token positions too). Tokens without a
-span are in span ``"other"``. The lengths and positions are checked against the model's tokens by `tasks.prompt_pairs`.
+span) or ``{name: token position}``. auto-circuit's file-level ``word_idxs`` are token positions counted without the
+BOS (auto-circuit adds one where it prepends it, and so does `tasks.prompt_pairs`), and may give two names one token
+(its IOI files: ``"IO+1"`` and ``"S1-1"``): the first name keeps it. Tokens without a span are in span ``"other"``.
+The lengths and positions are checked against the model's tokens by `tasks.prompt_pairs`.
 
 Every problem is a `PromptFileError` (a typed error) naming the file, the line or row, the value and what was
 expected: a missing key or column, an empty file, bytes that are not UTF-8, invalid JSON, an answer equal to its
@@ -50,6 +52,7 @@ class PromptPair:
     foil: Optional[Answer] = None
     where: str = ""
     spans: Union[tuple[Optional[str], ...], dict[str, int], None] = None  # per-token labels or {name: token position}
+    word_idxs: bool = False  # spans from auto-circuit's word_idxs: positions without the BOS, shared tokens allowed
 
 
 def read(path: Union[str, Path]) -> list[PromptPair]:
@@ -130,7 +133,8 @@ def _json(path: Path, text: str) -> list[PromptPair]:
                                  error.msg == "Extra data" else "")) from None
     if isinstance(data, dict) and "prompts" in data:
         pairs = _auto_circuit(path, data["prompts"])
-        return [_with_spans(p, data.get("word_idxs"), f"{path}: word_idxs") for p in pairs]
+        return [replace(_with_spans(p, data.get("word_idxs"), f"{path}: word_idxs"), word_idxs="word_idxs" in data)
+                for p in pairs]
     if isinstance(data, list):
         return [_record(item, f"{path} [{i}]") for i, item in enumerate(data)]
     raise PromptFileError(f"{path}: the JSON is a {type(data).__name__}{_keys(data)}; expected a list of records "

@@ -18,7 +18,8 @@ and read out at each row's last real token.
 Rows with ``spans`` (`tasks.prompt_files`: a label per token, or ``{name: token position}``) give batches with
 `PromptBatch.spans`: the span names in order of first appearance in the file, then ``"other"`` (tokens in no span,
 and the padding); a list of another length than the clean prompt's tokens, or a position beyond them, is refused
-naming the row.
+naming the row. auto-circuit's ``word_idxs`` count tokens without the BOS: they are shifted by one for a model that
+prepends it; where they give two names one token, the first keeps it (a warning names the others).
 
 ``batch(model, n, seed)`` takes `n` rows in an order drawn from `seed`; a file of N rows gives every seed the same
 N rows when ``n >= N`` (`circuits.compare` reports such held-out prompts as not held out).
@@ -154,7 +155,8 @@ def tokenize(model: Any, pairs: tuple[PromptPair, ...], first_token: bool) -> To
                                   f"n_ctx={cfg.n_ctx}: expected a shorter prompt")
         clean.append(c)
         corrupted.append(k)
-        spans.append(None if pair.spans is None else token_spans(pair, len(c)))
+        bos = len(c) - len(tokens.encode(model, pair.clean, bos=False))  # 1 where the model prepends a BOS
+        spans.append(None if pair.spans is None else token_spans(pair, len(c), bos))
         answer.append(_token(model, pair, "answer", first_token, vocab))
         if pair.foil is not None:
             foil.append(_token(model, pair, "foil", first_token, vocab))
@@ -166,9 +168,10 @@ def tokenize(model: Any, pairs: tuple[PromptPair, ...], first_token: bool) -> To
                      spans if pairs[0].spans is not None else None)
 
 
-def token_spans(pair: PromptPair, length: int) -> list[Optional[str]]:
+def token_spans(pair: PromptPair, length: int, bos: int) -> list[Optional[str]]:
     """Each of the clean prompt's `length` tokens' span (None: no span), checked against the tokens (naming the
-    row): a list of labels must be as long as the prompt, positions must lie in it, two names never share one."""
+    row): a list of labels must be as long as the prompt, positions must lie in it, two names never share one
+    (auto-circuit's ``word_idxs``: counted without the `bos` token, and the first name keeps a shared token)."""
     if isinstance(pair.spans, tuple):
         if len(pair.spans) != length:
             raise PromptFileError(f"{pair.where}: spans label {len(pair.spans)} tokens; the clean prompt is {length} "
@@ -176,15 +179,24 @@ def token_spans(pair: PromptPair, length: int) -> list[Optional[str]]:
                                   "per token")
         return list(pair.spans)
     out: list[Optional[str]] = [None] * length
+    shift = bos if pair.word_idxs else 0
+    shared = []
     for name, position in pair.spans.items():
+        position += shift
         if position >= length:
             raise PromptFileError(f"{pair.where}: span {name!r} at token {position}; the clean prompt is {length} "
                                   "tokens under this model's tokenizer (its BOS included); expected a position in "
                                   f"[0, {length})")
+        if out[position] is not None and pair.word_idxs:
+            shared.append(f"{name!r} (kept by {out[position]!r})")
+            continue
         if out[position] is not None:
             raise PromptFileError(f"{pair.where}: spans {out[position]!r} and {name!r} both at token {position}; "
                                   "expected one span per token")
         out[position] = name
+    if shared:
+        warnings.warn(f"word_idxs give these names a token another name has: {', '.join(shared)}; each token is in "
+                      "one span, so these spans are left out", stacklevel=6)
     return out
 
 

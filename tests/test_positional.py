@@ -258,11 +258,16 @@ def test_prompt_records_give_spans_by_position_or_per_token_and_auto_circuits_wo
             at = (batch.spans[i] == batch.span_names.index(name)).nonzero()[:, 0].tolist()
             assert len(at) == 1 and tokens.pieces(llama, [int(batch.clean[i, at[0]])])[0].strip() == word.strip()
         assert (batch.spans[i, int(batch.position[i]) + 1:] == batch.span_names.index("other")).all()  # padding
+    # auto-circuit's word_idxs count tokens without the BOS, and its IOI files give "IO+1" and "S1-1" one token
     path = tmp_path / "ac.json"
-    path.write_text(json.dumps({"word_idxs": {"IO": 2, "end": 14}, "prompts": [
+    path.write_text(json.dumps({"word_idxs": {"IO": 1, "IO+1": 2, "S1-1": 2, "end": 13}, "prompts": [
         {"clean": ROW["clean"], "corrupt": ROW["corrupted"], "answers": [" Mary"], "wrong_answers": [" John"]}]}))
-    from_file = tasks.prompts(path).batch(llama, n=1, seed=0)
-    assert from_file.span_names == ("IO", "end", "other") and from_file.spans[0, 2] == 0 and from_file.spans[0, 14] == 1
+    with pytest.warns(UserWarning, match="'S1-1' \\(kept by 'IO\\+1'\\)"):
+        from_file = tasks.prompts(path).batch(llama, n=1, seed=0)
+    assert from_file.span_names == ("IO", "IO+1", "end", "other")
+    named = {from_file.span_names[int(i)]: p for p, i in enumerate(from_file.spans[0]) if int(i) != 3}
+    assert named == {"IO": 2, "IO+1": 3, "end": 14}  # BOS first: one token later than auto-circuit counts
+    assert tokens.pieces(llama, [int(from_file.clean[0, 2])])[0].strip() == "Mary"
 
 
 def test_bad_spans_in_prompt_records_are_typed_errors_naming_the_row(llama):
