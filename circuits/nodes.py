@@ -252,7 +252,8 @@ class Edge:
 
     @property
     def key(self) -> tuple:
-        """A sort key: by receiver (in forward order, q before k before v), then by sender."""
+        """A sort key: by receiver (in forward order, q before k before v), then by sender, then by position (every
+        position first, then token indices, then spans by name)."""
         inputs = INPUTS.index(self.input) if self.input else 0
         where = (-1, "") if self.position is None else (self.position, "") if isinstance(self.position, int) else \
             (math.inf, self.position)

@@ -306,3 +306,14 @@ def test_chunked_prompts_give_the_same_positional_scores():
     chunked = EdgeAttribution(method="eap_ig_inputs", steps=2, positions="spans", memory_mb=0.01).run(model, TASK, n=5)
     for u, v, data in whole.nx.edges(data=True):
         assert chunked.nx.edges[u, v]["positions"] == pytest.approx(data["positions"], rel=1e-9, abs=1e-12)
+
+
+def test_a_bad_position_is_refused_before_any_forward_pass(monkeypatch):
+    from circuits.evaluation import faithfulness
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a forward pass ran before the bad position was refused")
+
+    monkeypatch.setattr(faithfulness, "prepare", no_pass)
+    with pytest.raises(InvalidEdgeError, match="'subject'"):
+        evaluate(toy("ln_mlp"), TASK, [{Edge("L0H0", "logits", position="subject")}], n=2)

@@ -68,6 +68,8 @@ def evaluate(model: Any, task: Any, circuits: Union[Circuit, Sequence[Circuit]],
     with session(model):
         batch = prompts(model, task, n, seed)
         at = batch if positional else None  # every circuit's mask gets the batch and position axes, to stack them
+        for position in {edge.position for circuit in circuits for edge in circuit} - {None}:
+            tokens_at(batch, position)  # a span the prompts lack, a token beyond them: refused before any pass
         if ablation.startswith("mean"):
             reference = _reference(model, task, n, seed + 1, reference)
         rebuild, clean_logits = prepare(model, task, batch, ablation, reference)
