@@ -39,6 +39,10 @@ class PromptBatch:
     clean_logprobs: optional log-probabilities of the model's clean run at each read-out position
         ``[batch, d_vocab_out]``, for metrics that compare a run with the clean distribution
         (`circuits.metrics.kl_divergence`; `circuits.metrics.clean_logprobs` computes them).
+    spans, span_names: optional named spans of each prompt (positional circuits, docs/positional.md): `spans`
+        ``[batch, pos]`` holds the index into `span_names` of each token's span, so that prompts of different
+        lengths share positions ("IO", "S2", "end", ...). Every position belongs to exactly one span: tokens the task
+        does not label (padding included) go to a span named ``"other"`` (`OTHER`), listed like the rest.
     """
 
     # Plain `Tensor` fields: `validate` checks shapes with typed errors that name the bad values.
@@ -49,8 +53,11 @@ class PromptBatch:
     foil: Optional[Tensor] = None
     full_length: Optional[int] = None
     clean_logprobs: Optional[Tensor] = None
+    spans: Optional[Tensor] = None
+    span_names: Optional[tuple[str, ...]] = None
 
-    PER_PROMPT = ("answer", "position", "foil", "clean_logprobs")  # fields with one row per prompt, beside the prompts
+    PER_PROMPT = ("answer", "position", "foil", "clean_logprobs", "spans")  # one row per prompt, beside the prompts
+    OTHER = "other"  # the span of the tokens a task does not label
 
     @property
     def n_positions(self) -> int:
@@ -91,7 +98,7 @@ class PromptBatch:
         if keep == self.clean.shape[1]:
             return self
         return replace(self, clean=self.clean[:, :keep], corrupted=self.corrupted[:, :keep],
-                       full_length=self.n_positions)
+                       spans=None if self.spans is None else self.spans[:, :keep], full_length=self.n_positions)
 
     def swapped(self) -> "PromptBatch":
         """The same batch with clean and corrupted exchanged (answer, foil and position unchanged)."""
@@ -111,6 +118,7 @@ class PromptBatch:
             value = getattr(self, name)
             if value is not None and value.shape[0] != n:
                 raise InvalidBatchError(f"{name} has {value.shape[0]} rows; expected one per prompt ({n})")
+        self._validate_spans()
         if self.position.is_floating_point():
             raise InvalidBatchError(f"position must hold integer indices; got dtype {self.position.dtype}")
         if n and (self.position.min() < 0 or self.position.max() >= n_pos):
@@ -136,6 +144,28 @@ class PromptBatch:
             if n and (tokens.min() < 0 or tokens.max() >= cfg.d_vocab):
                 bad = tokens[(tokens < 0) | (tokens >= cfg.d_vocab)][0].item()
                 raise InvalidBatchError(f"{name} holds token {bad}, outside the vocabulary [0, {cfg.d_vocab})")
+
+
+    def _validate_spans(self) -> None:
+        if (self.spans is None) != (self.span_names is None):
+            raise InvalidBatchError(f"spans is {'None' if self.spans is None else 'set'} and span_names is "
+                                    f"{self.span_names!r}; expected both (a span index per token and the spans' "
+                                    "names) or neither")
+        if self.spans is None:
+            return
+        names = self.span_names
+        if not isinstance(names, tuple) or not names or not all(isinstance(n, str) and n for n in names) \
+                or len(set(names)) != len(names) or any(n.isdigit() for n in names):
+            raise InvalidBatchError(f"span_names={names!r}; expected a tuple of distinct non-empty names, none all "
+                                    "digits (digits name token positions)")
+        if tuple(self.spans.shape) != tuple(self.clean.shape[:2]):
+            raise InvalidBatchError(f"spans has shape {tuple(self.spans.shape)}; expected one span index per token, "
+                                    f"[batch, pos] = {tuple(self.clean.shape[:2])}")
+        if self.spans.is_floating_point() or self.spans.dtype == torch.bool:
+            raise InvalidBatchError(f"spans must hold integer span indices; got dtype {self.spans.dtype}")
+        if self.spans.numel() and (self.spans.min() < 0 or self.spans.max() >= len(names)):
+            raise InvalidBatchError(f"spans holds indices {self.spans.min().item()}..{self.spans.max().item()}; "
+                                    f"expected indices into span_names {names} (0..{len(names) - 1})")
 
 
 @runtime_checkable

@@ -217,11 +217,15 @@ class HeadGraph:
         out.add_edges_from((u, v, self.nx.edges[u, v]) for u, v, _ in edges if u in keep and v in keep)
         return HeadGraph(out)
 
-    def scored_edges(self, effect: Optional[str] = None) -> list[tuple[Edge, float]]:
+    def scored_edges(self, effect: Optional[str] = None, *, positional: bool = False) -> list[tuple[Edge, float]]:
         """Every scored edge as (`Edge`, score), a head receiver's expanded into its q, k and v inputs: each input's
         own score where the engine measured it (``score_q``, ``score_k``, ``score_v``), else the edge's score for
         each input it covers (``inputs``, e.g. ``"q+k+v"``; all three when the edge does not say). Unscored edges
-        (no score, NaN) are left out; `effect` as in `top_edges`."""
+        (no score, NaN) are left out; `effect` as in `top_edges`. `positional`: each of those edges at each position
+        it was scored at (``positions`` or, per input, ``positions_q/_k/_v``; `position_kind`), as
+        (`Edge` with its ``position``, score); a graph scored without positions is a typed error."""
+        if positional:
+            self.position_kind()
         out = []
         nodes: dict[str, Node] = {}  # each name parsed once: a large model's graph has ~10^5 edges
         for u, v, score in self._scored_edges(effect):
@@ -229,19 +233,30 @@ class HeadGraph:
                 if name not in nodes:
                     nodes[name] = parse_node(name)
             sender, receiver = nodes[u], nodes[v]
+            data = self.nx.edges[u, v]
             if not isinstance(receiver, Head):
-                out.append((Edge(sender, receiver), score))
+                out += _at_positions(Edge(sender, receiver), score, data.get("positions"), positional)
                 continue
             Edge(sender, receiver, INPUTS[0])  # the pair checked once (a typed error for a backward edge) ...
-            data = self.nx.edges[u, v]
             covered = str(data.get("inputs") or "+".join(INPUTS)).split("+")
             for i in INPUTS:  # ... and its q, k, v edges built unchecked
                 own = data.get(f"score_{i}")
                 if own is not None and not math.isnan(own):
-                    out.append((Edge.between(sender, receiver, i), float(own)))
+                    out += _at_positions(Edge.between(sender, receiver, i), float(own), data.get(f"positions_{i}"),
+                                         positional)
                 elif i in covered and own is None:
-                    out.append((Edge.between(sender, receiver, i), score))
+                    out += _at_positions(Edge.between(sender, receiver, i), score, None, positional)
         return out
+
+    def position_kind(self) -> tuple[str, list[str]]:
+        """How this graph's edges were scored per position: (``"tokens"`` or ``"spans"``, the labels), from
+        ``meta["positions"]``; `InvalidOptionError` for a graph scored without positions."""
+        record = self.meta.get("positions")
+        if not record:
+            raise InvalidOptionError(f"this graph ({self.meta.get('engine', 'engine not recorded')}) has no scores per "
+                                     "position; expected a graph from an engine run with positions='tokens' or "
+                                     "'spans' (e.g. edge_attribution), or positional=False")
+        return record["kind"], list(record["labels"])
 
     def edge_total(self) -> int:
         """How many edges the whole model's graph has (MIB's count: every sender to every later receiver, a head's
@@ -250,12 +265,15 @@ class HeadGraph:
         return len(all_edges(cfg))
 
     def circuit(self, *args: Any, k: Optional[int] = None, fraction: Optional[float] = None, by: Optional[str] = None,
-                greedy: bool = False, effect: Optional[str] = None, total: Optional[int] = None) -> frozenset[Edge]:
+                greedy: bool = False, effect: Optional[str] = None, total: Optional[int] = None,
+                positional: bool = False) -> frozenset[Edge]:
         """A circuit: a set of `Edge`s chosen by score, as the MIB benchmark chooses them. `k` edges, or a
         `fraction` of `total` (default `edge_total`; MIB's ``int(fraction * total)``), ranked `by` ``"signed"`` or
         ``"absolute"`` (|score|), among `scored_edges` (unscored edges never chosen): the top ones, or with `greedy`
         grown from the read-out backwards (`greedy_edges`, on q/k/v edges); then pruned of every edge that lies on
-        no input -> read-out path through the chosen edges."""
+        no input -> read-out path through the chosen edges. `positional`: the same among the edges at each position
+        (`scored_edges(positional=True)`; `total` defaults to `edge_total` times the number of positions), pruned on
+        the graph of their edges."""
         if args:
             raise RenamedError("HeadGraph", "circuit(edges)", "graph.subgraph(edges) for a HeadGraph of chosen edges, "
                                "or graph.circuit(k=... | fraction=..., by=...) for a set of Edges")
@@ -265,10 +283,11 @@ class HeadGraph:
         if fraction is not None:
             if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
                 raise InvalidOptionError(f"fraction={fraction!r}; expected a fraction of the edges in [0, 1]")
-            k = int(fraction * (self.edge_total() if total is None else total))
+            every = self.edge_total() * (len(self.position_kind()[1]) if positional else 1)
+            k = int(fraction * (every if total is None else total))
         _check_count(k, "edges")
         key = _rank_key(by)
-        scored = self.scored_edges(effect)
+        scored = self.scored_edges(effect, positional=positional)
         chosen = (_greedy(scored, k, key, lambda e: (e[0].sender, e[0].receiver, e[1])) if greedy else
                    sorted(scored, key=lambda e: key(e[1]), reverse=True)[:k])
         return pruned(edge for edge, _ in chosen)
@@ -385,6 +404,14 @@ def pruned(edges: Any) -> frozenset[Edge]:
         return frozenset()
     keep = (nx.descendants(flow, EMBED) | {EMBED}) & (nx.ancestors(flow, LOGITS) | {LOGITS})
     return frozenset(e for e in edges if e.sender.name in keep and e.receiver.name in keep)
+
+
+def _at_positions(edge: Edge, score: float, positions: Optional[dict[str, float]],
+                  positional: bool) -> list[tuple[Edge, float]]:
+    """[(edge, score)], or with `positional` the edge at each of its `positions` (none when it has none)."""
+    if not positional:
+        return [(edge, score)]
+    return [(edge.at(label), float(value)) for label, value in (positions or {}).items() if not math.isnan(value)]
 
 
 def _greedy(edges: list[Any], k: int, key: Any, parts: Any) -> list[Any]:

@@ -7,6 +7,8 @@ A head receiver reads three inputs, `INPUTS` (its queries, keys and values).
 
 An `Edge` joins a sender (the input, a head or an MLP) to a receiver (a head's q, k or v input, an MLP's input or
 the read-out), as in the MIB benchmark's graphs; a circuit is a set of edges. `all_edges` lists a model's every edge.
+An edge may act at one position only (`Edge.position`: a token index, or the name of a span the task marks in each
+prompt; None, the default, is every position): the receiver's input there is the sum of the senders' outputs there.
 """
 
 from __future__ import annotations
@@ -174,7 +176,22 @@ def stage(node: Node) -> Union[int, float]:
     return 2 * node.layer + (1 if isinstance(node, MLP) else 0)
 
 
-_EDGE = re.compile(r"^([^<>]+)->([^<>]+?)(?:<([a-z]+)>)?$")
+_EDGE = re.compile(r"^([^<>@]+)->([^<>@]+?)(?:<([a-z]+)>)?(?:@(.+))?$")
+Position = Union[int, str]  # a token index, or a span name (`circuits.PromptBatch.span_names`)
+
+
+def position_of(value: Union[Position, None], where: str = "position") -> Optional[Position]:
+    """A position as an `Edge` holds it: None, an int >= 0 (a string of digits is read as one: graphs store
+    labels as strings), or a span name (no ``<``, ``>``, ``@`` or whitespace); else `InvalidEdgeError`."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or (isinstance(value, int) and value < 0) \
+            or (isinstance(value, str) and (not value or re.search(r"[<>@\s]", value))):
+        raise InvalidEdgeError(f"{where} {value!r}; expected None (every position), a token index >= 0 or a span "
+                               "name such as 'end' (no '<', '>', '@' or spaces)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -183,13 +200,18 @@ class Edge:
     and for a head receiver the `input` it reads through (``"q"``, ``"k"`` or ``"v"``; None otherwise). Nodes may be
     given by name. ``Edge("L0H1", "L1H0", "k").name == "L0H1->L1H0<k>"`` (the MIB benchmark's spelling, with this
     library's node names); `Edge.parse` reads it back. A sender must come before its receiver: a head feeds the heads
-    of later layers, its own layer's MLP and later ones, and the read-out."""
+    of later layers, its own layer's MLP and later ones, and the read-out. `position` (None: every position) is where
+    the edge acts: a token index or a span name (`position_of`), written after ``@``: ``"L0H1->L1H0<k>@end"``;
+    `plain` is the edge at every position."""
 
     sender: Union[Node, str]  # a name is parsed: the field always holds a node
     receiver: Union[Node, str]
     input: Optional[str] = None
+    position: Optional[Position] = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "position", position_of(self.position, f"edge {self.sender}->{self.receiver}: "
+                                                                        "position"))
         try:
             sender, receiver = parse_node(self.sender), parse_node(self.receiver)
         except UnknownNameError as error:
@@ -213,37 +235,53 @@ class Edge:
 
     @classmethod
     @no_type_check  # hot: a model's every edge (10^5 on SmolLM2) is built through it
-    def between(cls, sender: Node, receiver: Node, input: Optional[str] = None) -> "Edge":
+    def between(cls, sender: Node, receiver: Node, input: Optional[str] = None,
+                position: Optional[Position] = None) -> "Edge":
         """The edge between nodes already known to form one (`all_edges`, a graph's own edges): built without
         parsing and checking, as edges are built by the hundred thousand."""
         edge = object.__new__(cls)
-        edge.__dict__.update(sender=sender, receiver=receiver, input=input)
+        edge.__dict__.update(sender=sender, receiver=receiver, input=input, position=position)
         return edge
 
     @property
     def name(self) -> str:
-        return f"{self.sender.name}->{self.receiver.name}" + (f"<{self.input}>" if self.input else "")
+        return (f"{self.sender.name}->{self.receiver.name}" + (f"<{self.input}>" if self.input else "")
+                + ("" if self.position is None else f"@{self.position}"))
+
+    @property
+    def plain(self) -> "Edge":
+        """This edge at every position (itself when it has no position)."""
+        return self if self.position is None else Edge(self.sender, self.receiver, self.input)
+
+    def at(self, position: Optional[Position]) -> "Edge":
+        """This edge at `position` (None: every position)."""
+        return Edge(self.sender, self.receiver, self.input, position)
 
     def __str__(self) -> str:
         return self.name
 
     @property
     def key(self) -> tuple:
-        """A sort key: by receiver (in forward order, q before k before v), then by sender."""
+        """A sort key: by receiver (in forward order, q before k before v), then by sender, then by position (every
+        position first, then token indices, then spans by name)."""
         inputs = INPUTS.index(self.input) if self.input else 0
+        where = (-1, "") if self.position is None else (self.position, "") if isinstance(self.position, int) else \
+            (math.inf, self.position)
         return (stage(self.receiver), getattr(self.receiver, "head", 0), inputs, stage(self.sender),
-                getattr(self.sender, "head", 0))
+                getattr(self.sender, "head", 0), *where)
 
     @classmethod
     def parse(cls, name: Union[str, "Edge"]) -> "Edge":
-        """``"L0H1->L1H0<k>"`` -> ``Edge(Head(0, 1), Head(1, 0), "k")`` (an `Edge` passes through)."""
+        """``"L0H1->L1H0<k>"`` -> ``Edge(Head(0, 1), Head(1, 0), "k")``, ``"L0H1->logits@end"`` -> the edge at span
+        ``"end"``, ``"...@5"`` at token 5 (an `Edge` passes through)."""
         if isinstance(name, Edge):
             return name
         match = _EDGE.match(name) if isinstance(name, str) else None
         if match is None:
             raise InvalidEdgeError(f"edge name {name!r}; expected 'sender->receiver' or 'sender->receiver<q|k|v>', "
-                                   "e.g. 'L0H1->L1H0<k>'")
-        return cls(match.group(1), match.group(2), match.group(3))
+                                   "optionally followed by '@position' (a token index or a span name), e.g. "
+                                   "'L0H1->L1H0<k>' or 'L0H1->L1H0<k>@end'")
+        return cls(match.group(1), match.group(2), match.group(3), match.group(4))
 
     def in_model(self, model_or_cfg: Any) -> "Edge":
         """This edge, checked against a model's config (`UnknownNameError` naming a node the model lacks)."""

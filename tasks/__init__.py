@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API reference
     from tasks.factual_recall import FactualRecall
     from tasks.few_shot import FewShot
     from tasks.icl_regression import ICLRegression
-    from tasks.induction import Induction
+    from tasks.induction_spans import Induction
     from tasks.prompt_pairs import PromptPairs, prompts
     from tasks.regular_languages import RegularLanguages
 
@@ -48,6 +48,6 @@ __all__ = ["Capitals", "FactualRecall", "FewShot", "ICLRegression", "Induction",
 
 __getattr__, __dir__ = _lazy.exports(__name__, {
     "Capitals": "tasks.capitals", "FactualRecall": "tasks.factual_recall", "FewShot": "tasks.few_shot",
-    "ICLRegression": "tasks.icl_regression", "Induction": "tasks.induction",
+    "ICLRegression": "tasks.icl_regression", "Induction": "tasks.induction_spans",
     "RegularLanguages": "tasks.regular_languages", "PromptPairs": "tasks.prompt_pairs", "prompts": "tasks.prompt_pairs",
 })

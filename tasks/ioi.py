@@ -15,7 +15,8 @@ Each record keeps, under ``meta`` (ignored by the prompt-pairs loader), the temp
 place and object (where the template has them), and the token positions in the clean prompt as the model reads it
 (with its BOS convention; position 0 is BOS for SmolLM2): ``IO``, ``S1``, ``S2``, ``S1+1`` (the token after S1,
 which induction heads attend to from S2) and ``end`` (the read-out position). The corrupted prompt has its names
-at the same positions.
+at the same positions. The same positions are the record's ``spans`` (`tasks.prompt_files`), so the task's batches
+carry spans IO, S1, S1+1, S2, end and other (every other token) for positional circuits (docs/positional.md).
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ def generate(model: Any, n: int, seed: int = 0, names: Sequence[str] = NAMES) ->
         used = {key: value for key, value in fill.items() if "{" + key + "}" in TEMPLATES[template]}
         meta = {"template": template, "order": order, "IO": io, "S": s, "corrupted_names": [a, b, c], **used,
                 "positions": positions(model, TEMPLATES[template], order, first, second, s, fill)}
-        records.append({"clean": clean, "corrupted": corrupted, "answer": " " + io, "foil": " " + s, "meta": meta})
+        records.append({"clean": clean, "corrupted": corrupted, "answer": " " + io, "foil": " " + s,
+                        "spans": dict(meta["positions"]), "meta": meta})
     return records
 
 

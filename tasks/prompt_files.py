@@ -2,10 +2,17 @@
 
 | format | shape | answers |
 |---|---|---|
-| JSONL (``.jsonl``) or JSON (``.json``, a list) | one object per line / item: ``clean``, ``corrupted``, ``answer``, optional ``foil`` (and ``meta``, ignored) | strings |
-| auto-circuit JSON (``.json``) | ``{"prompts": [{"clean", "corrupt", "answers", "wrong_answers"}, ...]}``; other keys ignored | one string (or token id) in ``answers``, at most one in ``wrong_answers`` |
+| JSONL (``.jsonl``) or JSON (``.json``, a list) | one object per line / item: ``clean``, ``corrupted``, ``answer``, optional ``foil`` and ``spans`` (and ``meta``, ignored) | strings |
+| auto-circuit JSON (``.json``) | ``{"prompts": [{"clean", "corrupt", "answers", "wrong_answers"}, ...]}``, optional ``word_idxs`` (spans of every prompt); other keys ignored | one string (or token id) in ``answers``, at most one in ``wrong_answers`` |
 | CSV (``.csv``) | columns ``clean``, ``corrupted``, ``answer``, optional ``foil`` | strings |
 | EAP-IG CSV (``.csv``) | columns ``clean``, ``corrupted``, ``correct_idx``, ``incorrect_idx``; other columns ignored | token ids of the tokenizer the file was made for |
+
+Spans (positional circuits, docs/positional.md) name tokens of the clean prompt as the model reads it (its BOS
+included where it adds one): either a label per token (a list as long as the prompt's tokens; null for a token in no
+span) or ``{name: token position}``. auto-circuit's file-level ``word_idxs`` are token positions counted without the
+BOS (auto-circuit adds one where it prepends it, and so does `tasks.prompt_pairs`), and may give two names one token
+(its IOI files: ``"IO+1"`` and ``"S1-1"``): the first name keeps it. Tokens without a span are in span ``"other"``.
+The lengths and positions are checked against the model's tokens by `tasks.prompt_pairs`.
 
 Every problem is a `PromptFileError` (a typed error) naming the file, the line or row, the value and what was
 expected: a missing key or column, an empty file, bytes that are not UTF-8, invalid JSON, an answer equal to its
@@ -20,7 +27,7 @@ import io
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -28,6 +35,7 @@ from circuits.errors import PromptFileError
 
 Answer = Union[str, int]  # text, or a token id (EAP-IG's CSV, auto-circuit's token answers)
 FIELDS = ("clean", "corrupted", "answer", "foil")
+SPANS = "spans"  # a record's optional spans (module docstring)
 IGNORED = ("meta",)  # a record's own notes: kept out of the way, never read
 EAP_IG = ("clean", "corrupted", "correct_idx", "incorrect_idx")
 _INDEX_COLUMNS = ("", "Unnamed: 0")  # the unnamed index column pandas writes
@@ -43,6 +51,8 @@ class PromptPair:
     answer: Answer
     foil: Optional[Answer] = None
     where: str = ""
+    spans: Union[tuple[Optional[str], ...], dict[str, int], None] = None  # per-token labels or {name: token position}
+    word_idxs: bool = False  # spans from auto-circuit's word_idxs: positions without the BOS, shared tokens allowed
 
 
 def read(path: Union[str, Path]) -> list[PromptPair]:
@@ -77,6 +87,10 @@ def checked(pairs: Sequence[PromptPair], source: str) -> list[PromptPair]:
         raise PromptFileError(f"{odd.where}: {'no' if with_foil[0] else 'a'} foil, while {pairs[0].where} has "
                               f"{'one' if with_foil[0] else 'none'}; expected a foil in every row or in none")
     for pair in pairs:
+        if (pair.spans is None) != (pairs[0].spans is None):
+            raise PromptFileError(f"{pair.where}: {'no' if pair.spans is None else ''} spans, while {pairs[0].where} "
+                                  f"has {'none' if pairs[0].spans is None else 'some'}; expected spans in every row or "
+                                  "in none")
         if isinstance(pair.answer, int) != isinstance(pairs[0].answer, int):
             raise PromptFileError(f"{pair.where}: answer {pair.answer!r} mixes text answers and token ids with "
                                   f"{pairs[0].where} ({pairs[0].answer!r}); expected one kind in a file")
@@ -118,7 +132,9 @@ def _json(path: Path, text: str) -> list[PromptPair]:
                               + ("; a file of one object per line is JSON Lines: name it .jsonl" if
                                  error.msg == "Extra data" else "")) from None
     if isinstance(data, dict) and "prompts" in data:
-        return _auto_circuit(path, data["prompts"])
+        pairs = _auto_circuit(path, data["prompts"])
+        return [replace(_with_spans(p, data.get("word_idxs"), f"{path}: word_idxs"), word_idxs="word_idxs" in data)
+                for p in pairs]
     if isinstance(data, list):
         return [_record(item, f"{path} [{i}]") for i, item in enumerate(data)]
     raise PromptFileError(f"{path}: the JSON is a {type(data).__name__}{_keys(data)}; expected a list of records "
@@ -133,15 +149,16 @@ def _record(data: Any, where: str) -> PromptPair:
     if not isinstance(data, dict):
         raise PromptFileError(f"{where}: a {type(data).__name__} ({str(data)[:60]!r}); expected an object with "
                               "clean, corrupted, answer and optionally foil")
-    unknown = sorted(set(data) - set(FIELDS) - set(IGNORED))
+    unknown = sorted(set(data) - set(FIELDS) - {SPANS} - set(IGNORED))
     if unknown:
         raise PromptFileError(f"{where}: unknown key {unknown[0]!r}; expected clean, corrupted, answer and optionally "
-                              "foil (keep other fields under 'meta')")
+                              "foil and spans (keep other fields under 'meta')")
     for key in FIELDS[:3]:
         if key not in data:
             raise PromptFileError(f"{where}: no {key!r} key (keys: {sorted(data)}); expected clean, corrupted, answer "
                                   "and optionally foil")
-    return _pair(data["clean"], data["corrupted"], data["answer"], data.get("foil"), where, token_ids=False)
+    pair = _pair(data["clean"], data["corrupted"], data["answer"], data.get("foil"), where, token_ids=False)
+    return _with_spans(pair, data.get(SPANS), f"{where}: spans")
 
 
 def _auto_circuit(path: Path, prompts: Any) -> list[PromptPair]:
@@ -226,6 +243,21 @@ def _token_id(text: str, column: str, where: str) -> int:
 
 
 # --- one pair ---------------------------------------------------------------------------------------------
+def _with_spans(pair: PromptPair, spans: Any, where: str) -> PromptPair:
+    """`pair` with its spans checked (module docstring): None, a list of labels (str or None) per token, or
+    ``{name: token position}``."""
+    if spans is None:
+        return pair
+    if isinstance(spans, list) and spans and all(label is None or (isinstance(label, str) and label)
+                                                 for label in spans):
+        return replace(pair, spans=tuple(spans))
+    if isinstance(spans, dict) and spans and all(isinstance(k, str) and k and isinstance(v, int)
+                                                 and not isinstance(v, bool) and v >= 0 for k, v in spans.items()):
+        return replace(pair, spans=dict(spans))
+    raise PromptFileError(f"{where} is {str(spans)[:80]!r}; expected a label (a string, or null) per token of the clean "
+                          "prompt, or {name: token position} (auto-circuit's word_idxs)")
+
+
 def _pair(clean: Any, corrupted: Any, answer: Any, foil: Any, where: str, token_ids: bool) -> PromptPair:
     for name, value in (("clean", clean), ("corrupted", corrupted)):
         if not isinstance(value, str):

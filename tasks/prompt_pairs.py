@@ -15,6 +15,12 @@ the same token. Prompts get the model's own BOS convention (`circuits.tokens.enc
 that continue its clean prompt (`circuits.tokens.continuation`). Rows of different lengths are padded on the right
 and read out at each row's last real token.
 
+Rows with ``spans`` (`tasks.prompt_files`: a label per token, or ``{name: token position}``) give batches with
+`PromptBatch.spans`: the span names in order of first appearance in the file, then ``"other"`` (tokens in no span,
+and the padding); a list of another length than the clean prompt's tokens, or a position beyond them, is refused
+naming the row. auto-circuit's ``word_idxs`` count tokens without the BOS: they are shifted by one for a model that
+prepends it; where they give two names one token, the first keeps it (a warning names the others).
+
 ``batch(model, n, seed)`` takes `n` rows in an order drawn from `seed`; a file of N rows gives every seed the same
 N rows when ``n >= N`` (`circuits.compare` reports such held-out prompts as not held out).
 Metrics by name (`circuits.metrics.named`): ``logit_difference`` (answer − foil; the default with foils),
@@ -65,6 +71,7 @@ class Tokenized:
     answer: list[int]
     foil: Optional[list[int]]
     rows: list[str]
+    spans: Optional[list[list[Optional[str]]]] = None  # per row, each token's span (None: "other")
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,8 @@ class PromptPairs:
                               [rows.answer[i] for i in order],
                               None if rows.foil is None else [rows.foil[i] for i in order],
                               pad=tokens.pad_id(model), rows=[rows.rows[i] for i in order])
+        if rows.spans is not None:
+            batch = with_spans(batch, [rows.spans[i] for i in order], span_names(rows.spans))
         if self.metric_name == "kl_divergence":
             batch = replace(batch, clean_logprobs=metrics.clean_logprobs(model, batch))
         return batch
@@ -134,7 +143,7 @@ def tokenize(model: Any, pairs: tuple[PromptPair, ...], first_token: bool) -> To
     tokens.tokenizer_of(model, "prompt pairs")
     cfg = model.cfg
     vocab = cfg.d_vocab_out if getattr(cfg, "d_vocab_out", -1) not in (None, -1) else cfg.d_vocab
-    clean, corrupted, answer, foil = [], [], [], []
+    clean, corrupted, answer, foil, spans = [], [], [], [], []
     for pair in pairs:
         c, k = tokens.encode(model, pair.clean), tokens.encode(model, pair.corrupted)
         if len(c) != len(k):
@@ -146,6 +155,8 @@ def tokenize(model: Any, pairs: tuple[PromptPair, ...], first_token: bool) -> To
                                   f"n_ctx={cfg.n_ctx}: expected a shorter prompt")
         clean.append(c)
         corrupted.append(k)
+        bos = len(c) - len(tokens.encode(model, pair.clean, bos=False))  # 1 where the model prepends a BOS
+        spans.append(None if pair.spans is None else token_spans(pair, len(c), bos))
         answer.append(_token(model, pair, "answer", first_token, vocab))
         if pair.foil is not None:
             foil.append(_token(model, pair, "foil", first_token, vocab))
@@ -153,7 +164,55 @@ def tokenize(model: Any, pairs: tuple[PromptPair, ...], first_token: bool) -> To
                 raise PromptFileError(f"{pair.where}: the answer {pair.answer!r} and the foil {pair.foil!r} are the "
                                       f"same token {answer[-1]} {tokens.pieces(model, [answer[-1]])} under this "
                                       "tokenizer; expected two different tokens")
-    return Tokenized(clean, corrupted, answer, foil if pairs[0].foil is not None else None, [p.where for p in pairs])
+    return Tokenized(clean, corrupted, answer, foil if pairs[0].foil is not None else None, [p.where for p in pairs],
+                     spans if pairs[0].spans is not None else None)
+
+
+def token_spans(pair: PromptPair, length: int, bos: int) -> list[Optional[str]]:
+    """Each of the clean prompt's `length` tokens' span (None: no span), checked against the tokens (naming the
+    row): a list of labels must be as long as the prompt, positions must lie in it, two names never share one
+    (auto-circuit's ``word_idxs``: counted without the `bos` token, and the first name keeps a shared token)."""
+    if isinstance(pair.spans, tuple):
+        if len(pair.spans) != length:
+            raise PromptFileError(f"{pair.where}: spans label {len(pair.spans)} tokens; the clean prompt is {length} "
+                                  "tokens under this model's tokenizer (its BOS included); expected a label (or null) "
+                                  "per token")
+        return list(pair.spans)
+    out: list[Optional[str]] = [None] * length
+    shift = bos if pair.word_idxs else 0
+    shared = []
+    for name, position in pair.spans.items():
+        position += shift
+        if position >= length:
+            raise PromptFileError(f"{pair.where}: span {name!r} at token {position}; the clean prompt is {length} "
+                                  "tokens under this model's tokenizer (its BOS included); expected a position in "
+                                  f"[0, {length})")
+        if out[position] is not None and pair.word_idxs:
+            shared.append(f"{name!r} (kept by {out[position]!r})")
+            continue
+        if out[position] is not None:
+            raise PromptFileError(f"{pair.where}: spans {out[position]!r} and {name!r} both at token {position}; "
+                                  "expected one span per token")
+        out[position] = name
+    if shared:
+        warnings.warn(f"word_idxs give these names a token another name has: {', '.join(shared)}; each token is in "
+                      "one span, so these spans are left out", stacklevel=6)
+    return out
+
+
+def span_names(spans: list[list[Optional[str]]]) -> tuple[str, ...]:
+    """Every span name in order of first appearance, then ``"other"`` (tokens in no span, padding)."""
+    names = dict.fromkeys(label for row in spans for label in row if label is not None)
+    return tuple(names) + (() if PromptBatch.OTHER in names else (PromptBatch.OTHER,))
+
+
+def with_spans(batch: PromptBatch, spans: list[list[Optional[str]]], names: tuple[str, ...]) -> PromptBatch:
+    """`batch` with its rows' spans (right-padded with ``"other"``, as the prompts are with the pad token)."""
+    other = names.index(PromptBatch.OTHER)
+    index = torch.full(batch.clean.shape[:2], other, dtype=torch.long)
+    for i, row in enumerate(spans):
+        index[i, :len(row)] = torch.tensor([other if label is None else names.index(label) for label in row])
+    return replace(batch, spans=index, span_names=names)
 
 
 def _token(model: Any, pair: PromptPair, name: str, first_token: bool, vocab: int) -> int:

@@ -4,7 +4,8 @@
 - `pair_loop` / `path_metric`: path patching computed literally, one (sender, receiver, inputs) at a time,
   with hooks on full forward passes (hook names spelled here, not taken from the library).
 - `edge_circuit_metric`: an edge circuit evaluated as MIB does, literally: layer by layer, each receiver's input
-  rebuilt one edge at a time, each head's q/k/v read from its own block run and its attention run alone.
+  rebuilt one edge at a time, each head's q/k/v read from its own block run and its attention run alone; an edge at
+  a position (a token index or a span) is held at its own tokens only (`kept_tokens`, token by token).
 - `RandomTokens`: a task of random clean and corrupted prompts.
 """
 
@@ -295,13 +296,17 @@ def edge_circuit_metric(model: Any, task: Any, batch: PromptBatch, circuit: Any,
     earlier sender's output in this pass plus, edge by edge, that output (in the circuit) or the ablated one."""
     cfg = model.cfg
     group = cfg.n_heads // (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
-    names = {(e.sender.name, e.receiver.name, e.input) for e in circuit}
+    kept = kept_tokens(circuit, batch)
     outputs: dict[str, torch.Tensor] = {}
 
     def rebuilt(resid: torch.Tensor, receiver: str, which: Optional[str] = None) -> torch.Tensor:
         x = resid.clone()
         for sender, out in outputs.items():
-            x = x - out + (out if (sender, receiver, which) in names else ablated[sender])
+            here = kept.get((sender, receiver, which))
+            if here is None:  # outside the circuit at every token
+                x = x - out + ablated[sender]
+            else:
+                x = x - out + torch.where(here[:, :, None], out, ablated[sender].expand_as(out))
         return x
 
     def captured(x: torch.Tensor, layer: int, hook_name: str, replace: Optional[dict] = None) -> torch.Tensor:
@@ -337,6 +342,23 @@ def edge_circuit_metric(model: Any, task: Any, batch: PromptBatch, circuit: Any,
             resid = resid + mlp_out
     logits = forward.unembed(model, rebuilt(resid, LOGITS), batch.position)
     return metric_mean(task, logits, batch)
+
+
+def kept_tokens(circuit: Any, batch: PromptBatch) -> dict[tuple, torch.Tensor]:
+    """Per (sender, receiver, input) of `circuit`, ``[batch, pos]``: True at the tokens where the circuit holds the
+    edge, prompt by prompt and token by token: a plain edge at every token, one at a token index there, one at a span
+    at the tokens whose span (``batch.span_names[batch.spans[i, p]]``) it names."""
+    size, length = batch.clean.shape[:2]
+    out: dict[tuple, torch.Tensor] = {}
+    for edge in circuit:
+        key = (edge.sender.name, edge.receiver.name, edge.input)
+        here = out.setdefault(key, torch.zeros(size, length, dtype=torch.bool))
+        for i in range(size):
+            for p in range(length):
+                if edge.position is None or edge.position == p or (
+                        batch.spans is not None and batch.span_names[int(batch.spans[i, p])] == edge.position):
+                    here[i, p] = True
+    return out
 
 
 def random_edge_graph(model_or_cfg: Any, generator: torch.Generator, meta: dict) -> "HeadGraph":

@@ -15,6 +15,10 @@ denoising (default) runs the corrupted prompts as base and the clean ones as sou
   in a run of the base prompts, the gradient through it blocked; every run's gradients go to every edge.
 - ``eap_ig_stagewise``: per stage, ḡ averaged over the runs that interpolate that stage; only its edges take them.
 
+``positions="tokens"`` or ``"spans"`` keeps each edge's products per position before summing them (Haklay et al.
+2025's positional edges; docs/positional.md): per token index, or per span of the task's prompts (`PromptBatch.spans`,
+so prompts of different lengths line up); the graph keeps them beside each edge's score, their sum.
+
 ``convention="mib"`` gives the reference code's numbers (hannamw/EAP-IG, the MIB benchmark's): noising, with the
 reference's points per method (`MIB_QUADRATURE`); docs/edge_attribution.md has the table and the exact factor
 between the normalisations.
@@ -40,7 +44,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuits import forward, hooks
+from circuits import forward, hooks, positions
 from circuits._task import PromptBatch
 from circuits.engines import base, coverage, kit
 from circuits.engines.kit import Measurement
@@ -118,6 +122,7 @@ class EdgeAttribution(base.EngineBase):
     convention: str = "library"  # "library" (denoising, midpoint points) or "mib" (the reference code's numbers)
     memory_mb: float = 1024.0  # budget for one gradient pass; the batch is split into chunks to fit
     progress: bool = True  # a progress bar over gradient passes on large models (kit.progress); not in results
+    positions: Optional[str] = None  # None: plain edges; "tokens" or "spans": each edge's scores per position too
 
     name = "edge_attribution"
 
@@ -140,6 +145,7 @@ class EdgeAttribution(base.EngineBase):
                     raise InvalidOptionError(f"{option}={given!r} with convention='mib'; the reference code's "
                                              f"{self.method} uses {option}={value!r} (leave it None)")
         kit.check_memory(self.memory_mb)
+        positions.check_kind(self.positions)
 
     @property
     def run_direction(self) -> str:
@@ -157,7 +163,9 @@ class EdgeAttribution(base.EngineBase):
                 f"convention) of the metric change when only that path is patched ({self.run_direction}), "
                 "Δa_writer · dM/d(reader input); a head receiver's score is the sum of its q/k/v inputs' "
                 "(score_q/score_k/score_v); node: the estimate for the node's whole output (the sum of its outgoing "
-                "edges, comparable to activation patching); all normalised by m_clean - m_corrupted")
+                "edges, comparable to activation patching); all normalised by m_clean - m_corrupted"
+                + ("" if self.positions is None else f"; per position ({self.positions}: meta['positions']) in "
+                   "positions (positions_q/_k/_v), whose sum is the score"))
 
     def alphas(self) -> list[float]:
         """Where the gradient is taken, from the base run (0) to the source run (1)."""
@@ -167,34 +175,53 @@ class EdgeAttribution(base.EngineBase):
         return {"midpoint": [(i + 0.5) / self.steps for i in k], "base_end": [i / self.steps for i in k],
                 "source_end": [(i + 1) / self.steps for i in k]}[self.points]
 
-    def measure(self, model: Any, task: Any, batch: PromptBatch) -> Measurement[Float[Tensor, "writer reader"]]:
+    def measure(self, model: Any, task: Any, batch: PromptBatch) -> Measurement[Tensor]:
         """Unnormalised batch-mean ``Δa_u · ḡ_v`` for every (writer, reader) of `Layout` (zero where no edge
-        exists), float64, for a batch you built yourself."""
+        exists), float64, for a batch you built yourself: ``[writer, reader]``, or with `positions`
+        ``[writer, reader, label]`` (the labels: `position_labels` of the measured batch)."""
         with base.session(model, grad=True):
             runs = kit.Runs.prepare(model, task, batch, self.run_direction, writer_sites(model))
             batch, layout = runs.batch, Layout.of(model)
-            sums = torch.zeros(len(layout.writers), len(layout.readers), dtype=torch.float64)
-            parts = kit.chunks(batch.size, _prompts_per_pass(model, layout, batch, self.memory_mb))
+            index, labels = positions.labelled(batch, self.positions, task) if self.positions else (None, ())
+            per_label = (len(labels),) if self.positions else ()
+            sums = torch.zeros(len(layout.writers), len(layout.readers), *per_label, dtype=torch.float64)
+            parts = kit.chunks(batch.size, _prompts_per_pass(model, layout, batch, self.memory_mb,
+                                                             positional=bool(self.positions)))
             passes = sum(len(self.alphas()) if path.interpolates else 1 for path in self._paths(runs, layout))
             with kit.progress(model, len(parts) * passes, f"{self.name}: gradient passes", self.progress) as bar:
                 for chunk in parts:
-                    sums += self._chunk(model, task, runs.rows(chunk), layout, bar)
-            return runs.measured(sums / batch.size * layout.mask())
+                    grouping = None if index is None else positions.Grouping.of(index[chunk.start:chunk.stop],
+                                                                                len(labels))
+                    sums += self._chunk(model, task, runs.rows(chunk), layout, bar, grouping)
+            mask = layout.mask().view(*layout.mask().shape, *[1] * len(per_label))
+            return runs.measured(sums / batch.size * mask)
+
+    def position_labels(self, batch: PromptBatch) -> tuple[str, ...]:
+        """The labels of `measure`'s last axis for a measured batch (with `positions`; empty without)."""
+        return positions.labelled(batch, self.positions)[1] if self.positions else ()
 
     def graph(self, model: Any, measurement: Measurement[Tensor]) -> HeadGraph:
         normalised = measurement.baseline().normalise(measurement.values, self.run_direction)
-        graph = edge_graph(Layout.of(model), normalised)
+        labels = self.position_labels(measurement.batch)
+        graph = edge_graph(Layout.of(model), normalised, labels)
+        if self.positions:
+            graph.meta["positions"] = {"kind": self.positions, "labels": list(labels)}
         graph.meta.update(method=self.method, steps=len(self.alphas()), alphas=self.alphas(),
                           direction=self.run_direction, quadrature=self.points, convention=self.convention)
         graph.meta["unscored_edges"] = coverage.unscored(model, graph)  # none: the layout is the whole edge graph
         return graph
 
-    def _chunk(self, model: Any, task: Any, runs: kit.Runs, layout: Layout, bar: Any) -> Tensor:
-        """Summed ``Δa_u · ḡ_v`` over the prompts of `runs`: ``[writer, reader]``."""
+    def _chunk(self, model: Any, task: Any, runs: kit.Runs, layout: Layout, bar: Any,
+               grouping: Optional[positions.Grouping] = None) -> Tensor:
+        """Summed ``Δa_u · ḡ_v`` over the prompts of `runs`: ``[writer, reader]``, or per label of `grouping`
+        ``[writer, reader, label]``: each label's products before the sum over positions."""
         batch = runs.batch
-        deltas = writer_deltas(model, runs).flatten(1)  # [writer, batch * pos * d_model]
+        deltas = writer_deltas(model, runs)
+        # [writer, batch * pos * d_model]; per label: [writer, tokens in label order, d_model]
+        deltas = deltas.flatten(1) if grouping is None else grouping.sorted(deltas)
         alphas = self.alphas()
-        out = torch.zeros(len(layout.writers), len(layout.readers), dtype=torch.float64)
+        per_label = () if grouping is None else (grouping.labels,)
+        out = torch.zeros(len(layout.writers), len(layout.readers), *per_label, dtype=torch.float64)
         embed, resid_change = runs.base[EMBED_SITE], runs.change(EMBED_SITE)
         paths = self._paths(runs, layout)
         every_run = sum(path.runs for path in paths) * len(alphas)
@@ -214,7 +241,9 @@ class EdgeAttribution(base.EngineBase):
             for block, (size, heard) in zip(total, layout.blocks()):
                 hear = slice(path.rows.start or 0, min(heard, len(deltas) if path.rows.stop is None else path.rows.stop))
                 if hear.start < hear.stop:  # slices: views, not copies
-                    product = deltas[hear] @ block.flatten(1).T.to(deltas.device)  # a reader's gradient: on its layer's device
+                    block = block.to(deltas.device)  # a reader's gradient: on its layer's device
+                    product = (deltas[hear] @ block.flatten(1).T if grouping is None
+                               else grouping.products(deltas[hear], grouping.sorted(block)))
                     scaled = product.double().cpu() / divisor
                     out[hear, column:column + size] += scaled if runs_here == 1 else scaled * runs_here
                 column += size
@@ -394,23 +423,28 @@ def _group_size(model: Any) -> int:
     return model.cfg.n_heads // n_kv
 
 
-def _prompts_per_pass(model: Any, layout: Layout, batch: PromptBatch, memory_mb: float) -> int:
-    """Prompts per gradient pass within `memory_mb`: writer deltas, one pass's reader gradients and
-    batched cotangents, and the autograd graph of the forward pass (a rough per-prompt size)."""
+def _prompts_per_pass(model: Any, layout: Layout, batch: PromptBatch, memory_mb: float,
+                      positional: bool = False) -> int:
+    """Prompts per gradient pass within `memory_mb`: writer deltas (twice per position: in label order too), one
+    pass's reader gradients and batched cotangents, and the autograd graph of the forward pass (a rough per-prompt
+    size)."""
     cfg = model.cfg
     n_pos, d = batch.clean.shape[1], cfg.d_model
     d_mlp = 0 if cfg.attn_only else (cfg.d_mlp or 4 * d)
-    floats = n_pos * (d * (len(layout.writers) + 2 * len(layout.readers) + 9 * cfg.n_heads)
+    writers = (2 if positional else 1) * len(layout.writers)
+    floats = n_pos * (d * (writers + 2 * len(layout.readers) + 9 * cfg.n_heads)
                       + cfg.n_layers * (24 * d + 6 * cfg.n_heads * n_pos + 6 * d_mlp)) + 4 * cfg.d_vocab
     itemsize = torch.finfo(cfg.dtype).bits // 8 if isinstance(getattr(cfg, "dtype", None), torch.dtype) else 4
     return max(1, int(memory_mb * 2**20 // (itemsize * floats)))
 
 
-def edge_graph(layout: Layout, scores: Float[Tensor, "writer reader"]) -> HeadGraph:
+def edge_graph(layout: Layout, scores: Tensor, labels: tuple[str, ...] = ()) -> HeadGraph:
     """Every head and MLP a node scored by the sum of its outgoing edges; every edge of `layout` with its
-    score; a head receiver's edge sums its q, k and v inputs and keeps each in score_q/score_k/score_v."""
+    score; a head receiver's edge sums its q, k and v inputs and keeps each in score_q/score_k/score_v. Positional
+    scores (``[writer, reader, label]``, `labels` their names) are kept per edge as ``positions`` ({label: score};
+    a head receiver's also per input, ``positions_q/_k/_v``), the score being their sum."""
     graph = HeadGraph(n_layers=layout.n_layers, n_heads=layout.n_heads)
-    scores = scores * layout.mask()
+    scores = scores * layout.mask().view(*layout.mask().shape, *[1] * (scores.ndim - 2))
     values = scores.tolist()
     writers, readers = layout.writers, layout.readers
     for w, (writer, _) in enumerate(writers):
@@ -432,10 +466,22 @@ def edge_graph(layout: Layout, scores: Float[Tensor, "writer reader"]) -> HeadGr
         row = values[w]
         for node, columns in heads.items():
             if stage[writer] < reader_stage[node]:
-                per = {f"score_{i}": row[c] for i, c in columns.items()}
-                graph.add_edge(nodes[writer], nodes[node], sum(per.values()), effect="direct", inputs="+".join(INPUTS),
-                               **per)
+                per = {f"score_{i}": _scored(row[c], labels, f"_{i}") for i, c in columns.items()}
+                extra = {k: v for parts in per.values() for k, v in parts[1].items()}
+                if labels:  # per position, the sum over q, k and v
+                    extra["positions"] = dict(zip(labels, map(sum, zip(*(row[c] for c in columns.values())))))
+                graph.add_edge(nodes[writer], nodes[node], sum(score for score, _ in per.values()), effect="direct",
+                               inputs="+".join(INPUTS), **{k: score for k, (score, _) in per.items()}, **extra)
         for node, c in others:
             if stage[writer] < reader_stage[node]:
-                graph.add_edge(nodes[writer], nodes[node], row[c], effect="direct")
+                score, extra = _scored(row[c], labels, "")
+                graph.add_edge(nodes[writer], nodes[node], score, effect="direct", **extra)
     return graph
+
+
+def _scored(value: Any, labels: tuple[str, ...], suffix: str) -> tuple[float, dict[str, Any]]:
+    """An edge's score and, for positional values (a list per label), ``{"positions" + suffix: {label: score}}``
+    with the score their sum (in label order, so summing them again gives it exactly)."""
+    if not labels:
+        return value, {}
+    return sum(value), {f"positions{suffix}": dict(zip(labels, value))}

@@ -27,6 +27,7 @@ from circuits.errors import InvalidEdgeError, InvalidOptionError
 from circuits.evaluation.ablations import ablated_outputs, check_ablation, sender_outputs
 from circuits.evaluation.rebuild import Rebuild
 from circuits.nodes import MLP, Edge, Head, Input, all_edges, receivers, senders
+from circuits.positions import tokens_at
 
 Circuit = Iterable[Union[Edge, str]]
 
@@ -48,7 +49,9 @@ def evaluate(model: Any, task: Any, circuits: Union[Circuit, Sequence[Circuit]],
              n: int = 32, seed: int = 1, reference: Optional[Union[PromptBatch, Tensor]] = None,
              memory_mb: float = 512.0) -> Evaluation:
     """Evaluate edge circuits (each a set of `Edge`s or edge names, e.g. from ``graph.circuit``; one set alone is one
-    circuit) of `model` on `task`'s `n` prompts for `seed` (default 1: held out from the engines' default 0).
+    circuit) of `model` on `task`'s `n` prompts for `seed` (default 1: held out from the engines' default 0). Edges
+    may act at one position (``Edge.position``: a token index or a span of the task's prompts; docs/positional.md):
+    outside the circuit an edge is ablated at the tokens where the circuit does not hold it.
 
     ablation: what an edge outside the circuit carries: ``"patching"`` (its sender's output on the corrupted
     prompt), ``"mean"``, ``"mean_positional"`` (over `reference`) or ``"zero"`` (`circuits.evaluation.ablations`).
@@ -59,15 +62,20 @@ def evaluate(model: Any, task: Any, circuits: Union[Circuit, Sequence[Circuit]],
     check_ablation(ablation)
     circuits = _as_circuits(circuits)
     index = EdgeIndex.of(model)
-    masks = torch.stack([index.ablated(circuit) for circuit in circuits]) if circuits else None
+    for circuit in circuits:
+        index.check(circuit)
+    positional = any(edge.position is not None for circuit in circuits for edge in circuit)
     with session(model):
         batch = prompts(model, task, n, seed)
+        at = batch if positional else None  # every circuit's mask gets the batch and position axes, to stack them
+        for position in {edge.position for circuit in circuits for edge in circuit} - {None}:
+            tokens_at(batch, position)  # a span the prompts lack, a token beyond them: refused before any pass
         if ablation.startswith("mean"):
             reference = _reference(model, task, n, seed + 1, reference)
         rebuild, clean_logits = prepare(model, task, batch, ablation, reference)
         full = float(metric_means(task, clean_logits, batch)[0])
         empty = float(rebuild.metrics(index.mask[None])[0])
-        values = [] if masks is None else _metrics(rebuild, masks, index, full, empty, memory_mb)
+        values = _metrics(rebuild, circuits, index, at, full, empty, memory_mb)
     faithfulness = Baseline(clean=full, corrupted=empty).normalise(torch.tensor(values) - empty, "denoising")
     return Evaluation(values, full, empty, [float(f) for f in faithfulness], ablation, batch.size)
 
@@ -99,15 +107,37 @@ class EdgeIndex:
             mask[sent[edge.sender], received[edge.receiver, edge.input]] = True
         return cls(sent, received, mask, edges)
 
-    def ablated(self, circuit: frozenset) -> Tensor:
-        """``[sender, receiver]``: True for the model's edges outside `circuit`."""
-        keep = torch.zeros_like(self.mask)
+    def check(self, circuit: frozenset) -> None:
+        """`InvalidEdgeError` naming an edge of `circuit` that is no edge of this model (at any position)."""
         for edge in circuit:
-            if edge not in self.edges:
+            if edge.plain not in self.edges:
                 raise InvalidEdgeError(f"edge {edge.name!r} is not an edge of this model; expected an edge of "
                                        f"circuits.nodes.all_edges(model) ({len(self.edges)} edges)")
-            keep[self.senders[edge.sender], self.receivers[edge.receiver, edge.input]] = True
-        return self.mask & ~keep
+
+    def ablated(self, circuit: frozenset, batch: Optional[PromptBatch] = None) -> Tensor:
+        """``[sender, receiver]``: True for the model's edges outside `circuit`. With `batch` (needed for a circuit
+        with positional edges) ``[sender, receiver, batch, pos]``: True where an edge is outside the circuit at that
+        prompt's token (a positional edge keeps its edge at its own tokens only: a token index, or a span resolved
+        per prompt through ``batch.spans``; a plain edge keeps it everywhere)."""
+        self.check(circuit)
+        keep = torch.zeros_like(self.mask)
+        at: dict[tuple[int, int], Tensor] = {}
+        for edge in circuit:
+            cell = (self.senders[edge.sender], self.receivers[edge.receiver, edge.input])
+            if edge.position is None:
+                keep[cell] = True
+            elif batch is None:
+                raise InvalidEdgeError(f"edge {edge.name!r} acts at one position; expected a batch to resolve it "
+                                       "(circuits.evaluate gives one)")
+            else:
+                at[cell] = at.get(cell, False) | tokens_at(batch, edge.position)
+        plain = self.mask & ~keep
+        if batch is None:
+            return plain
+        out = plain[:, :, None, None].repeat(1, 1, *batch.clean.shape[:2])
+        for (s, r), tokens in at.items():
+            out[s, r] &= ~tokens
+        return out
 
 
 def head_circuit(model: Any, heads: Iterable[Union[Head, str]]) -> frozenset:
@@ -117,35 +147,41 @@ def head_circuit(model: Any, heads: Iterable[Union[Head, str]]) -> frozenset:
     return frozenset(e for e in all_edges(model) if isinstance(e.sender, (Input, MLP)) or e.sender in kept)
 
 
-def _metrics(rebuild: Rebuild, masks: Tensor, index: EdgeIndex, full: float, empty: float,
-             memory_mb: float) -> list[float]:
+def _metrics(rebuild: Rebuild, circuits: list[frozenset], index: EdgeIndex, batch: Optional[PromptBatch],
+             full: float, empty: float, memory_mb: float) -> list[float]:
     """Each circuit's metric: the whole circuit's is the plain model's and the empty one's the empty circuit's
-    (no pass needed); the others in stacked passes."""
-    values: list[Optional[float]] = [None] * len(masks)
+    (no pass needed); the others in stacked passes. Masks are built per pass (`batch`: positional ones, which are
+    ``[sender, receiver, batch, pos]`` each), not all at once."""
+    values: list[Optional[float]] = [None] * len(circuits)
     todo = []
-    for i, mask in enumerate(masks):
+    every = index.mask if batch is None else index.mask[:, :, None, None].expand(-1, -1, *batch.clean.shape[:2])
+    for i, circuit in enumerate(circuits):
+        mask = index.ablated(circuit, batch)
         if not mask.any():
             values[i] = full
-        elif torch.equal(mask, index.mask):
+        elif torch.equal(mask, every):
             values[i] = empty
         else:
             todo.append(i)
-    for part in chunks(len(todo), copies_per_pass(rebuild, memory_mb)):
+    for part in chunks(len(todo), copies_per_pass(rebuild, memory_mb, positional=batch is not None)):
         rows = [todo[j] for j in part]
-        for row, value in zip(rows, rebuild.metrics(masks[rows]).tolist()):
+        masks = torch.stack([index.ablated(circuits[row], batch) for row in rows])
+        for row, value in zip(rows, rebuild.metrics(masks).tolist()):
             values[row] = value
     return [float(v) for v in values]
 
 
-def copies_per_pass(rebuild: Rebuild, memory_mb: float) -> int:
-    """Circuits per stacked pass within `memory_mb`: per copy, every sender's swap and a layer's rebuilt inputs."""
+def copies_per_pass(rebuild: Rebuild, memory_mb: float, positional: bool = False) -> int:
+    """Circuits per stacked pass within `memory_mb`: per copy, every sender's swap and a layer's rebuilt inputs, and
+    a positional circuit's mask (a byte per sender, receiver, prompt and position)."""
     cfg, batch = rebuild.model.cfg, rebuild.batch
     n_pos = batch.clean.shape[1]
     d_mlp = 0 if cfg.attn_only else (cfg.d_mlp or 4 * cfg.d_model)
     floats = batch.size * n_pos * (cfg.d_model * (len(rebuild.ablated) + 6 * cfg.n_heads + 8)
                                    + 3 * cfg.n_heads * n_pos + 2 * d_mlp)
     itemsize = torch.finfo(cfg.dtype).bits // 8 if isinstance(getattr(cfg, "dtype", None), torch.dtype) else 4
-    return max(1, int(memory_mb * 2**20 // (itemsize * floats)))
+    mask = batch.size * n_pos * len(rebuild.ablated) * len(receivers(cfg)) if positional else 0
+    return max(1, int(memory_mb * 2**20 // (itemsize * floats + mask)))
 
 
 def _as_circuits(circuits: Any) -> list[frozenset]:

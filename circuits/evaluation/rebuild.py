@@ -12,13 +12,15 @@ hear the same senders ablated (often all, or none) share one input, built and no
 each distinct input and takes its own.
 
 Circuits are stacked as copies of the batch; a receiver whose every edge is in the circuit in every copy is left
-as the model computes it, so the whole circuit's pass is the plain model's.
+as the model computes it, so the whole circuit's pass is the plain model's. A circuit of positional edges has a mask
+with two more axes, ``[copies, sender, receiver, batch, pos]``: at each prompt's token, the senders outside the
+circuit there (plain circuits keep the three-axis mask: one matrix product per receiver, as before).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
 import einops
 import torch
@@ -31,7 +33,8 @@ from circuits.engines.kit import block_activations, metric_means
 from circuits.evaluation.ablations import head_outputs
 from circuits.nodes import INPUTS
 
-Ablated = Bool[Tensor, "copies sender receiver"]  # True: the edge is outside the circuit (its sender ablated)
+# True: the edge is outside the circuit (its sender ablated); positional circuits: at each prompt's token
+Ablated = Union[Bool[Tensor, "copies sender receiver"], Bool[Tensor, "copies sender receiver batch pos"]]
 
 
 @dataclass
@@ -132,8 +135,8 @@ class Swaps:
         if not heard.any():
             return [resid] * ablated.shape[2]
         stacked = self.values[:self.count].view(self.count, self.copies, -1, *resid.shape[1:])
-        update = einops.einsum(heard.to(stacked.dtype), stacked,
-                               "copies sender receiver, sender copies batch pos d -> receiver copies batch pos d")
+        update = einops.einsum(heard.to(stacked.dtype), stacked, f"copies sender receiver{_at(heard, 3)}, "
+                               "sender copies batch pos d -> receiver copies batch pos d")
         return list(resid[None] + update.reshape(ablated.shape[2], *resid.shape).to(resid.device))
 
     def normed(self, resid: Tensor, ablated: Tensor, norm: Any) -> tuple[Tensor, Tensor]:
@@ -146,14 +149,21 @@ class Swaps:
         per_copy = resid.view(self.copies, rows, *resid.shape[1:])
         inputs, inverse, seen = [], [], 0
         for copy in range(self.copies):
-            patterns, index = torch.unique(heard[copy].T, dim=0, return_inverse=True)  # [distinct, sender], [receiver]
+            by_receiver = heard[copy].transpose(0, 1)  # [receiver, sender(, batch, pos)]
+            patterns, index = torch.unique(by_receiver.flatten(1), dim=0, return_inverse=True)  # [distinct, ...]
+            patterns = patterns.view(-1, *by_receiver.shape[1:])
             update = einops.einsum(patterns.to(values.dtype), values[:, copy],
-                                   "distinct sender, sender batch pos d -> distinct batch pos d")
+                                   f"distinct sender{_at(patterns, 2)}, sender batch pos d -> distinct batch pos d")
             inverse.append(index + seen)
             inputs.append(per_copy[copy][None] + update.to(resid.device))
             seen += len(patterns)
         distinct = torch.cat(inputs)
         return norm(distinct.flatten(0, 1)).view(distinct.shape), torch.stack(inverse)
+
+
+def _at(mask: Tensor, axes: int) -> str:
+    """The einsum axes a mask has beyond its first `axes`: a positional mask's " batch pos", a plain one's none."""
+    return " batch pos" if mask.ndim == axes + 2 else ""
 
 
 def _bias(attn: Any, which: str) -> Tensor | None:

@@ -1,0 +1,319 @@
+"""Position-aware circuits (docs/positional.md): edges at a token or a span, evaluated against a literal per-token
+reference (`tests.references.edge_circuit_metric` with `kept_tokens`), edge attribution per position summing to the
+plain graph, selection, JSON and typed errors; tiny float64 toys."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import tasks
+from circuits import Edge, HeadGraph, models, nodes, tokens
+from circuits.engines.base import prompts, session
+from circuits.engines.edge_attribution import EdgeAttribution
+from circuits.errors import InvalidBatchError, InvalidEdgeError, InvalidOptionError, PromptFileError
+from circuits.evaluation import evaluate
+from tests.references import RandomTokens, edge_circuit_metric, literal_ablations
+from tests.tiny_hf import save_tiny_llama
+
+SPANS = ("first", "middle", "end", "other")
+TOYS = {"ln_mlp": dict(attn_only=False, d_mlp=24),
+        "rms_rotary_gqa_mlp": dict(attn_only=False, d_mlp=24, normalization="RMS", positional="rotary", n_kv_heads=2)}
+
+
+@dataclasses.dataclass(frozen=True)
+class SpanTokens(RandomTokens):
+    """Random prompts whose spans differ from prompt to prompt: the last token is "end", the rest drawn at random
+    from the other spans (so a span covers different tokens, or none, in different prompts)."""
+
+    name: str = "span_tokens"
+
+    def batch(self, model, n, seed):
+        batch = super().batch(model, n, seed)
+        spans = torch.randint(len(SPANS), (n, self.seq_len), generator=torch.Generator().manual_seed(seed + 99))
+        spans[spans == SPANS.index("end")] = SPANS.index("other")
+        spans[:, -1] = SPANS.index("end")
+        return dataclasses.replace(batch, spans=spans, span_names=SPANS)
+
+
+TASK = SpanTokens(seq_len=6)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def toy(name, seed=3):
+    return models.toy(models.ToyConfig(n_layers=2, n_heads=4, d_model=16, d_head=4, d_vocab=32, n_ctx=16, seed=seed,
+                                       **TOYS[name])).to(torch.float64)
+
+
+def positional_circuits(model, count, seed):
+    """Random circuits mixing plain edges, edges at token indices and edges at spans."""
+    g = torch.Generator().manual_seed(seed)
+    where = [None, *range(TASK.seq_len), *SPANS]
+    out = []
+    for p in torch.linspace(0.3, 0.8, count).tolist():
+        chosen = set()
+        for edge in nodes.all_edges(model):
+            for position in where:
+                if float(torch.rand(1, generator=g)) < p / len(where) * (0.3 if position is None else 1.0):
+                    chosen.add(edge.at(position))
+        out.append(frozenset(chosen))
+    return out
+
+
+def literal(model, circuits_, ablation, n=4, seed=1):
+    with session(model):
+        batch = prompts(model, TASK, n, seed)
+        ablated = literal_ablations(model, batch, ablation, prompts(model, TASK, n, seed + 1))
+        return [edge_circuit_metric(model, TASK, batch, c, ablated) for c in circuits_]
+
+
+# --- edges at positions ----------------------------------------------------------------------------------------
+def test_edge_names_with_positions_read_back_and_plain_edges_are_unchanged():
+    edge = Edge("L0H3", "L1H0", "k", "end")
+    assert edge.name == "L0H3->L1H0<k>@end" and Edge.parse(edge.name) == edge
+    assert Edge.parse("L0H3->logits@5") == Edge("L0H3", "logits", position=5) == Edge("L0H3", "logits", None, "5")
+    assert Edge.parse("L0H3->L1H0<k>") == Edge("L0H3", "L1H0", "k") and Edge("L0H3", "L1H0", "k").position is None
+    assert edge.plain == Edge("L0H3", "L1H0", "k") and edge.plain.at("end") == edge and edge != edge.plain
+    assert len({Edge("embed", "M0"), Edge("embed", "M0", None, None)}) == 1
+    for bad in (-1, "a b", "x@y", ""):
+        with pytest.raises(InvalidEdgeError, match="position"):
+            Edge("L0H3", "logits", position=bad)
+
+
+def test_batch_spans_follow_rows_repeats_trimming_and_are_validated():
+    model = toy("ln_mlp")
+    batch = TASK.batch(model, 4, 0)
+    batch.validate(model)
+    assert torch.equal(batch.rows(range(1, 3)).spans, batch.spans[1:3])
+    assert torch.equal(batch.repeated(2).spans, batch.spans.repeat(2, 1))
+    short = dataclasses.replace(batch, position=torch.full((4,), 3))
+    assert short.trimmed(causal=True).spans.shape == (4, 4) and short.trimmed(causal=True).n_positions == 6
+    bad = {"spans of another shape": dict(spans=batch.spans[:, :3]),
+           "an index out of range": dict(spans=batch.spans + 4),
+           "names without spans": dict(spans=None),
+           "repeated names": dict(span_names=("a", "a", "b", "c")),
+           "names of digits": dict(span_names=("0", "a", "b", "c"))}
+    for why, change in bad.items():
+        with pytest.raises(InvalidBatchError):
+            dataclasses.replace(batch, **change).validate(model)
+
+
+# --- evaluation against the literal reference ------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(TOYS))
+@pytest.mark.parametrize("ablation", ["patching", "mean"])
+def test_positional_evaluation_equals_the_literal_per_token_reference(name, ablation):
+    model = toy(name)
+    chosen = positional_circuits(model, 2, seed=len(name))
+    result = evaluate(model, TASK, chosen, ablation=ablation, n=4)
+    expected = literal(model, chosen + [frozenset()], ablation)
+    assert result.metrics == pytest.approx(expected[:-1], abs=1e-5)
+    assert result.empty == pytest.approx(expected[-1], abs=1e-5)
+    plain = evaluate(model, TASK, [frozenset(e.plain for e in c) for c in chosen], ablation=ablation, n=4)
+    assert all(abs(a - b) > 1e-3 for a, b in zip(result.metrics, plain.metrics))  # positions matter here
+
+
+def test_edges_at_every_token_or_every_span_are_the_plain_edge():
+    """An edge held at every token index, or at every span, is the plain edge: the same metric as the plain circuit,
+    and the whole circuit at every position is the plain model."""
+    model = toy("rms_rotary_gqa_mlp")
+    every = nodes.all_edges(model)
+    plain = frozenset(every[::3])
+    by_token = frozenset(e.at(p) for e in plain for p in range(TASK.seq_len))
+    by_span = frozenset(e.at(s) for e in plain for s in SPANS)
+    whole = frozenset(e.at(s) for e in every for s in SPANS)
+    result = evaluate(model, TASK, [plain, by_token, by_span, whole, frozenset()], n=4)
+    assert result.metrics[1] == pytest.approx(result.metrics[0], abs=1e-9)
+    assert result.metrics[2] == pytest.approx(result.metrics[0], abs=1e-9)
+    assert result.metrics[3] == result.full and result.metrics[4] == result.empty
+    assert result.faithfulness[3] == 1.0 and result.faithfulness[4] == 0.0
+
+
+def test_positions_the_prompts_lack_are_typed_errors_naming_them():
+    model = toy("ln_mlp")
+    with pytest.raises(InvalidEdgeError, match="'subject'"):
+        evaluate(model, TASK, [{Edge("L0H0", "logits", position="subject")}], n=2)
+    with pytest.raises(InvalidEdgeError, match="position 9"):
+        evaluate(model, TASK, [{Edge("L0H0", "logits", position=9)}], n=2)
+    with pytest.raises(InvalidEdgeError, match="have none"):
+        evaluate(model, RandomTokens(seq_len=6), [{Edge("L0H0", "logits", position="end")}], n=2)
+    with pytest.raises(InvalidEdgeError, match="L0H0->M9@end"):
+        evaluate(model, TASK, [{"L0H0->M9@end"}], n=2)
+
+
+# --- edge attribution per position -------------------------------------------------------------------------------
+METHODS = ("eap", "eap_ig_inputs", "eap_ig_activations", "eap_ig_stagewise")
+
+
+def graphs(model, method, n=3):
+    options = dict(method=method, steps=2)
+    return (EdgeAttribution(**options).run(model, TASK, n=n),
+            {kind: EdgeAttribution(**options, positions=kind).run(model, TASK, n=n) for kind in ("tokens", "spans")})
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_summed_over_positions_the_positional_graph_is_the_plain_graph(method):
+    model = toy("rms_rotary_gqa_mlp", seed=5)
+    plain, positional = graphs(model, method)
+    for kind, graph in positional.items():
+        assert graph.meta["positions"] == {"kind": kind, "labels": [str(p) for p in range(6)] if kind == "tokens"
+                                           else list(SPANS)}
+        assert graph.nx.number_of_edges() == plain.nx.number_of_edges()
+        for u, v, data in plain.nx.edges(data=True):
+            mine = graph.nx.edges[u, v]
+            assert mine["score"] == pytest.approx(data["score"], rel=1e-9, abs=1e-10), (kind, u, v)
+            assert sum(mine["positions"].values()) == pytest.approx(mine["score"], rel=1e-12, abs=1e-14)
+            for i in "qkv":
+                if f"score_{i}" in data:
+                    assert mine[f"score_{i}"] == pytest.approx(data[f"score_{i}"], rel=1e-9, abs=1e-10)
+                    assert mine[f"score_{i}"] == sum(mine[f"positions_{i}"].values())  # the score is their sum
+        for node in plain.heads() + plain.mlps():
+            assert graph.nx.nodes[node]["score"] == pytest.approx(plain.nx.nodes[node]["score"], rel=1e-9, abs=1e-10)
+        # only the read-out token reaches the logits, and the last layer's queries matter there alone
+        read_out = "5" if kind == "tokens" else "end"
+        for u, v, data in graph.nx.edges(data=True):
+            key = "positions" if v == "logits" else "positions_q" if v.startswith("L1H") else None
+            if key:
+                assert all(value == 0 or label == read_out for label, value in data[key].items()), (u, v)
+                assert data[key][read_out] != 0
+
+
+def test_span_scores_are_token_scores_gathered_prompt_by_prompt():
+    """The spans of each prompt differ: measured on the batch, each edge's span values are the mean over prompts of
+    that prompt's own per-token values (measured alone) summed over the tokens of each span."""
+    model = toy("ln_mlp", seed=2)
+    with session(model):
+        batch = prompts(model, TASK, 3, 0)
+    spans = EdgeAttribution(method="eap", positions="spans").measure(model, TASK, batch).values
+    expected = torch.zeros_like(spans)
+    for i in range(batch.size):
+        alone = EdgeAttribution(method="eap", positions="tokens").measure(model, TASK, batch.rows(range(i, i + 1)))
+        for p in range(batch.clean.shape[1]):
+            expected[:, :, int(batch.spans[i, p])] += alone.values[:, :, p] / batch.size
+    torch.testing.assert_close(spans, expected, rtol=1e-9, atol=1e-12)
+    assert (spans.abs().sum((0, 1)) > 0).sum() >= 3  # several spans carry scores
+
+
+def test_positional_selection_json_and_typed_errors(tmp_path):
+    model = toy("ln_mlp", seed=1)
+    plain, positional = graphs(model, "eap", n=2)
+    graph = positional["spans"]
+    assert HeadGraph.from_json(graph.to_json(tmp_path / "g.json")) == graph
+    scored = graph.scored_edges(positional=True)
+    assert len(scored) == len(plain.scored_edges()) * len(SPANS)
+    assert {e.position for e, _ in scored} == set(SPANS)
+    circuit = graph.circuit(k=40, by="absolute", positional=True)
+    assert circuit and all(e.position in SPANS for e in circuit)
+    top = sorted(scored, key=lambda item: abs(item[1]), reverse=True)[:40]
+    assert circuit <= {e for e, _ in top}  # the top 40, pruned
+    total = graph.edge_total() * len(SPANS)
+    assert graph.circuit(fraction=0.2, by="absolute", positional=True) == \
+        graph.circuit(k=int(0.2 * total), by="absolute", positional=True)
+    tokens = positional["tokens"].circuit(k=30, by="signed", positional=True)
+    assert all(isinstance(e.position, int) for e in tokens)
+    grown = graph.circuit(k=20, by="absolute", positional=True, greedy=True)
+    assert grown and all(e.position in SPANS for e in grown)
+    assert any(e.receiver.name == "logits" for e in grown)  # grown from the read-out
+    result = evaluate(model, TASK, [circuit, tokens, grown], n=2)  # what the graph chose, the evaluation reads
+    assert len(set(result.metrics)) == 3
+    with pytest.raises(InvalidOptionError, match="no scores per position"):
+        plain.circuit(k=3, by="absolute", positional=True)
+    with pytest.raises(InvalidOptionError, match="positions='rows'"):
+        EdgeAttribution(positions="rows")
+    with pytest.raises(InvalidBatchError, match="'random_tokens'"):
+        EdgeAttribution(positions="spans").run(model, RandomTokens(seq_len=6), n=2)
+
+
+# --- spans from tasks --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    """A tiny random Hugging Face Llama with a tokenizer of one token per word (BOS first)."""
+    return models.load(save_tiny_llama(tmp_path_factory.mktemp("llama") / "model"))
+
+
+ROW = {"clean": "When Mary and John went to the store , John gave an email to",  # 15 tokens with BOS
+       "corrupted": "When Mary and John went to the store , Paul gave an email to", "answer": " Mary", "foil": " John"}
+SHORTER = {"clean": "Then Anna and Lisa went to the park , Lisa gave to",  # 13 tokens with BOS
+           "corrupted": "Then Anna and Lisa went to the park , Jane gave to", "answer": " Anna", "foil": " Lisa"}
+
+
+def test_prompt_records_give_spans_by_position_or_per_token_and_auto_circuits_word_idxs(llama, tmp_path):
+    labels = [None] * 13
+    labels[2], labels[4], labels[10], labels[12] = "IO", "S1", "S2", "end"
+    task = tasks.prompts([{**ROW, "spans": {"IO": 2, "S1": 4, "S2": 10, "end": 14}}, {**SHORTER, "spans": labels}])
+    batch = task.batch(llama, n=2, seed=0)
+    batch.validate(llama)
+    assert batch.span_names == ("IO", "S1", "S2", "end", "other")
+    for i in range(2):
+        for name, word in (("IO", " Mary" if batch.position[i] == 14 else " Anna"), ("end", " to")):
+            at = (batch.spans[i] == batch.span_names.index(name)).nonzero()[:, 0].tolist()
+            assert len(at) == 1 and tokens.pieces(llama, [int(batch.clean[i, at[0]])])[0].strip() == word.strip()
+        assert (batch.spans[i, int(batch.position[i]) + 1:] == batch.span_names.index("other")).all()  # padding
+    # auto-circuit's word_idxs count tokens without the BOS, and its IOI files give "IO+1" and "S1-1" one token
+    path = tmp_path / "ac.json"
+    path.write_text(json.dumps({"word_idxs": {"IO": 1, "IO+1": 2, "S1-1": 2, "end": 13}, "prompts": [
+        {"clean": ROW["clean"], "corrupt": ROW["corrupted"], "answers": [" Mary"], "wrong_answers": [" John"]}]}))
+    with pytest.warns(UserWarning, match="'S1-1' \\(kept by 'IO\\+1'\\)"):
+        from_file = tasks.prompts(path).batch(llama, n=1, seed=0)
+    assert from_file.span_names == ("IO", "IO+1", "end", "other")
+    named = {from_file.span_names[int(i)]: p for p, i in enumerate(from_file.spans[0]) if int(i) != 3}
+    assert named == {"IO": 2, "IO+1": 3, "end": 14}  # BOS first: one token later than auto-circuit counts
+    assert tokens.pieces(llama, [int(from_file.clean[0, 2])])[0].strip() == "Mary"
+
+
+def test_bad_spans_in_prompt_records_are_typed_errors_naming_the_row(llama):
+    with pytest.raises(PromptFileError, match="record 0: spans label 3 tokens; the clean prompt is 15"):
+        tasks.prompts([{**ROW, "spans": ["a", "b", None]}]).batch(llama, 1, 0)
+    with pytest.raises(PromptFileError, match="record 0: span 'end' at token 15"):
+        tasks.prompts([{**ROW, "spans": {"end": 15}}]).batch(llama, 1, 0)
+    with pytest.raises(PromptFileError, match="record 1: no spans"):
+        tasks.prompts([{**ROW, "spans": {"end": 14}}, SHORTER])
+    with pytest.raises(PromptFileError, match="record 0: spans is"):
+        tasks.prompts([{**ROW, "spans": {"end": -1}}])
+
+
+def test_the_shipped_ioi_set_and_induction_declare_their_spans(induction, induction_model):
+    from tasks import ioi
+
+    task = tasks.prompts(ioi.DATA)
+    rows = [json.loads(line) for line in ioi.DATA.read_text().splitlines()]
+    assert all(pair.spans == row["meta"]["positions"] for pair, row in zip(task.pairs, rows))
+    assert set(task.pairs[0].spans) == {"IO", "S1", "S1+1", "S2", "end"}
+    batch = induction.batch(induction_model, 16, 0)
+    batch.validate(induction_model)
+    rows_ = torch.arange(16)
+    at = {name: (batch.spans == i).int().argmax(1) for i, name in enumerate(batch.span_names) if name != "other"}
+    assert (at["end"] == batch.position).all()
+    assert (batch.clean[rows_, at["repeated"]] == batch.clean[rows_, at["end"]]).all()  # the token the read-out repeats
+    assert (batch.clean[rows_, at["next"]] == batch.answer).all() and (at["next"] == at["repeated"] + 1).all()
+    graph = EdgeAttribution(method="eap", positions="spans").run(induction_model, induction, n=8)
+    assert graph.meta["positions"]["labels"] == ["repeated", "next", "end", "other"]
+    assert graph.circuit(k=10, by="absolute", positional=True)
+
+
+def test_chunked_prompts_give_the_same_positional_scores():
+    model = toy("ln_mlp", seed=4)
+    whole = EdgeAttribution(method="eap_ig_inputs", steps=2, positions="spans").run(model, TASK, n=5)
+    chunked = EdgeAttribution(method="eap_ig_inputs", steps=2, positions="spans", memory_mb=0.01).run(model, TASK, n=5)
+    for u, v, data in whole.nx.edges(data=True):
+        assert chunked.nx.edges[u, v]["positions"] == pytest.approx(data["positions"], rel=1e-9, abs=1e-12)
+
+
+def test_a_bad_position_is_refused_before_any_forward_pass(monkeypatch):
+    from circuits.evaluation import faithfulness
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a forward pass ran before the bad position was refused")
+
+    monkeypatch.setattr(faithfulness, "prepare", no_pass)
+    with pytest.raises(InvalidEdgeError, match="'subject'"):
+        evaluate(toy("ln_mlp"), TASK, [{Edge("L0H0", "logits", position="subject")}], n=2)
