@@ -81,7 +81,8 @@ def metric_mean(task: Any, logits: torch.Tensor, batch: PromptBatch) -> float:
 
 def path_metric(model: Any, task: Any, batch: PromptBatch, senders: Sequence[Sender], receiver: Receiver,
                 inputs: Sequence[str] = ("q", "k", "v"), direction: str = "denoising", freeze_mlps: bool = False,
-                positions: Optional[Sequence[int]] = None, cached: Optional[dict[str, Any]] = None) -> float:
+                positions: Union[Sequence[int], torch.Tensor, None] = None,
+                cached: Optional[dict[str, Any]] = None) -> float:
     """The patched metric mean of one path (all `senders` at once) -> `receiver`, computed literally."""
     return path_metrics(model, task, batch, senders, receiver, [tuple(inputs)], direction, freeze_mlps, positions,
                         cached)[tuple(inputs)]
@@ -89,20 +90,29 @@ def path_metric(model: Any, task: Any, batch: PromptBatch, senders: Sequence[Sen
 
 def path_metrics(model: Any, task: Any, batch: PromptBatch, senders: Sequence[Sender], receiver: Receiver,
                  combos: Sequence[tuple[str, ...]], direction: str = "denoising", freeze_mlps: bool = False,
-                 positions: Optional[Sequence[int]] = None,
+                 positions: Union[Sequence[int], torch.Tensor, None] = None,
                  cached: Optional[dict[str, Any]] = None) -> dict[tuple[str, ...], float]:
-    """`path_metric` for each input combination of a head receiver (one step 3 for all); {(): value} otherwise."""
+    """`path_metric` for each input combination of a head receiver (one step 3 for all); {(): value} otherwise.
+    `positions`: where the senders are patched (token indices, or a mask ``[batch, pos]`` per prompt; None: all)."""
     inputs = sorted({i for combo in combos for i in combo})
     cached = cached or caches(model, batch, direction)
     base, base_cache, source_cache = cached["base"], cached["base_cache"], cached["source_cache"]
     cfg = model.cfg
-    where = slice(None) if positions is None else list(positions)
+    # where the senders take their source values: [batch, pos], every token, the given positions, or a mask per prompt
+    where = torch.ones(base.shape[:2], dtype=torch.bool)
+    if isinstance(positions, torch.Tensor):
+        where = positions.bool().cpu()
+    elif positions is not None:
+        where = torch.zeros_like(where)
+        where[:, [p for p in positions if p < base.shape[1]]] = True
+
+    def mixed(base_value: torch.Tensor, source_value: torch.Tensor) -> torch.Tensor:
+        mask = where.to(base_value.device).view(*where.shape, *[1] * (base_value.ndim - 2))
+        return torch.where(mask, source_value, base_value)
 
     def with_source(name: str):
         def hook(t: torch.Tensor, hook: Any) -> torch.Tensor:
-            out = base_cache[name].clone()
-            out[:, where] = source_cache[name][:, where]
-            return out
+            return mixed(base_cache[name], source_cache[name])
         return hook
 
     def frozen(layer: int):
@@ -110,7 +120,8 @@ def path_metrics(model: Any, task: Any, batch: PromptBatch, senders: Sequence[Se
             out = base_cache[Z.format(layer)].clone()
             for sender in senders:
                 if isinstance(sender, tuple) and sender[0] == layer:
-                    out[:, where, sender[1]] = source_cache[Z.format(layer)][:, where, sender[1]]
+                    h = sender[1]
+                    out[:, :, h] = mixed(out[:, :, h], source_cache[Z.format(layer)][:, :, h])
             return out
         return hook
 

@@ -14,9 +14,11 @@ import tasks
 from circuits import Edge, HeadGraph, models, nodes, tokens
 from circuits.engines.base import prompts, session
 from circuits.engines.edge_attribution import EdgeAttribution
+from circuits.engines.path_patching import PathPatching
 from circuits.errors import InvalidBatchError, InvalidEdgeError, InvalidOptionError, PromptFileError
 from circuits.evaluation import evaluate
-from tests.references import RandomTokens, edge_circuit_metric, literal_ablations
+from circuits.nodes import MLP
+from tests.references import RandomTokens, edge_circuit_metric, literal_ablations, path_metrics
 from tests.tiny_hf import save_tiny_llama
 
 SPANS = ("first", "middle", "end", "other")
@@ -317,3 +319,56 @@ def test_a_bad_position_is_refused_before_any_forward_pass(monkeypatch):
     monkeypatch.setattr(faithfulness, "prepare", no_pass)
     with pytest.raises(InvalidEdgeError, match="'subject'"):
         evaluate(toy("ln_mlp"), TASK, [{Edge("L0H0", "logits", position="subject")}], n=2)
+
+
+# --- path patching per position --------------------------------------------------------------------------------
+def test_path_patching_per_token_is_patching_at_that_token_alone_and_sums_into_the_logits():
+    """Each token's value of an edge is path patching with the sender patched at that token only (itself checked
+    against the literal loop in test_path_patching); the edge's score stays the whole edge patched. Into the logits
+    only the read-out token matters per prompt, so there the per-token values add up to the score exactly."""
+    model = toy("ln_mlp", seed=4)
+    senders = ("embed", "L0H1", "M0")
+    with session(model):
+        batch = prompts(model, TASK, 3, 0)
+    per_token = PathPatching(senders=senders, positions="tokens").measure(model, TASK, batch)
+    graph = PathPatching(senders=senders, positions="tokens").graph(model, per_token)
+    assert graph.meta["positions"]["kind"] == "tokens" and graph.meta["positions"]["labels"] == [str(p) for p in range(6)]
+    plain = PathPatching(senders=senders).run(model, TASK, n=3, seed=0)
+    for p in range(6):
+        alone = PathPatching(senders=senders, positions=(p,)).run(model, TASK, n=3, seed=0)
+        for u, v, data in graph.nx.edges(data=True):
+            assert data["positions"][str(p)] == pytest.approx(alone.nx.edges[u, v]["score"], abs=1e-9), (p, u, v)
+            for i in "qkv":
+                if f"positions_{i}" in data:
+                    assert data[f"positions_{i}"][str(p)] == pytest.approx(alone.nx.edges[u, v][f"score_{i}"], abs=1e-9)
+    for u, v, data in graph.nx.edges(data=True):
+        assert data["score"] == pytest.approx(plain.nx.edges[u, v]["score"], abs=1e-9)
+        if v == "logits":
+            assert sum(data["positions"].values()) == pytest.approx(data["score"], abs=1e-9)
+    assert any(abs(sum(d["positions"].values()) - d["score"]) > 1e-6 for _, v, d in graph.nx.edges(data=True)
+               if v != "logits")  # elsewhere patching at several tokens interacts: the sum is not the score
+
+
+def test_path_patching_per_span_equals_the_literal_loop_with_each_prompts_own_tokens():
+    model = toy("rms_rotary_gqa_mlp", seed=6)
+    engine = PathPatching(senders=("embed", "L0H2"), receivers=("L1H1", "M1", "logits"), positions="spans")
+    with session(model):
+        batch = prompts(model, TASK, 3, 1)
+    values = engine.measure(model, TASK, batch).values
+    reference = {"L1H1": (1, 1), "M1": MLP(1), "logits": "logits"}
+    for sender, loop_sender in (("embed", "embed"), ("L0H2", (0, 2))):
+        for receiver, loop_receiver in reference.items():
+            for s, span in enumerate(SPANS):
+                where = batch.spans == s
+                combos = [("q",), ("k",), ("v",), ("q", "k", "v")] if receiver == "L1H1" else [("q", "k", "v")]
+                literal = path_metrics(model, TASK, batch, [loop_sender], loop_receiver, combos, positions=where)
+                for combo in combos:
+                    key = ("+".join(combo) if receiver == "L1H1" else "") + f"@{span}"
+                    assert values[(sender, receiver)][key] == pytest.approx(literal[combo], abs=1e-9), (sender, receiver, key)
+
+
+def test_path_patching_positions_are_checked():
+    with pytest.raises(InvalidOptionError, match="'words'"):
+        PathPatching(positions="words")
+    with pytest.raises(InvalidBatchError, match="random_tokens"):
+        PathPatching(positions="spans").run(toy("ln_mlp"), RandomTokens(seq_len=6), n=2)

@@ -43,9 +43,11 @@ from circuits.engines import base, coverage, kit
 from circuits.engines.kit import Measurement, PatchRuns, block_activations
 from circuits.errors import InvalidOptionError, UnknownNameError
 from circuits.graph import HeadGraph
+from circuits.positions import check_kind, labelled
 from circuits.nodes import EMBED, INPUTS, LOGITS, MLP, Head, Input, all_heads, all_mlps, parse_node, stage
 
-# (sender, receiver) -> {input combination ("q", "k", "v", "q+k+v"; "" for an MLP or the logits): patched metric mean}
+# (sender, receiver) -> {input combination ("q", "k", "v", "q+k+v"; "" for an MLP or the logits): patched metric mean}; with
+# positions="tokens" or "spans" also "{combination}@{label}": the sender patched at that token (span) alone
 PathPatches = dict[tuple[str, str], dict[str, float]]
 Sender = Union[Input, Head, MLP]
 Receiver = Union[Head, MLP]
@@ -61,7 +63,9 @@ class PathPatching(base.EngineBase):
     senders: Union[str, Sequence[str], None] = None  # "embed", heads and/or MLPs; None: all of them
     inputs: Union[str, Sequence[str]] = INPUTS  # receiver inputs patched together (edge score); each also alone
     per_input: bool = True  # also score each input alone (edge attributes "score_q", "score_k", "score_v")
-    positions: Optional[Sequence[int]] = None  # sender patched only at these positions; None: all
+    # None: the sender patched at every position; integer positions: only there; "tokens" or "spans": also each
+    # position (span) alone, scores per position in edge attributes "positions", "positions_q", ... (docs/positional.md)
+    positions: Union[str, Sequence[int], None] = None
     freeze_mlps: bool = False  # step 3: MLPs frozen at their base values instead of recomputed
     memory_mb: float = 256.0  # budget for one stacked forward pass
     progress: bool = True  # a progress bar over layers on large models (kit.progress); not in results
@@ -71,6 +75,9 @@ class PathPatching(base.EngineBase):
     def __post_init__(self) -> None:
         for field in ("receivers", "senders", "inputs", "positions"):
             value = getattr(self, field)
+            if field == "positions" and isinstance(value, str):
+                check_kind(value)
+                continue
             if isinstance(value, str):
                 value = (value,)
             if value is not None:
@@ -80,9 +87,15 @@ class PathPatching(base.EngineBase):
         if bad or not self.inputs or len(set(self.inputs)) != len(self.inputs):
             raise InvalidOptionError(f"inputs={self.inputs!r} (bad: {bad!r}); expected a non-empty selection "
                                      f"without repeats from {INPUTS}")
-        if self.positions is not None and any(not isinstance(p, int) or p < 0 for p in self.positions):
+        if self.positional is None and self.positions is not None and \
+                any(isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in self.positions):
             raise InvalidOptionError(f"positions={self.positions!r}; expected non-negative integer positions")
         kit.check_memory(self.memory_mb)
+
+    @property
+    def positional(self) -> Optional[str]:
+        """"tokens" or "spans" when edges are also scored per position (span), else None."""
+        return self.positions if isinstance(self.positions, str) else None
 
     @property
     def score_meaning(self) -> str:
@@ -133,34 +146,37 @@ class PathPatching(base.EngineBase):
                to_logits: bool) -> PathPatches:
         model, batch = runs.model, runs.batch
         first = runs.base_resid[0]
-        mask = self._position_mask(batch.n_positions, batch.clean.shape[1], first)
+        masks = self._masks(batch, first, runs.task)
+        labels = list(masks)
         per_copy = kit.copies_per_pass(model, batch, self.memory_mb)
         edges: PathPatches = {}
-        # step-3 residuals [sender, ...], one copy per sender in `done`, in order
+        # step-3 residuals [copy, ...]: per sender in `done`, one copy per position mask (`labels`), in order
         state, done = first.new_zeros((0,) + first.shape), []
         if Input() in senders:
-            state, done = (first + self._masked(runs.change(EMBED_SITE).to(first.device), mask))[None], [Input()]
+            state = first + self._copies(runs.change(EMBED_SITE).to(first.device)[None], masks)
+            done = [(Input(), label) for label in labels]
         bar = kit.progress(model, model.cfg.n_layers, f"{self.name}: layers", self.progress)
         for layer in range(model.cfg.n_layers):
             bar.update(1)
             here = [r.head for r in receivers if isinstance(r, Head) and r.layer == layer]
             if here and done:
                 for combo, metrics in self._receive(runs, layer, state, here, per_copy).items():
-                    for i, sender in enumerate(done):
+                    for i, (sender, label) in enumerate(done):
                         for j, head in enumerate(here):
-                            edges.setdefault((sender.name, Head(layer, head).name), {})["+".join(combo)] = float(metrics[i, j])
+                            edges.setdefault((sender.name, Head(layer, head).name), {})[
+                                _key("+".join(combo), label)] = float(metrics[i, j])
             new = [s.head for s in senders if isinstance(s, Head) and s.layer == layer]
-            mid = self._attention(runs, layer, state, new, mask)
-            done += [Head(layer, h) for h in new]
+            mid = self._attention(runs, layer, state, new, masks)
+            done += [(Head(layer, h), label) for h in new for label in labels]
             if model.cfg.attn_only:
                 state = mid
                 continue
             state = self._through_mlp(runs, layer, mid, done, MLP(layer) in receivers, edges, per_copy)
             if MLP(layer) in senders:
                 base_post = kit.finish_block(model, layer, runs.base_resid[layer] + runs.base_attn_out[layer])
-                change = self._masked(runs.change((layer, "mlp_out")).to(base_post.device), mask)
-                state = torch.cat([state.to(base_post.device), (base_post + change)[None]])
-                done.append(MLP(layer))
+                change = self._copies(runs.change((layer, "mlp_out")).to(base_post.device)[None], masks)
+                state = torch.cat([state.to(base_post.device), base_post + change])
+                done += [(MLP(layer), label) for label in labels]
         bar.close()
         if to_logits and done:
             position = batch.position
@@ -169,35 +185,47 @@ class PathPatching(base.EngineBase):
                 logits = forward.unembed(model, flat, position.repeat(len(chunk)))
                 values = kit.metric_means(runs.task, logits, batch, len(chunk))
                 for i, value in zip(chunk, values):
-                    edges[(done[i].name, LOGITS)] = {"": float(value)}
+                    sender, label = done[i]
+                    edges.setdefault((sender.name, LOGITS), {})[_key("", label)] = float(value)
         return edges
 
-    def _position_mask(self, n_pos: int, kept: int, like: Tensor) -> Optional[Tensor]:
-        if self.positions is None:
-            return None
-        bad = [p for p in self.positions if p >= n_pos]
-        if bad:
-            raise InvalidOptionError(f"positions {bad!r} lie outside the prompts; expected positions in [0, {n_pos})")
-        mask = like.new_zeros(kept)
-        mask[[p for p in self.positions if p < kept]] = 1.0  # after the last read-out nothing can matter
-        return mask[None, :, None]
+    def _masks(self, batch: PromptBatch, like: Tensor, task: Any) -> dict[Optional[str], Optional[Tensor]]:
+        """Where each copy of a sender is patched: label -> mask ``[batch or 1, pos, 1]`` (None: everywhere). The
+        whole-edge copy has label None; with `positional`, one more copy per position ("0", "1", ...) or span."""
+        n_pos, kept = batch.n_positions, batch.clean.shape[1]
+        if self.positional is None and self.positions is None:
+            return {None: None}
+        if self.positional is None:
+            bad = [p for p in self.positions if p >= n_pos]
+            if bad:
+                raise InvalidOptionError(f"positions {bad!r} lie outside the prompts; expected positions in [0, {n_pos})")
+            mask = like.new_zeros(kept)
+            mask[[p for p in self.positions if p < kept]] = 1.0  # after the last read-out nothing can matter
+            return {None: mask[None, :, None]}
+        index, labels = labelled(batch, self.positional, task)
+        return {None: None, **{label: (index == i).to(like)[..., None] for i, label in enumerate(labels)}}
 
     @staticmethod
-    def _masked(delta: Tensor, mask: Optional[Tensor]) -> Tensor:
-        return delta if mask is None else delta * mask.to(delta.device)
+    def _copies(deltas: Tensor, masks: dict[Optional[str], Optional[Tensor]]) -> Tensor:
+        """``[sender * mask, batch, pos, d_model]``: each sender's change (``[sender, batch, pos, d_model]``) under each
+        mask, sender-major (the order of `done`)."""
+        copies = [deltas if mask is None else deltas * mask.to(deltas.device) for mask in masks.values()]
+        return torch.stack(copies, 1).flatten(0, 1)
 
-    def _attention(self, runs: PatchRuns, layer: int, state: Tensor, new: list[int], mask: Optional[Tensor]) -> Tensor:
+    def _attention(self, runs: PatchRuns, layer: int, state: Tensor, new: list[int],
+                   masks: dict[Optional[str], Optional[Tensor]]) -> Tensor:
         """Step-3 residuals entering `layer` -> after its attention, adding `layer`'s head senders as new copies.
         Every head is frozen at its base output, so attention adds its base output; the senders add their
         change through W_O."""
         base_mid = runs.base_resid[layer] + runs.base_attn_out[layer]  # on this layer's device
         mid = state.to(base_mid.device) + runs.base_attn_out[layer]
         if new:
-            deltas = self._masked(runs.head_deltas(layer)[new].to(base_mid.device), mask)
+            deltas = self._copies(runs.head_deltas(layer)[new].to(base_mid.device), masks)
             mid = torch.cat([mid, base_mid[None] + deltas])
         return mid
 
-    def _through_mlp(self, runs: PatchRuns, layer: int, mid: Tensor, done: list[Sender], receives: bool,
+    def _through_mlp(self, runs: PatchRuns, layer: int, mid: Tensor, done: list[tuple[Sender, Optional[str]]],
+                     receives: bool,
                      edges: PathPatches, per_copy: int) -> Tensor:
         """Step-3 residuals after `layer`'s attention -> after its MLP (recomputed, or frozen with `freeze_mlps`);
         when the MLP is a receiver, each copy's edge into it: the base run with only the MLP's input replaced
@@ -219,7 +247,8 @@ class PathPatching(base.EngineBase):
                 residual = einops.rearrange(base_post[None] + change, "c b p d -> (c b) p d")
                 logits = forward.run_from(model, residual, layer + 1, runs.batch.position.repeat(len(chunk)))
                 for i, value in zip(chunk, kit.metric_means(runs.task, logits, runs.batch, len(chunk))):
-                    edges[(done[i].name, name)] = {"": float(value)}
+                    sender, label = done[i]
+                    edges.setdefault((sender.name, name), {})[_key("", label)] = float(value)
         return mid + (base_post - base_mid) if self.freeze_mlps else post
 
     def _receive(self, runs: PatchRuns, layer: int, state: Tensor, heads: list[int],
@@ -258,18 +287,45 @@ class PathPatching(base.EngineBase):
             direct = edges.get((node.name, LOGITS))
             graph.add_node(node, score(direct[""]) if direct else None)
         joint = "+".join(self.inputs)
-        for (sender, receiver), metrics in edges.items():
+        for (sender, receiver), values in edges.items():
+            metrics, at = _split(values)
             if "" in metrics:  # the logits or an MLP
-                graph.add_edge(sender, receiver, score(metrics[""]), effect="direct")
+                extras = {"positions": {p: score(m) for p, m in at[""].items()}} if at else {}
+                graph.add_edge(sender, receiver, score(metrics[""]), effect="direct", **extras)
                 continue
             extras = {f"score_{combo}": score(m) for combo, m in metrics.items() if combo != joint}
+            for combo, per_position in at.items():
+                extras["positions" if combo == joint else f"positions_{combo}"] = {
+                    p: score(m) for p, m in per_position.items()}
             graph.add_edge(sender, receiver, score(metrics[joint]), effect="direct", inputs=joint, **extras)
+        if self.positional:
+            labels = list(labelled(measurement.batch, self.positional)[1])
+            graph.meta["positions"] = {"kind": self.positional, "labels": labels,
+                                       "sum": "differs from score where effects at different positions interact "
+                                              "(patching is not linear); score is the whole edge patched"}
         restricted = [f"{option}={getattr(self, option)!r}" for option in ("senders", "receivers", "inputs")
                       if getattr(self, option) is not None and getattr(self, option) != INPUTS]
         restricted += ["per_input=False"] if not self.per_input and len(self.inputs) > 1 else []
         graph.meta["unscored_edges"] = coverage.unscored(model, graph, "options " + ", ".join(restricted)
                                                          if restricted else "")
         return graph
+
+
+def _key(combo: str, label: Optional[str]) -> str:
+    """A metric's key in `PathPatches`: the input combination, and ``"@label"`` for a copy patched at one position."""
+    return combo if label is None else f"{combo}@{label}"
+
+
+def _split(values: dict[str, float]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """An edge's metrics: whole-edge ones by input combination, and per combination the per-position ones."""
+    whole, at = {}, {}
+    for key, value in values.items():
+        combo, _, label = key.partition("@")
+        if label:
+            at.setdefault(combo, {})[label] = value
+        else:
+            whole[combo] = value
+    return whole, at
 
 
 def _order(node: Any) -> tuple[Union[int, float], int]:
