@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import tasks
-from circuits import Edge, HeadGraph, models, nodes, tokens
+from circuits import Edge, HeadGraph, hooks, models, nodes, tokens
 from circuits.engines.base import prompts, session
 from circuits.engines.edge_attribution import EdgeAttribution
 from circuits.engines.path_patching import PathPatching
@@ -372,3 +372,53 @@ def test_path_patching_positions_are_checked():
         PathPatching(positions="words")
     with pytest.raises(InvalidBatchError, match="random_tokens"):
         PathPatching(positions="spans").run(toy("ln_mlp"), RandomTokens(seq_len=6), n=2)
+
+
+# --- CD-T per position ------------------------------------------------------------------------------------------
+def test_cdt_per_span_is_each_prompts_own_tokens_of_the_span_as_the_source():
+    """A head's value at a span is CD-T's node formula with the head's z at that prompt's tokens of the span alone as
+    the source (`decompose` with (head, position) sources, prompt by prompt); head -> head shares likewise; the plain
+    scores are the plain run's."""
+    from circuits.engines import CDT
+    from circuits.engines.cdt import decompose
+
+    model = toy("ln_mlp", seed=8)
+    with session(model):
+        batch = prompts(model, TASK, 3, 2)
+    engine = CDT(positions="spans", receiver_count=2)
+    measured = engine.measure(model, TASK, batch)
+    graph = engine.graph(model, measured)
+    plain = CDT(receiver_count=2).graph(model, CDT(receiver_count=2).measure(model, TASK, batch))
+    assert graph.meta["positions"]["labels"] == list(SPANS)
+    for u, v, data in plain.nx.edges(data=True):
+        assert graph.nx.edges[u, v]["score"] == pytest.approx(data["score"], abs=1e-9)
+    z = {}
+    for name, inputs in (("clean", batch.clean), ("corrupted", batch.corrupted)):
+        sites = [f"blocks.{layer}.attn.hook_z" for layer in range(2)]
+        with torch.no_grad(), hooks.attached(model, [(s, lambda t, hook, s=s: z.__setitem__((name, s), t.detach()))
+                                                     for s in sites]):
+            model(inputs)
+    z_corrupted = torch.stack([z["corrupted", f"blocks.{layer}.attn.hook_z"] for layer in range(2)], dim=1)
+    gap = measured.clean - measured.corrupted
+    receiver = next(r for _, r in graph.nx.edges() if r != "logits")
+    layer, r_head = int(receiver[1]), int(receiver[3])
+    for head in ("L0H1", "L1H2"):
+        for s, span in enumerate(SPANS):
+            node, share = 0.0, 0.0
+            for i in range(batch.size):
+                tokens_i = [p for p in range(batch.clean.shape[1]) if batch.spans[i, p] == s]
+                rows = batch.rows(range(i, i + 1))
+                parts = decompose(model, rows.clean, [[(head, p) for p in tokens_i]], z_corrupted[i:i + 1],
+                                  readout=rows.position)
+                total = TASK.metric((parts.rel[0] + parts.irrel[0]), rows)
+                node += float(TASK.metric(parts.irrel[0], rows) - total) / batch.size
+                if head == "L0H1":
+                    z_i = {k: z[k][i, int(rows.position)] for k in z}
+                    change = (z_i["clean", f"blocks.{layer}.attn.hook_z"] - z_i["corrupted", f"blocks.{layer}.attn.hook_z"])[r_head]
+                    share += float(parts.z_rel[layer][0, 0, r_head] @ change)
+            assert graph.nx.edges[head, "logits"]["positions"][span] == pytest.approx(-node / gap, abs=1e-6), (head, span)
+            if head == "L0H1":
+                all_changes = sum(
+                    float(((z["clean", f"blocks.{layer}.attn.hook_z"] - z["corrupted", f"blocks.{layer}.attn.hook_z"])
+                           [j, int(batch.position[j]), r_head]).pow(2).sum()) for j in range(batch.size))
+                assert graph.nx.edges[head, receiver]["positions"][span] == pytest.approx(share / all_changes, abs=1e-6)

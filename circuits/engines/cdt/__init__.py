@@ -16,7 +16,7 @@ Each source set needs one decomposition; sets are stacked along the batch axis, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
@@ -33,6 +33,7 @@ from circuits.engines.kit import Measurement
 from circuits.errors import IncompatibleModelError, InvalidOptionError
 from circuits.graph import HeadGraph
 from circuits.nodes import LOGITS, Head, all_heads
+from circuits.positions import check_kind, labelled
 
 Source = Union[str, Head, tuple[Union[str, Head], int]]
 
@@ -105,6 +106,10 @@ class CDTScores:
     nodes: Float[Tensor, "n_layers n_heads"]
     dot: Tensor
     l1: Tensor
+    # with positions: the same with the source head at one label's tokens alone (last axis: `labels`)
+    labels: tuple[str, ...] = ()
+    nodes_at: Optional[Tensor] = None  # [n_layers, n_heads, label]
+    dot_at: Optional[Tensor] = None  # [sender layer, head, receiver layer, head, label]
 
 
 @base.options(renamed={"receivers": "receiver_count", "top_k": "sources_per_step"})
@@ -114,6 +119,7 @@ class CDT(base.EngineBase):
     iterative: bool = False  # the paper's discovery instead: from the logits, sources_per_step sources per step
     sources_per_step: int = 2  # iterative: sources kept per step
     memory_mb: float = 256.0  # budget for one stacked pass (sets x batch rows, both parts)
+    positions: Optional[str] = None  # "tokens" or "spans": also each source head at each token (span) alone
     progress: bool = True  # a progress bar over decomposed passes on large models (kit.progress); not in results
 
     name = "cdt"
@@ -126,6 +132,7 @@ class CDT(base.EngineBase):
         if not isinstance(self.iterative, bool):
             raise InvalidOptionError(f"iterative={self.iterative!r}; expected True or False")
         kit.check_memory(self.memory_mb)
+        check_kind(self.positions)
 
     @property
     def score_meaning(self) -> str:
@@ -157,20 +164,29 @@ class CDT(base.EngineBase):
         change = torch.stack([c[rows, position] - b[rows, position] for c, b in zip(clean, corrupted)])
         propagation = Propagation(model, batch.clean, batch.position)
         heads = all_heads(model)
+        # one source set per head (at every position) and, with positions, per head and label
+        index, labels = labelled(batch, self.positions, task) if self.positions else (None, ())
+        sets = len(heads) * (1 + len(labels))
         masks = source_masks(model, [[h] for h in heads], propagation.n_pos)
         z_base = checked_baseline(model, z_base, propagation)
-        nodes = torch.zeros(len(heads))
-        dot = torch.zeros(len(heads), cfg.n_layers, cfg.n_heads)
-        l1 = torch.zeros(len(heads), cfg.n_layers, cfg.n_heads)
+        nodes = torch.zeros(sets)
+        dot = torch.zeros(sets, cfg.n_layers, cfg.n_heads)
+        l1 = torch.zeros(sets, cfg.n_layers, cfg.n_heads)
         change = change.to(propagation.device)  # [layer, batch, head, d_head]
         per_pass = self._sets_per_pass(model, propagation)
         # Sets grouped by their head's layer: a pass starts at its sources' layer (below it rel is 0).
-        groups = [range(layer * cfg.n_heads, (layer + 1) * cfg.n_heads) for layer in layers]
+        per_layer = cfg.n_heads * (1 + len(labels))
+        groups = [range(layer * per_layer, (layer + 1) * per_layer) for layer in layers]
         passes = [range(g.start + c.start, g.start + c.stop) for g in groups for c in kit.chunks(len(g), per_pass)]
         bar = kit.progress(model, len(passes), f"{self.name}: decomposed passes", self.progress)
         for chunk in passes:
             bar.update(1)
-            part = propagation.run(masks[:, chunk.start:chunk.stop], z_base, keep_z=True)
+            sources = masks[:, [s // (1 + len(labels)) for s in chunk]]
+            if labels:  # set s is head s // (1 + L) at every token (s % (1 + L) = 0) or at label s % (1 + L) - 1 alone
+                at = torch.stack([torch.ones_like(index, dtype=torch.bool) if s % (1 + len(labels)) == 0
+                                  else index == s % (1 + len(labels)) - 1 for s in chunk]).cpu()
+                sources = sources[:, :, None] & at[None, :, :, :, None]  # [layer, set, batch, pos, head]
+            part = propagation.run(sources, z_base, keep_z=True)
             self._check_exact(part, runs.source_logits)
             total = kit.metric_means(task, (part.rel + part.irrel).flatten(0, 1), batch, len(chunk))
             rest = kit.metric_means(task, part.irrel.flatten(0, 1), batch, len(chunk))
@@ -183,7 +199,12 @@ class CDT(base.EngineBase):
         bar.close()
         dot = dot / change.pow(2).sum((1, 3)).cpu().clamp_min(1e-12)
         shape = (cfg.n_layers, cfg.n_heads, cfg.n_layers, cfg.n_heads)
-        return CDTScores(nodes.view(cfg.n_layers, cfg.n_heads), dot.view(shape), l1.view(shape))
+        nodes, dot, l1 = (t.view(len(heads), 1 + len(labels), *t.shape[1:]) for t in (nodes, dot, l1))
+        every = CDTScores(nodes[:, 0].view(cfg.n_layers, cfg.n_heads), dot[:, 0].view(shape), l1[:, 0].view(shape))
+        if not labels:
+            return every
+        return replace(every, labels=tuple(labels), nodes_at=nodes[:, 1:].reshape(cfg.n_layers, cfg.n_heads, -1),
+                       dot_at=dot[:, 1:].movedim(1, -1).reshape(*shape, -1))
 
     def _sets_per_pass(self, model: Any, propagation: Propagation) -> int:
         cfg = model.cfg
@@ -207,14 +228,23 @@ class CDT(base.EngineBase):
         scores = measurement.values
         nodes = measurement.baseline().normalise(scores.nodes, "noising")
         graph = HeadGraph(n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads)
+        nodes_at = None if scores.nodes_at is None else measurement.baseline().normalise(scores.nodes_at, "noising")
+        at = lambda values: {"positions": dict(zip(scores.labels, values.tolist()))} if scores.labels else {}  # noqa: E731
         for head in all_heads(model):
             score = float(nodes[head.layer, head.head])
             graph.add_node(head, score)
-            graph.add_edge(head, LOGITS, score, effect="total")
+            graph.add_edge(head, LOGITS, score, effect="total",
+                           **at(nodes_at[head.layer, head.head] if nodes_at is not None else None))
         pairs = self._circuit(model, nodes, scores.dot) if self.iterative else self._into_top(model, nodes)
         for sender, receiver in pairs:
             index = (sender.layer, sender.head, receiver.layer, receiver.head)
-            graph.add_edge(sender, receiver, float(scores.dot[index]), effect="share", score_l1=float(scores.l1[index]))
+            graph.add_edge(sender, receiver, float(scores.dot[index]), effect="share", score_l1=float(scores.l1[index]),
+                           **at(scores.dot_at[index] if scores.dot_at is not None else None))
+        if scores.labels:
+            graph.meta["positions"] = {"kind": self.positions, "labels": list(scores.labels),
+                                       "sum": "differs from score: CD-T's rules split a nonlinearity's output between "
+                                              "sources in a way that is not additive over positions; score is the "
+                                              "source head at every token"}
         receivers = "the iterative discovery's pairs" if self.iterative else f"the top {self.receiver_count} heads"
         graph.meta["unscored_edges"] = coverage.unscored(
             model, graph, "CD-T's sources are head outputs: no edge from embed or an MLP; head -> head shares into "

@@ -70,8 +70,8 @@ class Propagation:
 
     def run(self, masks: Tensor, baseline: Optional[Tensor], keep_residual: bool = False,
             keep_z: bool = False) -> Decomposition:
-        """`masks` ``[n_layers, set, pos, head]`` (True: a source), `baseline` None or
-        ``[batch, n_layers, pos, head, d_head]``."""
+        """`masks` ``[n_layers, set, pos, head]`` (True: a source), or ``[n_layers, set, batch, pos, head]`` for
+        sources that differ from prompt to prompt; `baseline` None or ``[batch, n_layers, pos, head, d_head]``."""
         n_layers, n_sets = masks.shape[0], masks.shape[1]
         has_source = masks.flatten(1).any(1)
         start = int(has_source.nonzero()[0]) if has_source.any() else n_layers
@@ -122,7 +122,8 @@ class Propagation:
 
     def _set_sources(self, z: Parts, mask: Tensor, baseline: Optional[Tensor]) -> Parts:
         """Sources' z become rel (whole z, or z - baseline with irrel = baseline)."""
-        rows = mask.repeat_interleave(self.n_batch, dim=0)[..., None]  # [set*batch, pos, head, 1]
+        per_set = mask.flatten(0, 1) if mask.ndim == 4 else mask.repeat_interleave(self.n_batch, dim=0)
+        rows = per_set[..., None]  # [set*batch, pos, head, 1]
         total = z[0] + z[1]
         if baseline is None:
             return torch.where(rows, total, z[0]), torch.where(rows, torch.zeros_like(total), z[1])
