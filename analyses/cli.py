@@ -58,6 +58,13 @@ def _edges_table(graph: circuits.HeadGraph, k: int, by: str) -> str:
         rows += [f"{i:>4}  {u:<8}  {v:<10}{score:>9.4f}" for i, (u, v, score)
                  in enumerate(graph.top_edges(k, by=by, effect=effect), 1)]
         blocks.append("\n".join(rows))
+        if graph.meta.get("positions"):  # engines run with positions="tokens" or "spans"
+            key = abs if by == "absolute" else (lambda score: score)
+            ranked = sorted(graph.scored_edges(effect, positional=True), key=lambda e: key(e[1]), reverse=True)[:k]
+            rows = [f"top edges at one position ({graph.meta['positions']['kind']}; effect {effect!r}), ordered "
+                    f"{ORDER[by]}:", f"{'rank':>4}  {'edge':<34}{'score':>9}", "-" * 47]
+            rows += [f"{i:>4}  {edge.name:<34}{score:>9.4f}" for i, (edge, score) in enumerate(ranked, 1)]
+            blocks.append("\n".join(rows))
     return "\n\n".join(blocks)
 
 

@@ -422,3 +422,16 @@ def test_cdt_per_span_is_each_prompts_own_tokens_of_the_span_as_the_source():
                     float(((z["clean", f"blocks.{layer}.attn.hook_z"] - z["corrupted", f"blocks.{layer}.attn.hook_z"])
                            [j, int(batch.position[j]), r_head]).pow(2).sum()) for j in range(batch.size))
                 assert graph.nx.edges[head, receiver]["positions"][span] == pytest.approx(share / all_changes, abs=1e-6)
+
+
+def test_the_cli_takes_positions_as_an_engine_option_and_prints_edges_at_one_position(tmp_path, capsys):
+    from analyses import cli
+
+    code = cli.main(["discover", "--task", "induction", "--engine", "edge_attribution", "--option", "method=eap",
+                     "--option", "positions=spans", "--n", "4", "--top", "3", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "top edges at one position (spans" in printed
+    table = printed.split("top edges at one position")[1].splitlines()[3:6]
+    assert len(table) == 3 and all("@" in row for row in table)
+    graph = HeadGraph.from_json(tmp_path / "graph.json")
+    assert graph.meta["positions"]["labels"] == ["repeated", "next", "end", "other"]
