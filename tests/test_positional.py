@@ -435,3 +435,43 @@ def test_the_cli_takes_positions_as_an_engine_option_and_prints_edges_at_one_pos
     assert len(table) == 3 and all("@" in row for row in table)
     graph = HeadGraph.from_json(tmp_path / "graph.json")
     assert graph.meta["positions"]["labels"] == ["repeated", "next", "end", "other"]
+
+
+# --- activation patching per position ----------------------------------------------------------------------------
+def test_activation_patching_per_span_is_the_head_patched_at_each_prompts_tokens_of_the_span():
+    """A head's value at a span: the corrupted run with the head's z set to its clean value at each prompt's own
+    tokens of the span, written as plain hooks; at a token it is the per-position score TransformerLens's own
+    patching checks (`per_position`); the scores are the plain run's."""
+    from circuits import forward
+    from circuits.engines import ActivationPatching
+    from tests.references import activations, metric_mean
+
+    model = toy("ln_mlp", seed=9)
+    with session(model):
+        batch = prompts(model, TASK, 3, 3)
+    spans = ActivationPatching(positions="spans").graph(model, ActivationPatching(positions="spans").measure(
+        model, TASK, batch))
+    tokens = ActivationPatching(positions="tokens", per_position=True).run(model, TASK, n=3, seed=3)
+    plain = ActivationPatching().run(model, TASK, n=3, seed=3)
+    assert spans.meta["positions"]["labels"] == list(SPANS)
+    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(2)]
+    clean = activations(model, batch.clean, z_names)
+    m_clean = metric_mean(TASK, forward.logits(model, batch.clean, batch.position), batch)
+    m_corrupted = metric_mean(TASK, forward.logits(model, batch.corrupted, batch.position), batch)
+    for head in ("L0H3", "L1H1"):
+        layer, h = int(head[1]), int(head[3])
+        assert spans.nx.edges[head, "logits"]["score"] == pytest.approx(plain.nx.nodes[head]["score"], abs=1e-9)
+        per_token = tokens.nx.edges[head, "logits"]["positions"]
+        assert list(per_token.values()) == pytest.approx(tokens.nx.nodes[head]["position_scores"], abs=1e-9)
+        for s, span in enumerate(SPANS):
+            where = (batch.spans == s)[:, :, None]
+
+            def patch(z, hook, where=where):
+                z = z.clone()
+                z[:, :, h] = torch.where(where, clean[z_names[layer]][:, :, h], z[:, :, h])
+                return z
+
+            with torch.no_grad(), hooks.attached(model, [(z_names[layer], patch)]):
+                patched = metric_mean(TASK, forward.logits(model, batch.corrupted, batch.position), batch)
+            expected = (patched - m_corrupted) / (m_clean - m_corrupted)
+            assert spans.nx.edges[head, "logits"]["positions"][span] == pytest.approx(expected, abs=1e-6), (head, span)

@@ -12,7 +12,7 @@ Scores: `kit.Baseline.normalise` of the patched metric's change.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Union
 
 import einops
 import torch
@@ -25,6 +25,7 @@ from circuits.engines import base, kit
 from circuits.engines.kit import Measurement, PatchRuns
 from circuits.graph import LOGITS, HeadGraph
 from circuits.nodes import all_heads
+from circuits.positions import check_kind, labelled
 
 
 class HeadPatches(NamedTuple):
@@ -34,11 +35,21 @@ class HeadPatches(NamedTuple):
     positions: Optional[Float[Tensor, "n_layers n_heads pos"]] = None
 
 
+class LabelledHeadPatches(NamedTuple):
+    """`HeadPatches` with, for the ``positions`` option, each head patched at one label's tokens alone."""
+
+    heads: Float[Tensor, "n_layers n_heads"]
+    positions: Optional[Float[Tensor, "n_layers n_heads pos"]]
+    at: Float[Tensor, "n_layers n_heads label"]
+    labels: tuple[str, ...]
+
+
 @base.options()
 @dataclass(frozen=True)
 class ActivationPatching(base.EngineBase):
     direction: str = "denoising"  # or "noising"; checked in __post_init__ (typed error)
     per_position: bool = False  # also score each head at each position (node attribute "position_scores")
+    positions: Optional[str] = None  # "tokens" or "spans": also each head at each token (span) alone, per prompt
     memory_mb: float = 256.0  # budget for one stacked forward pass
     progress: bool = True  # a progress bar over layers on large models (kit.progress); not in results
 
@@ -47,6 +58,7 @@ class ActivationPatching(base.EngineBase):
     def __post_init__(self) -> None:
         kit.check_direction(self.direction)
         kit.check_memory(self.memory_mb)
+        check_kind(self.positions)
 
     @property
     def score_meaning(self) -> str:
@@ -59,7 +71,8 @@ class ActivationPatching(base.EngineBase):
             ready = kit.on_model(model, batch)
             cfg = model.cfg
             copies = cfg.n_layers * cfg.n_heads + 2  # every head's copy plus the base and source rows
-            if not self.per_position and copies <= kit.copies_per_pass(model, ready, self.memory_mb):
+            alone = not self.per_position and self.positions is None
+            if alone and copies <= kit.copies_per_pass(model, ready, self.memory_mb):
                 return fused_head_patches(model, task, ready, self.direction)
             runs = PatchRuns.prepare(model, task, batch, self.direction)
             return runs.measured(self._patch_heads(runs))
@@ -69,19 +82,28 @@ class ActivationPatching(base.EngineBase):
         graph = HeadGraph(n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads)
         heads = baseline.score(patched.heads, self.direction)
         positions = None if patched.positions is None else baseline.score(patched.positions, self.direction)
+        at = baseline.score(patched.at, self.direction) if isinstance(patched, LabelledHeadPatches) else None
         for head in all_heads(model):
             extras = {} if positions is None else {"position_scores": positions[head.layer, head.head].tolist()}
             score = float(heads[head.layer, head.head])
             graph.add_node(head, score, **extras)
-            graph.add_edge(head, LOGITS, score, effect="total")
+            labelled_values = {} if at is None else {
+                "positions": dict(zip(patched.labels, at[head.layer, head.head].tolist()))}
+            graph.add_edge(head, LOGITS, score, effect="total", **labelled_values)
+        if at is not None:
+            graph.meta["positions"] = {"kind": self.positions, "labels": list(patched.labels),
+                                       "sum": "differs from score where the head's effects at different positions "
+                                              "interact (patching is not linear); score is the head patched everywhere"}
         return graph
 
-    def _patch_heads(self, runs: PatchRuns) -> HeadPatches:
+    def _patch_heads(self, runs: PatchRuns) -> Union[HeadPatches, LabelledHeadPatches]:
         cfg = runs.model.cfg
         n_pos = runs.batch.clean.shape[1]
         per_copy = kit.copies_per_pass(runs.model, runs.batch, self.memory_mb)
         heads = torch.zeros(cfg.n_layers, cfg.n_heads)
         positions = torch.zeros(cfg.n_layers, cfg.n_heads, n_pos) if self.per_position else None
+        index, labels = labelled(runs.batch, self.positions, runs.task) if self.positions else (None, ())
+        at = torch.zeros(cfg.n_layers, cfg.n_heads, len(labels))
         bar = kit.progress(runs.model, cfg.n_layers, f"{self.name}: layers", self.progress)
         for layer in range(cfg.n_layers):
             bar.update(1)
@@ -98,8 +120,16 @@ class ActivationPatching(base.EngineBase):
                     values = runs.finish(layer, at_position)
                     for i, (h, p) in enumerate(picked):
                         positions[layer, h, p] = values[i]
+            if labels:  # each head at one label's tokens of each prompt alone
+                pairs = [(h, label) for h in range(cfg.n_heads) for label in range(len(labels))]
+                for chunk in kit.chunks(len(pairs), per_copy):
+                    picked = [pairs[i] for i in chunk]
+                    masked = torch.stack([delta[h] * (index == label).to(delta)[..., None] for h, label in picked])
+                    values = runs.finish(layer, masked)
+                    for i, (h, label) in enumerate(picked):
+                        at[layer, h, label] = values[i]
         bar.close()
-        return HeadPatches(heads, positions)
+        return LabelledHeadPatches(heads, positions, at, tuple(labels)) if labels else HeadPatches(heads, positions)
 
 
 def fused_head_patches(model: Any, task: Any, batch: PromptBatch, direction: str) -> Measurement[HeadPatches]:
