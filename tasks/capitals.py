@@ -11,10 +11,11 @@ another known country's capital, so both answers are single tokens and both prom
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 from weakref import WeakKeyDictionary
 
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -26,6 +27,11 @@ CONTEXT_TEMPLATES = (
     "Context: The capital of {subject} is {other}.\nQ: What is the capital of {subject}?\nA: The capital of {subject} is",
     "Context: {other} is the capital of {subject}.\nQ: What is the capital of {subject}?\nA: The capital of {subject} is",
 )
+
+
+# Spans of a prompt (docs/positional.md): every mention of the country, the in-context city (the one token where clean
+# and corrupted differ), the read-out token, and the rest.
+SPANS = ("country", "city", "end", PromptBatch.OTHER)
 
 
 @dataclass(frozen=True)
@@ -88,9 +94,11 @@ class Capitals:
         return out
 
     def batch(self, model: Any, n: int, seed: int) -> PromptBatch:
+        """The counterfactual pairs, with spans (`SPANS`) for positional circuits."""
         pairs = self.counterfactuals(model, n, seed)
-        return facts.prompt_batch(model, [p.clean for p in pairs], [p.corrupted for p in pairs],
-                                  answer=[p.in_context for p in pairs], foil=[p.memorised for p in pairs])
+        batch = facts.prompt_batch(model, [p.clean for p in pairs], [p.corrupted for p in pairs],
+                                   answer=[p.in_context for p in pairs], foil=[p.memorised for p in pairs])
+        return with_spans(model, pairs, batch)
 
     def metric(self, logits: Float[Tensor, "batch d_vocab"], batch: PromptBatch) -> Float[Tensor, " batch"]:
         """logit(in-context city) - logit(memorised capital)."""
@@ -98,3 +106,18 @@ class Capitals:
 
     def default_model(self) -> Any:
         return models.bundled()
+
+
+def with_spans(model: Any, pairs: list[Counterfactual], batch: PromptBatch) -> PromptBatch:
+    """`batch` with `SPANS`: the country's tokens wherever they occur, the city where clean and corrupted differ, the
+    read-out token; padding and the rest in ``"other"``."""
+    spans = torch.full_like(batch.clean, SPANS.index(PromptBatch.OTHER))
+    for row, pair in enumerate(pairs):
+        country = facts.encode(model, " " + pair.country, bos=False)
+        for start in range(len(pair.clean) - len(country) + 1):
+            if list(pair.clean[start:start + len(country)]) == country:
+                spans[row, start:start + len(country)] = SPANS.index("country")
+        city = [p for p, (a, b) in enumerate(zip(pair.clean, pair.corrupted)) if a != b]
+        spans[row, city] = SPANS.index("city")
+        spans[row, int(batch.position[row])] = SPANS.index("end")
+    return replace(batch, spans=spans, span_names=SPANS)

@@ -152,6 +152,23 @@ def test_both_tasks_through_discover(bundled_model, recall, capitals):
     assert len([e for e in graph.nx.edges if e[1] == circuits.LOGITS]) == len(late)
 
 
+@pytest.mark.slow
+def test_capitals_prompts_mark_the_country_the_city_and_the_end(bundled_model, capitals):
+    from tasks.capitals import SPANS
+
+    batch = capitals.batch(bundled_model, 4, seed=3)
+    pairs = capitals.counterfactuals(bundled_model, 4, seed=3)
+    assert batch.span_names == SPANS
+    decode = bundled_model.tokenizer.decode
+    for row, pair in enumerate(pairs):
+        at = {name: (batch.spans[row] == i).nonzero().flatten().tolist() for i, name in enumerate(SPANS)}
+        assert at["city"] == (batch.clean[row] != batch.corrupted[row]).nonzero().flatten().tolist()
+        assert decode(batch.clean[row, at["city"]]).strip() == pair.other_city
+        assert at["end"] == [int(batch.position[row])]
+        country = decode(batch.clean[row, at["country"]])
+        assert country.split() == [pair.country] * 3 or country.replace(" ", "") == pair.country.replace(" ", "") * 3
+
+
 # --- the analyses ------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_scaled_runs_match_a_full_forward_with_hooks(bundled_model, capitals):
