@@ -368,8 +368,8 @@ class HeadGraph:
 
     def to_html(self, path: Union[str, Path], **options: Any) -> Path:
         """An interactive view of this graph in one self-contained HTML file (`circuits.view.to_html`); options
-        ``curve`` (its faithfulness curve, e.g. an `EdgeCurve`), ``default_edges``, ``by``, ``title``; returns the
-        path."""
+        ``curve`` (its faithfulness curve, e.g. an `EdgeCurve`), ``default_edges``, ``by``, ``positional_edges``,
+        ``title``; returns the path."""
         from circuits import view
 
         if "curve" in options:
