@@ -288,8 +288,9 @@
     $("status").innerHTML = "<b>" + drawn + "</b> edges drawn (top " + state.size + " of " + all + " " +
       (effect ? "\u201c" + esc(effect) + "\u201d " : "") + "edges" + where + ", ranked " + (state.by === "absolute" ? "by |score|" : "by score") +
       "); " + inside + " of " + nodes.length + " nodes touch them." +
-      (p ? " This page holds the top " + p.limit + " edges at " + p.kind + " by |score| and by score, of the graph's " +
-           p.totals[g.effects.indexOf(effect)] + " (<code>positional_edges</code>); the slider stops there." : "") +
+      (!p ? "" : p.totals[g.effects.indexOf(effect)] <= p.limit ? " This page holds all of them." :
+        " This page holds the top " + p.limit + " edges at " + p.kind + " by |score| and by score, of the graph's " +
+        p.totals[g.effects.indexOf(effect)] + " (<code>positional_edges</code>); the slider stops there.") +
       (drawn > FAST ? " Over " + FAST + " edges: plain straight lines (q, k and v not styled apart), to stay fast." : "");
     $("status").dataset.edges = drawn;
     $("status").dataset.nodes = nodes.length;
