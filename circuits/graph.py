@@ -18,6 +18,7 @@ Engines build graphs through `add_node` and `add_edge`, never through networkx d
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import math
@@ -33,7 +34,7 @@ from torch import Tensor
 
 from circuits.errors import InvalidOptionError, MissingOptionError, MixedEffectsError, RenamedError, RenamedOptionError
 from circuits.nodes import (EMBED, INPUTS, LOGITS, MLP, Edge, Head, Input, Node, Readout, all_edges, all_heads,
-                            parse_node)
+                            parse_node, position_of)
 
 __all__ = ["EFFECTS", "EMBED", "LOGITS", "RANKINGS", "Edge", "Head", "HeadGraph", "all_heads", "pruned"]
 
@@ -408,10 +409,15 @@ def pruned(edges: Any) -> frozenset[Edge]:
 
 def _at_positions(edge: Edge, score: float, positions: Optional[dict[str, float]],
                   positional: bool) -> list[tuple[Edge, float]]:
-    """[(edge, score)], or with `positional` the edge at each of its `positions` (none when it has none)."""
+    """[(edge, score)], or with `positional` the edge at each of its `positions` (none when it has none); the edge
+    is checked already and each label once (`_position`): SmolLM2 with 6 spans has ~800k edges at positions."""
     if not positional:
         return [(edge, score)]
-    return [(edge.at(label), float(value)) for label, value in (positions or {}).items() if not math.isnan(value)]
+    return [(Edge.between(edge.sender, edge.receiver, edge.input, _position(label)), float(value))
+            for label, value in (positions or {}).items() if not math.isnan(value)]
+
+
+_position = functools.lru_cache(maxsize=1024)(position_of)  # a graph's few labels, each read once
 
 
 def _greedy(edges: list[Any], k: int, key: Any, parts: Any) -> list[Any]:

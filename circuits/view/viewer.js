@@ -408,7 +408,7 @@
     $("size-number").max = total;
     var g = GRAPHS[state.graph];
     $("inputs-box").hidden = columns() || (!hasInputs(g) && (state.diff < 0 || !hasInputs(GRAPHS[state.diff])));
-    $("positions-box").hidden = !g.positions;
+    $("positions-box").hidden = !g.positions || (state.diff >= 0 && !GRAPHS[state.diff].positions);
     if (g.positions) $("positions").options[0].textContent = "columns, one per " + (g.positions.kind === "tokens" ? "token" : "span");
     var effects = g.effects.filter(function (x) { return x !== null; });
     $("effect-box").hidden = effects.length < 2;
