@@ -118,10 +118,11 @@
     return Math.max(44, aspect * (g.layers + 2) * COLUMN / ((g.heads || 1) + 1.4));
   }
 
+  function stack(g) { return (g.heads || 1) - 1 + (g.hasMlp ? 1.4 : 0); }  // a layer's extent: its heads, its MLP
+
   function position(g, node) {
     var ROW = spacing(g), kind = node[1], layer = node[2];
-    STEP = COLUMN;
-    var middle = ((g.heads || 1) - 1 + (g.hasMlp ? 1.4 : 0)) * ROW / 2;  // the input and read-out: level with the middle
+    var middle = stack(g) * ROW / 2;  // the input and read-out: level with the middle
     if (kind === "embed") return {x: 0, y: middle};
     if (kind === "logits") return {x: (g.layers + 1) * COLUMN, y: middle};
     if (kind === "mlp") return {x: (layer + 1) * COLUMN, y: (g.heads + 0.4) * ROW};
@@ -136,14 +137,12 @@
     return Math.min(120, Math.max(40, aspect * width / (g.layers + 2)));
   }
 
-  function columnWidth(g) { return ((g.heads || 1) + (g.hasMlp ? 1.4 : 0) + 1.6) * CELL; }  // a gap between columns
+  function columnWidth(g) { return (stack(g) + 2.6) * CELL; }  // a layer and a gap to the next column
 
-  function positionAt(g, node, column) {
-    // The node's place in column `column`: a layer's heads side by side (odd ones a little higher, so that an edge
-    // to the next layer does not run through them), its MLP at the right.
-    var ROW = columnSpacing(g), kind = node[1], layer = node[2], left = column * columnWidth(g);
-    var middle = left + ((g.heads || 1) - 1 + (g.hasMlp ? 1.4 : 0)) * CELL / 2;
-    STEP = ROW;
+  function positionAt(g, node, column, ROW) {
+    // The node's place in column `column` (rows ROW apart): a layer's heads side by side (odd ones a little higher,
+    // so that an edge to the next layer does not run through them), its MLP at the right.
+    var kind = node[1], layer = node[2], left = column * columnWidth(g), middle = left + stack(g) * CELL / 2;
     if (kind === "embed") return {x: middle, y: 0};
     if (kind === "logits") return {x: middle, y: -(g.layers + 1) * ROW};
     if (kind === "mlp") return {x: left + (g.heads + 0.4) * CELL, y: -(layer + 1) * ROW};
@@ -199,7 +198,8 @@
     var scores = {};
     g.nodes.forEach(function (n) { scores[n[0]] = n[4]; });
     var cols = columns() ? labels() : [undefined];
-    var tokens = columns() && g.positions.kind === "tokens";
+    var tokens = columns() && g.positions.kind === "tokens", ROW = columns() ? columnSpacing(g) : spacing(g);
+    STEP = columns() ? ROW : COLUMN;  // spacing(g) sets COLUMN
     cy.batch(function () {
       cy.elements().remove();
       cols.forEach(function (label, column) {
@@ -214,10 +214,10 @@
           var classes = [special ? "special" : kind, score === null && !special ? "unmeasured" : ""];
           return {group: "nodes", data: {id: n[0] + where, name: n[0], at: label, parent: where ? "column" + where : undefined,
                   kind: kind, layer: n[2], head: n[3], score: score, color: diverging(score, limit)},
-                  position: where ? positionAt(x.g, n, column) : position(x.g, n), classes: classes.join(" "), locked: true};
+                  position: where ? positionAt(x.g, n, column, ROW) : position(x.g, n), classes: classes.join(" "), locked: true};
         }));
       });
-      var every = g.layers > 16 ? 5 : 1, ROW = columns() ? columnSpacing(g) : spacing(g);
+      var every = g.layers > 16 ? 5 : 1;
       for (var layer = 0; layer < g.layers; layer += every) {  // layer headings (not part of the graph)
         cy.add({group: "nodes", data: {id: "layer " + layer, name: "layer " + layer, kind: "axis", color: "#fff"}, classes: "axis",
                 position: columns() ? {x: -1.6 * CELL, y: -(layer + 1) * ROW} : {x: (layer + 1) * COLUMN, y: -0.9 * ROW},
