@@ -152,7 +152,8 @@ def _view(args: argparse.Namespace) -> int:
             where = f" (line {error.lineno})" if isinstance(error, json.JSONDecodeError) else ""
             raise InvalidOptionError(f"graph file {str(path)!r}{where} is not a graph ({error}); expected networkx "
                                      "node-link JSON as graph.to_json writes it") from None
-    written = view.to_html(graphs, out, labels=labels, default_edges=args.edges, by=args.by)
+    written = view.to_html(graphs, out, labels=labels, default_edges=args.edges, by=args.by,
+                           positional_edges=args.positional_edges)
     print(f"wrote {written} ({written.stat().st_size / 1e6:.2f} MB; open it in a browser, no server needed)")
     return 0
 
@@ -202,6 +203,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="edges drawn when the page opens (the slider brings in more)")
     view.add_argument("--by", choices=["signed", "absolute"], default="absolute",
                       help="rank edges by score or by |score| when the page opens")
+    view.add_argument("--positional-edges", type=positive_int, default=2000,
+                      help="for graphs scored per position: the edges at positions in the page (the top ones by "
+                           "|score| and by score; the slider's maximum)")
     view.set_defaults(run=_view)
     commands.add_parser("tasks", help="list tasks").set_defaults(run=lambda a: print("\n".join(tasks.names())) or 0)
     commands.add_parser("engines", help="list engines").set_defaults(

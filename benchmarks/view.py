@@ -4,6 +4,8 @@
 
   induction  the induction task's default model: edge attribution, path patching and activation patching, one page
              (engine switch, diff view); the page docs/view.md embeds (--docs writes it to docs/viewer/)
+  spans      the induction task's default model: edge attribution (EAP) per span (repeated, next, end, other), in
+             columns; its top 2,000 edges at spans in the page (docs/view.md shows it)
   smollm2    the bundled SmolLM2-135M on `capitals`: edge attribution (EAP) of the whole edge graph (every head's q, k
              and v apart), one page; --quick: 4 prompts instead of 16
 
@@ -37,6 +39,12 @@ def induction_graphs(n: int) -> list[Any]:
     task = tasks.get("induction")
     model = task.default_model()
     return [circuits.discover(model, task, engine=name, n=n, seed=0) for name in INDUCTION_ENGINES]
+
+
+def induction_spans_graph(n: int) -> Any:
+    task = tasks.get("induction")
+    return circuits.discover(task.default_model(), task, engine="edge_attribution", n=n, seed=0, method="eap",
+                             positions="spans")
 
 
 def smollm2_graph(n: int) -> Any:
@@ -111,7 +119,7 @@ def main(argv: Any = None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default="out/view")
     parser.add_argument("--docs", action="store_true", help="also write the docs' page and screenshots")
-    parser.add_argument("--cases", default="induction,smollm2")
+    parser.add_argument("--cases", default="induction,spans,smollm2")
     parser.add_argument("--reuse", action="store_true", help="read the graphs a previous run saved in OUT")
     parser.add_argument("--all", action="store_true", help="also move the SmolLM2 slider to every edge (minutes)")
     args = parser.parse_args(argv)
@@ -142,6 +150,18 @@ def main(argv: Any = None) -> None:
             if args.docs:
                 for name in ("view_induction.png", "view_induction_diff.png"):
                     (DOCS / name).write_bytes((out / name).read_bytes())
+        if "spans" in args.cases:
+            saved = out / "induction_spans.json"
+            if args.reuse and saved.exists():
+                graph = HeadGraph.from_json(saved)
+            else:
+                graph = induction_spans_graph(n=16 if args.quick else 32)
+                graph.to_json(saved)
+            page = view.to_html(graph, out / "induction_spans.html", default_edges=40)
+            results["spans"] = measure(browser, page, {"main": out / "view_positional.png"}, (10**9,))
+            if args.docs:
+                view.to_html(graph, DOCS / "viewer" / "induction_spans.html", default_edges=40)
+                (DOCS / "view_positional.png").write_bytes((out / "view_positional.png").read_bytes())
         if "smollm2" in args.cases:
             saved = out / "smollm2_edge_attribution.json"
             if args.reuse and saved.exists():

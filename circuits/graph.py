@@ -33,7 +33,7 @@ from torch import Tensor
 
 from circuits.errors import InvalidOptionError, MissingOptionError, MixedEffectsError, RenamedError, RenamedOptionError
 from circuits.nodes import (EMBED, INPUTS, LOGITS, MLP, Edge, Head, Input, Node, Readout, all_edges, all_heads,
-                            parse_node)
+                            parse_node, position_of)
 
 __all__ = ["EFFECTS", "EMBED", "LOGITS", "RANKINGS", "Edge", "Head", "HeadGraph", "all_heads", "pruned"]
 
@@ -224,8 +224,8 @@ class HeadGraph:
         (no score, NaN) are left out; `effect` as in `top_edges`. `positional`: each of those edges at each position
         it was scored at (``positions`` or, per input, ``positions_q/_k/_v``; `position_kind`), as
         (`Edge` with its ``position``, score); a graph scored without positions is a typed error."""
-        if positional:
-            self.position_kind()
+        # each label read once (a graph's few labels; SmolLM2 with 6 spans has ~800k edges at positions)
+        labels = {label: position_of(label) for label in self.position_kind()[1]} if positional else {}
         out = []
         nodes: dict[str, Node] = {}  # each name parsed once: a large model's graph has ~10^5 edges
         for u, v, score in self._scored_edges(effect):
@@ -235,7 +235,7 @@ class HeadGraph:
             sender, receiver = nodes[u], nodes[v]
             data = self.nx.edges[u, v]
             if not isinstance(receiver, Head):
-                out += _at_positions(Edge(sender, receiver), score, data.get("positions"), positional)
+                out += _at_positions(Edge(sender, receiver), score, data.get("positions"), positional, labels)
                 continue
             Edge(sender, receiver, INPUTS[0])  # the pair checked once (a typed error for a backward edge) ...
             covered = str(data.get("inputs") or "+".join(INPUTS)).split("+")
@@ -243,9 +243,9 @@ class HeadGraph:
                 own = data.get(f"score_{i}")
                 if own is not None and not math.isnan(own):
                     out += _at_positions(Edge.between(sender, receiver, i), float(own), data.get(f"positions_{i}"),
-                                         positional)
+                                         positional, labels)
                 elif i in covered and own is None:
-                    out += _at_positions(Edge.between(sender, receiver, i), score, None, positional)
+                    out += _at_positions(Edge.between(sender, receiver, i), score, None, positional, labels)
         return out
 
     def position_kind(self) -> tuple[str, list[str]]:
@@ -368,8 +368,8 @@ class HeadGraph:
 
     def to_html(self, path: Union[str, Path], **options: Any) -> Path:
         """An interactive view of this graph in one self-contained HTML file (`circuits.view.to_html`); options
-        ``curve`` (its faithfulness curve, e.g. an `EdgeCurve`), ``default_edges``, ``by``, ``title``; returns the
-        path."""
+        ``curve`` (its faithfulness curve, e.g. an `EdgeCurve`), ``default_edges``, ``by``, ``positional_edges``,
+        ``title``; returns the path."""
         from circuits import view
 
         if "curve" in options:
@@ -406,12 +406,15 @@ def pruned(edges: Any) -> frozenset[Edge]:
     return frozenset(e for e in edges if e.sender.name in keep and e.receiver.name in keep)
 
 
-def _at_positions(edge: Edge, score: float, positions: Optional[dict[str, float]],
-                  positional: bool) -> list[tuple[Edge, float]]:
-    """[(edge, score)], or with `positional` the edge at each of its `positions` (none when it has none)."""
+def _at_positions(edge: Edge, score: float, positions: Optional[dict[str, float]], positional: bool,
+                  labels: dict[str, Any]) -> list[tuple[Edge, float]]:
+    """[(edge, score)], or with `positional` the edge at each of its `positions` (none when it has none); the edge
+    is checked already, and `labels` holds the graph's labels read as positions (any other is read here)."""
     if not positional:
         return [(edge, score)]
-    return [(edge.at(label), float(value)) for label, value in (positions or {}).items() if not math.isnan(value)]
+    return [(Edge.between(edge.sender, edge.receiver, edge.input,
+                          labels[label] if label in labels else position_of(label)), float(value))
+            for label, value in (positions or {}).items() if not math.isnan(value)]
 
 
 def _greedy(edges: list[Any], k: int, key: Any, parts: Any) -> list[Any]:

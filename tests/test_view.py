@@ -4,6 +4,7 @@ The browser tests are tests/test_view_browser.py."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import random
@@ -46,6 +47,25 @@ def smollm2_shaped(seed: int = 0, n_layers: int = 30, n_heads: int = 9) -> HeadG
     return graph
 
 
+@functools.lru_cache(maxsize=None)
+def positional_graph() -> HeadGraph:
+    """Edge attribution per span (EAP) on a random 2-layer toy with MLPs, 4 prompts of the induction task (spans
+    repeated, next, end, other: 300 edges at positions). Shared with the browser tests."""
+    import tasks
+    from circuits import models
+    from circuits.engines.edge_attribution import EdgeAttribution
+
+    model = models.toy(models.ToyConfig(n_layers=2, n_heads=3, d_model=12, d_head=4, d_vocab=64, n_ctx=64, seed=3,
+                                        attn_only=False, d_mlp=16))
+    return EdgeAttribution(method="eap", positions="spans").run(model, tasks.get("induction"), n=4)
+
+
+def positional_keys(graph: HeadGraph) -> list[tuple[str, float]]:
+    """`scored_edges(positional=True)` as the page names them (sender>receiver.input@label), with their scores."""
+    return [(f"{e.sender.name}>{e.receiver.name}{'.' + e.input if e.input else ''}@{e.position}", s)
+            for e, s in graph.scored_edges(positional=True)]
+
+
 def embedded(page: str) -> dict:
     return json.loads(re.search(r'<script id="circuit-data" type="application/json">(.*?)</script>', page, re.S)[1])
 
@@ -80,6 +100,39 @@ def test_split_edges_are_scored_edges_and_unscored_edges_stay_out():
     assert data["edgeTotal"] == graph.edge_total()
 
 
+def test_a_positional_graph_embeds_its_labels_and_its_top_edges_at_positions():
+    graph = positional_graph()
+    kind, labels = graph.position_kind()
+    every = positional_keys(graph)
+    data = view.graph_data(graph, positional_edges=10**6)
+    names = [n[0] for n in data["nodes"]]
+    p = data["positions"]
+    assert (p["kind"], p["labels"], p["limit"], p["totals"]) == (kind, labels, 10**6, [len(every)])
+    assert len(labels) == 4 and len(every) == 4 * len(graph.scored_edges())  # every edge scored at every span
+    got = [(f"{names[data['edges']['s'][e]]}>{names[data['edges']['r'][e]]}{'.' + 'qkv'[i] if i is not None else ''}"
+            f"@{labels[at]}", score) for e, i, at, score in zip(p["e"], p["input"], p["at"], p["score"])]
+    assert got == [(k, view.data.number(s)) for k, s in every]  # all of them, in the graph's order
+    limited = view.view_data([graph], positional_edges=10)["graphs"][0]["positions"]
+    top = {by: [k for k, _ in sorted(every, key=lambda e: key(view.data.number(e[1])), reverse=True)[:10]]
+           for by, key in (("absolute", abs), ("signed", lambda x: x))}
+    kept = [got[i][0] for i in range(len(got)) if got[i][0] in set(top["absolute"]) | set(top["signed"])]
+    assert 10 < len(limited["e"]) == len(kept) <= 20 and limited["totals"] == [len(every)]
+    assert [(e, at) for e, at in zip(limited["e"], limited["at"])] == [
+        (p["e"][i], p["at"][i]) for i in range(len(got)) if got[i][0] in kept]  # both rankings' top 10, in order
+    assert len(view.page(graph)) < len(view.page(graph, positional_edges=10**6))
+
+
+def test_a_plain_graph_has_no_positions_and_its_data_is_unchanged():
+    graph = positional_graph()
+    plain = HeadGraph(graph.nx.copy())  # the same edges (their positions too), but no meta["positions"]
+    plain.nx.graph["meta"] = {k: v for k, v in graph.meta.items() if k != "positions"}
+    data = view.graph_data(plain)
+    assert "positions" not in data
+    assert data == {k: v for k, v in view.graph_data(graph).items() if k != "positions"}
+    assert set(view.graph_data(smollm2_shaped(n_layers=2))) == {
+        "label", "layers", "heads", "edgeTotal", "record", "nodes", "edges", "split", "effects", "curve"}
+
+
 def test_curves_from_meta_an_edge_curve_or_curves_and_bad_ones_refused():
     graph = smollm2_shaped(n_layers=3)
     assert view.graph_data(graph)["curve"] is None
@@ -111,6 +164,8 @@ def test_curves_from_meta_an_edge_curve_or_curves_and_bad_ones_refused():
         view.view_data([graph, graph], None, [None])
     with pytest.raises(InvalidOptionError, match="default_edges=0"):
         view.page(graph, default_edges=0)
+    with pytest.raises(InvalidOptionError, match="positional_edges=0"):
+        view.page(graph, positional_edges=0)
     with pytest.raises(InvalidOptionError, match="by='best'"):
         view.page(graph, by="best")
 
@@ -131,6 +186,9 @@ def test_cli_view_writes_one_page_for_several_graphs(tmp_path, capsys):
     data = embedded(out.read_text())
     assert [g["label"] for g in data["graphs"]] == ["eap", "path"] and data["defaultEdges"] == 9
     assert "wrote" in capsys.readouterr().out
+    spans = positional_graph().to_json(tmp_path / "spans.json")  # its meta["positions"] read back from JSON
+    assert cli.main(["view", str(spans), "--out", str(out), "--positional-edges", "7"]) == 0
+    assert embedded(out.read_text())["graphs"][0]["positions"]["limit"] == 7
     (tmp_path / "bad.json").write_text("{\n nope")
     for argv, words in ([str(tmp_path / "missing.json")], "does not exist"), ([str(tmp_path / "bad.json")], "line 2"), \
             ([str(files[0]), "--labels", "x,y"], "one label for each"):

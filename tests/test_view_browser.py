@@ -15,6 +15,7 @@ import pytest
 
 from circuits.graph import HeadGraph
 from circuits.nodes import EMBED, LOGITS, MLP, Head
+from tests.test_view import positional_graph, positional_keys
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parents[1] / "out" / "view-screenshots"
@@ -123,6 +124,8 @@ def test_small_graph_is_drawn_whole_and_the_slider_sets_the_circuit(open_view):
     assert len(edges) < 300  # the default size: a small graph opens whole
     assert stats == {"nodes": graph.nx.number_of_nodes(), "edges": len(edges), "shownEdges": len(edges),
                      "size": len(edges), "total": len(edges)}
+    assert page.locator("#positions-box").is_hidden()  # a plain graph: no columns, no positions control
+    assert page.evaluate("window.circuitView.cy.nodes('.column').length") == 0
     shot(page, "small_all")
     page.locator("#size").fill("17")
     until(page, "window.circuitView.stats().edges === 17")
@@ -209,6 +212,43 @@ def test_search_and_the_faithfulness_curve(open_view):
     shot(page, "curve")
     page.select_option("#inputs", "summed")  # summed edges are not what the curve counts: no point on it
     until(page, "document.getElementById('curve-text').innerText.includes('to place this circuit')")
+
+
+def test_a_positional_graph_is_drawn_in_columns_and_the_slider_ranks_its_edges_at_positions(open_view):
+    graph = positional_graph()
+    _, labels = graph.position_kind()
+    every = positional_keys(graph)
+    page = open_view(graph, "positional", default_edges=12, positional_edges=40)
+    columns = page.evaluate("window.circuitView.cy.nodes('.column').map(c => [c.data('label'), c.children().length])")
+    assert columns == [[label, graph.nx.number_of_nodes()] for label in labels]  # one layer stack per span
+    stats = page.evaluate("window.circuitView.stats()")
+    assert (stats["edges"], stats["total"]) == (12, 40)  # the slider stops at the page's limit
+    assert drawn_keys(page) == top_keys([(*k.split(">"), s) for k, s in every], 12, "absolute")
+    assert f"top 40 edges at spans by |score| and by score, of the graph's {len(every)}" in \
+        page.locator("#status").inner_text()
+    ends = page.evaluate("window.circuitView.cy.edges().map(e => [e.source().data('at'), e.target().data('at'), e.data('at')])")
+    assert all(a == b == c for a, b, c in ends)  # each edge inside its own column
+    shot(page, "positional")
+    page.locator("#size").fill("5")
+    until(page, "window.circuitView.stats().edges === 5")
+    assert drawn_keys(page) == top_keys([(*k.split(">"), s) for k, s in every], 5, "absolute")
+    page.select_option("#by", "signed")
+    until(page, "window.circuitView.state.by === 'signed'")
+    assert drawn_keys(page) == top_keys([(*k.split(">"), s) for k, s in every], 5, "signed")
+    key, score = max(every, key=lambda e: round_6(e[1]))
+    box = page.locator("#cy").bounding_box()
+    at = page.evaluate(f"window.circuitView.cy.getElementById('{key}').renderedMidpoint()")
+    page.mouse.move(box["x"] + at["x"], box["y"] + at["y"])
+    until(page, "document.getElementById('info').textContent.includes('span ')")
+    info = page.locator("#info").inner_text()
+    label = key.split("@")[1]
+    assert f"span {label}" in info and float(page.locator("#info .score").inner_text()) == pytest.approx(score, rel=1e-3)
+    shot(page, "positional_hover")
+    page.select_option("#positions", "summed")  # today's view: every position together
+    until(page, "window.circuitView.cy.nodes('.column').length === 0")
+    stats = page.evaluate("window.circuitView.stats()")
+    assert (stats["nodes"], stats["total"]) == (graph.nx.number_of_nodes(), len(split_edges(graph)))
+    assert drawn_keys(page) == top_keys(split_edges(graph), 5, "signed")
 
 
 def test_a_real_engines_graph_with_its_record(open_view, random_model):

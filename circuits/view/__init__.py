@@ -33,14 +33,17 @@ def _script(text: str) -> str:
 
 
 def page(graphs: Union[Any, Sequence[Any]], *, labels: Optional[Sequence[str]] = None, curves: Any = None,
-         default_edges: int = 300, by: str = "absolute", title: Optional[str] = None) -> str:
+         default_edges: int = 300, by: str = "absolute", positional_edges: int = 2000,
+         title: Optional[str] = None) -> str:
     """The page's HTML for one graph or several of one task (an engine switch and a diff view between them).
     `curves`: one faithfulness curve per graph (an `EdgeCurve`, a mapping, or None), or the `Curves` of
     `circuits.evaluation.edge_curves` (each graph's by its label, with the random circuits'); without them, each
     graph's ``meta["curve"]``. The slider starts at `default_edges` edges (or the whole graph, if smaller), ranked
-    `by` ("absolute", "signed")."""
+    `by` ("absolute", "signed"). A graph scored per position (``meta["positions"]``) opens in columns, one per
+    token or span, with its top `positional_edges` edges at positions (by |score| and by score) in the page."""
     graphs = [graphs] if hasattr(graphs, "nx") else list(graphs)
-    data = view_data(graphs, labels, curves, default_edges=default_edges, by=by)
+    data = view_data(graphs, labels, curves, default_edges=default_edges, by=by,
+                     positional_edges=positional_edges)
     record = data["graphs"][0]["record"]
     title = title or " · ".join(str(record[k]) for k in ("task", "model") if k in record) or "circuit"
     vendor = _asset("vendor/cytoscape.min.js")

@@ -6,7 +6,7 @@
     // MIB's curve: faithfulness of the circuit of int(f * total) top edges (then pruned) at each fraction f of the
     // model's edges, q, k and v apart; the series of ranking `o.by`, and random circuits' where given. Returns the
     // SVG's content and the text under it; `o`: by, size (edges in the view's circuit), total (the model's edges),
-    // split (whether the view counts edges as the curve does), fmt and esc (the viewer's number and text helpers).
+    // split (whether the view counts edges as the curve does; if not, `unplaced` says why), fmt and esc (the viewer's number and text helpers).
     var fmt = o.fmt, esc = o.esc, state = {by: o.by, size: o.size};
     var series = curve[state.by], other = state.by === "signed" ? "absolute" : "signed", shown = state.by;
     if (!series) { series = curve[other]; shown = other; }
@@ -41,8 +41,8 @@
     var value = here === null ? {f: null, exact: false} : at(pts, here);
     if (here !== null) svg += "<line x1='" + X(here) + "' x2='" + X(here) + "' y1='15' y2='150' stroke='#f1a340' stroke-width='2'/>";
     if (value.f !== null) svg += "<circle cx='" + X(here) + "' cy='" + Y(value.f) + "' r='4.5' fill='#f1a340'/>";
-    var text = (here === null ? "<i>choose inputs: q / k / v apart to place this circuit on the curve " +
-        "(the curve counts edges that way)</i>"
+    var text = (here === null ? "<i>" + (o.unplaced || "choose inputs: q / k / v apart to place this circuit on the curve " +
+        "(the curve counts edges that way)") + "</i>"
       : "this circuit: " + state.size + " of " + total + " edges (" + (100 * here).toPrecision(3) + "%), faithfulness " +
         (value.f === null ? "—" : (value.exact ? "" : "\u2248 ") + fmt(value.f)) + (value.exact ? " (measured)" : " (between measured sizes)")) +
       "<br>circuits ranked " + (shown === "signed" ? "by score" : "by |score|") + (shown !== state.by ? " (not measured ranked as the view is)" : "") +

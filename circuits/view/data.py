@@ -6,10 +6,16 @@ q, k and v inputs apart, exactly `HeadGraph.scored_edges` (an input's own score 
 the edge's score for each input it covers), each pointing at its graph edge. The page ranks them itself, by
 `HeadGraph.top_edges`'s rules (signed: by score; absolute: by |score|; ties keep the graph's order). Numbers keep 6
 significant digits (what the view shows).
+
+A graph scored per position (``meta["positions"]``: docs/positional.md) also gets ``positions``: its labels and its
+edges at each label, `HeadGraph.scored_edges(positional=True)`, as columns. Those are many (SmolLM2 with 6 spans:
+~800k), so only the top `positional_edges` by |score| and by score are embedded (each ranking's top k, for k up to
+that limit, is then exact in the page), with the count of all of them.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
@@ -29,10 +35,12 @@ def number(value: Any) -> Optional[float]:
     return None if math.isnan(value) else float(f"{value:.6g}")
 
 
-def graph_data(graph: Any, label: Optional[str] = None, curve: Any = None) -> dict[str, Any]:
+def graph_data(graph: Any, label: Optional[str] = None, curve: Any = None, *,
+               positional_edges: int = 2000) -> dict[str, Any]:
     """The viewer's data for one graph: its nodes, its edges (whole and split by input) as columns, its record, the
-    whole model's edge count (MIB's, `HeadGraph.edge_total`) and, where there is one, its faithfulness curve
-    (`curve`, else ``graph.meta["curve"]``)."""
+    whole model's edge count (MIB's, `HeadGraph.edge_total`), where there is one its faithfulness curve (`curve`,
+    else ``graph.meta["curve"]``), and for a graph scored per position its top `positional_edges` edges at
+    positions (`_positional`; only with ``meta["positions"]``)."""
     nodes = list(graph.nx.nodes(data=True))
     index = {name: i for i, (name, _) in enumerate(nodes)}
     edges: dict[str, list[Any]] = {"s": [], "r": [], "score": [], "effect": []}
@@ -51,7 +59,7 @@ def graph_data(graph: Any, label: Optional[str] = None, curve: Any = None) -> di
         edges["score"].append(score)
         edges["effect"].append(effects.index(effect))
     meta = graph.meta
-    return {
+    data = {
         "label": label or str(meta.get("engine", "graph")),
         "layers": graph.nx.graph.get("n_layers"),
         "heads": graph.nx.graph.get("n_heads"),
@@ -64,14 +72,21 @@ def graph_data(graph: Any, label: Optional[str] = None, curve: Any = None) -> di
         "effects": effects,
         "curve": curve_data(curve if curve is not None else meta.get("curve")),
     }
+    if meta.get("positions"):  # a plain graph's data stays as it was
+        data["positions"] = _positional(graph, effects, row, positional_edges)
+    return data
+
+
+def _asked(effects: list[Optional[str]]) -> list[Optional[str]]:
+    """The effects to ask `scored_edges` for: None (every edge) when the graph's edges measure one."""
+    return [None] if len(effects) == 1 else [e for e in effects if e is not None]
 
 
 def _split(graph: Any, effects: list[Optional[str]], row: dict[tuple[str, str], int]) -> dict[str, list[Any]]:
     """`scored_edges` of each effect as columns: the graph edge's row, the input (index into q, k, v; None for a
     receiver that is no head) and the score. Edges that say no effect, in a graph whose others do, stay whole."""
     out: dict[str, list[Any]] = {"e": [], "input": [], "score": []}
-    asked = [None] if len(effects) == 1 else [e for e in effects if e is not None]
-    for effect in asked:
+    for effect in _asked(effects):
         for edge, score in graph.scored_edges(effect):
             out["e"].append(row[edge.sender.name, edge.receiver.name])
             out["input"].append(None if edge.input is None else INPUTS.index(edge.input))
@@ -82,6 +97,33 @@ def _split(graph: Any, effects: list[Optional[str]], row: dict[tuple[str, str], 
                 out["e"].append(i)
                 out["input"].append(None)
                 out["score"].append(number(graph.nx.edges[u, v]["score"]))
+    return out
+
+
+def _positional(graph: Any, effects: list[Optional[str]], row: dict[tuple[str, str], int],
+                limit: int) -> dict[str, Any]:
+    """`scored_edges(positional=True)` of each effect, only the top `limit` by |score| and the top `limit` by score
+    (in the graph's order, so that the page's stable ranking breaks ties as `HeadGraph.circuit` does), as columns:
+    the graph edge's row, the input (as in `_split`), the label (index into ``labels``) and the score; with the
+    labels, their kind, the limit and how many edges at positions each effect has (``totals``, by effect index)."""
+    kind, labels = graph.position_kind()
+    at = {name: i for i, name in enumerate(labels)}
+    out: dict[str, Any] = {"kind": kind, "labels": labels, "limit": limit, "totals": [0] * len(effects),
+                           "e": [], "input": [], "at": [], "score": []}
+    for effect in _asked(effects):
+        scored = [(edge, number(score)) for edge, score in graph.scored_edges(effect, positional=True)]
+        if effect is not None:
+            out["totals"][effects.index(effect)] = len(scored)
+        else:
+            out["totals"] = [len(scored)]
+        keep = {i for key in (lambda i: abs(scored[i][1]), lambda i: scored[i][1])
+                for i in heapq.nlargest(limit, range(len(scored)), key=key)}
+        for i in sorted(keep):
+            edge, score = scored[i]
+            out["e"].append(row[edge.sender.name, edge.receiver.name])
+            out["input"].append(None if edge.input is None else INPUTS.index(edge.input))
+            out["at"].append(at[str(edge.position)])
+            out["score"].append(score)
     return out
 
 
@@ -126,21 +168,24 @@ def _numbers(values: Any) -> Optional[list[Optional[float]]]:
 
 
 def view_data(graphs: Sequence[Any], labels: Optional[Sequence[str]] = None, curves: Any = None, *,
-              default_edges: int = 300, by: str = "absolute") -> dict[str, Any]:
+              default_edges: int = 300, by: str = "absolute", positional_edges: int = 2000) -> dict[str, Any]:
     """What the page embeds: every graph's data, and the view's starting state. `curves`: one curve per graph (or
-    None), or a `Curves`-like object (``curves`` by label, ``random``), whose random circuits' curve goes with each."""
+    None), or a `Curves`-like object (``curves`` by label, ``random``), whose random circuits' curve goes with each.
+    `positional_edges`: how many edges at positions a graph scored per position embeds (per ranking)."""
     from circuits.graph import RANKINGS
 
     if by not in RANKINGS:
         raise InvalidOptionError(f"by={by!r}; expected one of {RANKINGS}")
-    if isinstance(default_edges, bool) or not isinstance(default_edges, int) or default_edges < 1:
-        raise InvalidOptionError(f"default_edges={default_edges!r}; expected a positive number of edges")
+    for name, count in (("default_edges", default_edges), ("positional_edges", positional_edges)):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise InvalidOptionError(f"{name}={count!r}; expected a positive number of edges")
     labels = list(labels) if labels is not None else _labels(graphs)
     if not graphs or len(labels) != len(graphs):
         raise InvalidOptionError(f"{len(graphs)} graphs and {len(labels)} labels; expected at least one graph and "
                                  "one label per graph")
     per_graph = _per_graph(curves, labels)
-    return {"graphs": [graph_data(g, label, c) for g, label, c in zip(graphs, labels, per_graph)],
+    return {"graphs": [graph_data(g, label, c, positional_edges=positional_edges)
+                       for g, label, c in zip(graphs, labels, per_graph)],
             "defaultEdges": default_edges, "by": by}
 
 
