@@ -60,7 +60,7 @@ DEFAULT = Settings(32, 32, 10)  # a task registered later
 
 def task_for(name: str, quick: bool) -> Any:
     """The registered task; under --quick its small variant where it has one (e.g. regular_languages: a model
-    trained in seconds instead of 36 minutes)."""
+    trained in seconds; the default model is shipped but its engines take minutes)."""
     task = tasks.get(name)
     return task.quick() if quick and hasattr(task, "quick") else task
 

@@ -10,7 +10,7 @@ reads the written files back as a first use would and checks that they give the 
 
 ``--reuse-cache`` ships what ``$CIRCUITS_CACHE`` already holds for the current recipe (training only what is
 missing); ``--check`` trains nothing and says, per default, whether its shipped weights fit the current recipe.
-Training regular languages takes about 36 minutes on one thread; the others take seconds to minutes.
+Training regular languages takes 33-36 minutes on one thread; the others take seconds to minutes.
 """
 
 from __future__ import annotations

@@ -197,7 +197,7 @@ class RegularLanguages:
         return self.training(progress).load(retrain=retrain)
 
     def default_model(self, retrain: bool = False) -> Any:
-        """The 2-layer model (`DEFAULT_MODEL`): shipped weights; without them 9,000 steps, 36 min on one shared
+        """The 2-layer model (`DEFAULT_MODEL`): shipped weights; without them 9,000 steps, 33-36 min on one shared
         thread on first use, then cached."""
         return self.model(retrain=retrain)
 
