@@ -1,5 +1,6 @@
 import matplotlib
 import pytest
+import torch
 
 import circuits
 import tasks
@@ -29,3 +30,13 @@ def bundled_model():
     Tests that use it are marked ``slow``; never move it to another device or mutate its weights."""
     return circuits.models.bundled()
 
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread is faster than two contending ones (restored afterwards). A module uses it with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -27,13 +27,7 @@ Z, MLP_OUT, PRE, POST = ("blocks.{}.attn.hook_z", "blocks.{}.hook_mlp_out", "blo
                          "blocks.{}.hook_resid_post")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster than two contending ones (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(n_layers=2, n_heads=4, attn_only=True, normalization="LN", positional="standard", n_kv_heads=None,

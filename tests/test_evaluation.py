@@ -25,12 +25,7 @@ TOYS = {"ln_attn_only": dict(attn_only=True),
         "rms_rotary_gqa_mlp": dict(attn_only=False, d_mlp=24, normalization="RMS", positional="rotary", n_kv_heads=2)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy(name, seed=3):

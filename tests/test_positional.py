@@ -19,11 +19,10 @@ from circuits.errors import InvalidBatchError, InvalidEdgeError, InvalidOptionEr
 from circuits.evaluation import evaluate
 from circuits.nodes import MLP
 from tests.references import RandomTokens, edge_circuit_metric, literal_ablations, path_metrics
+from tests.test_evaluation import toy  # the same float64 toys as the plain evaluation's tests
 from tests.tiny_hf import save_tiny_llama
 
 SPANS = ("first", "middle", "end", "other")
-TOYS = {"ln_mlp": dict(attn_only=False, d_mlp=24),
-        "rms_rotary_gqa_mlp": dict(attn_only=False, d_mlp=24, normalization="RMS", positional="rotary", n_kv_heads=2)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,17 +43,7 @@ class SpanTokens(RandomTokens):
 TASK = SpanTokens(seq_len=6)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def toy(name, seed=3):
-    return models.toy(models.ToyConfig(n_layers=2, n_heads=4, d_model=16, d_head=4, d_vocab=32, n_ctx=16, seed=seed,
-                                       **TOYS[name])).to(torch.float64)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def positional_circuits(model, count, seed):
@@ -111,7 +100,7 @@ def test_batch_spans_follow_rows_repeats_trimming_and_are_validated():
 
 
 # --- evaluation against the literal reference ------------------------------------------------------------------
-@pytest.mark.parametrize("name", list(TOYS))
+@pytest.mark.parametrize("name", ["ln_mlp", "rms_rotary_gqa_mlp"])
 @pytest.mark.parametrize("ablation", ["patching", "mean"])
 def test_positional_evaluation_equals_the_literal_per_token_reference(name, ablation):
     model = toy(name)
