@@ -54,7 +54,8 @@ class Settings:
     fractions: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05, 0.1)
 
 
-FULL = {"ioi": Settings(n=16, n_eval=32, steps=3), "induction": Settings(n=32, n_eval=32)}
+FULL = {"ioi": Settings(n=16, n_eval=16, steps=3, fractions=(0.005, 0.01, 0.02)),
+        "induction": Settings(n=32, n_eval=32, fractions=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2))}
 QUICK = {"induction": Settings(n=4, n_eval=4, method="eap", steps=1, fractions=(0.01, 0.05))}
 
 
@@ -77,15 +78,18 @@ def run_task(name: str, settings: Settings, model: Any = None) -> dict[str, Any]
     import circuits
 
     task, model = load(name, model)
+    say(name, "edge attribution per span")
     start = time.perf_counter()
     graph = circuits.discover(model, task, engine="edge_attribution", positions="spans", n=settings.n, seed=0,
                               method=settings.method, steps=settings.steps, progress=False)
     discover_s = time.perf_counter() - start
+    say(name, f"{discover_s:.0f} s; choosing circuits")
     labels = graph.position_kind()[1]
     ranked = ranking(graph)
     chosen = choose(graph, settings.fractions)
     whole = frozenset(edge for edge, _ in ranked)  # every scored edge at every span: the model itself
     circuits_list = list(dict.fromkeys([c for row in chosen for c in row["circuits"].values()] + [whole]))
+    say(name, f"evaluating {len(circuits_list)} circuits")
     start = time.perf_counter()
     result = circuits.evaluate(model, task, circuits_list, ablation="patching", n=settings.n_eval, seed=1)
     evaluate_s = time.perf_counter() - start
@@ -103,6 +107,10 @@ def run_task(name: str, settings: Settings, model: Any = None) -> dict[str, Any]
         summary["key_edge"] = key_edge(edge, graph, ranked, labels)
         summary["key_edge_path_patching"] = exact_key_edge(model, task, edge, settings.n)
     return summary
+
+
+def say(name: str, text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: {text}", flush=True)
 
 
 def ranking(graph: Any, positional: bool = True) -> list[tuple[Any, float]]:

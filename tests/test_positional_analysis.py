@@ -17,7 +17,8 @@ def test_quick_form(tmp_path, capsys):
     results = positional.main(["--quick", "--out", str(tmp_path)])
     printed = capsys.readouterr().out
     assert list(results) == ["induction"] and "## induction" in printed
-    assert json.loads((tmp_path / "summary.json").read_text())["tasks"] == json.loads(json.dumps(results))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["tasks"] == json.loads(json.dumps(results))
     assert (tmp_path / "faithfulness.png").stat().st_size > 0
     r = results["induction"]
     settings = positional.QUICK["induction"]
@@ -44,6 +45,11 @@ def test_quick_form(tmp_path, capsys):
     assert math.fsum(v["score"] for v in key["at"].values()) == pytest.approx(key["plain"]["score"], abs=1e-6)
     assert len({v["rank"] for v in key["at"].values()}) == 4 and all(1 <= v["rank"] <= key["of"]
                                                                       for v in key["at"].values())
+    exact = r["key_edge_path_patching"]
+    assert list(exact) == list(positional.DIRECTIONS)
+    for record in exact.values():
+        assert record["edge"] == key["edge"] and set(record["at"]) == set(r["labels"]) and record["of"] == key["of"]
+    assert summary["headline"]["induction/key_edge_rank@next"] == key["at"]["next"]["rank"]
 
 
 def test_circuits_chosen(induction, induction_model):
