@@ -21,7 +21,9 @@ Which spans the top edges act at: the positional circuit's edges per span at eac
 edges by |score|. For induction, the previous-token head -> induction head key edge (the heads from attention
 patterns, `analyses.induction_edges.mechanism_heads`) at each span: its rank among every positional edge and its
 score, under edge attribution and under path patching per span (the metric change when the edge is patched at that
-span alone, denoising and noising; seconds on the tiny model). Writes DIR/summary.json and DIR/faithfulness.png and prints a summary.
+span alone, denoising and noising; seconds on the tiny model). Writes DIR/summary.json and DIR/faithfulness.png
+and prints a summary (with the seconds of each step: on SmolLM2, choosing is not free: every positional selection
+lists and sorts every edge at every span, 739 266 of them).
 """
 
 from __future__ import annotations
@@ -84,11 +86,13 @@ def run_task(name: str, settings: Settings, model: Any = None) -> dict[str, Any]
                               method=settings.method, steps=settings.steps, progress=False)
     discover_s = time.perf_counter() - start
     say(name, f"{discover_s:.0f} s; choosing circuits")
+    start = time.perf_counter()
     labels = graph.position_kind()[1]
     ranked = ranking(graph)
     chosen = choose(graph, settings.fractions)
     whole = frozenset(edge for edge, _ in ranked)  # every scored edge at every span: the model itself
     circuits_list = list(dict.fromkeys([c for row in chosen for c in row["circuits"].values()] + [whole]))
+    choose_s = time.perf_counter() - start
     say(name, f"evaluating {len(circuits_list)} circuits")
     start = time.perf_counter()
     result = circuits.evaluate(model, task, circuits_list, ablation="patching", n=settings.n_eval, seed=1)
@@ -97,9 +101,11 @@ def run_task(name: str, settings: Settings, model: Any = None) -> dict[str, Any]
     rows = [size_row(row, faithful, labels) for row in chosen]
     summary = {"settings": asdict(settings), "labels": labels, "edge_total": graph.edge_total(),
                "positional_total": graph.edge_total() * len(labels), "scored_positional": len(ranked),
-               "seconds": {"discover": round(discover_s, 1), "evaluate": round(evaluate_s, 1)},
+               "seconds": {"discover": round(discover_s, 1), "choose": round(choose_s, 1),
+                           "evaluate": round(evaluate_s, 1)},
                "circuits_evaluated": len(circuits_list), "full": result.full, "empty": result.empty,
-               "whole_positional_faithfulness": faithful[whole], "shared_prompts": shared_prompts(model, task, settings),
+               "whole_positional_faithfulness": faithful[whole],
+               "shared_prompts": shared_prompts(model, task, settings),
                "sizes": rows, "areas": areas(rows, settings.fractions),
                "top_edges": [{"edge": edge.name, "score": score} for edge, score in ranked[:10]]}
     if name == "induction":
@@ -217,8 +223,9 @@ def report(results: dict[str, Any]) -> str:
     for name, r in results.items():
         s = r["settings"]
         lines += [f"## {name}: {s['method']} (steps {s['steps']}) on {s['n']} prompts, positions='spans' "
-                  f"({r['seconds']['discover']} s); evaluate: patching on {s['n_eval']} held-out prompts "
-                  f"({r['shared_prompts']} shared with the engine's), {r['circuits_evaluated']} circuits "
+                  f"({r['seconds']['discover']} s; choosing the circuits {r['seconds']['choose']} s); evaluate: "
+                  f"patching on {s['n_eval']} held-out prompts ({r['shared_prompts']} shared with the engine's), "
+                  f"{r['circuits_evaluated']} circuits "
                   f"({r['seconds']['evaluate']} s)",
                   f"edges {r['edge_total']}, positional {r['positional_total']} (spans {', '.join(r['labels'])}); "
                   f"m_full {r['full']:.3f}, m_empty {r['empty']:.3f}; whole positional circuit f = "
