@@ -257,24 +257,29 @@ def key_line(title: str, k: dict[str, Any]) -> str:
 
 
 def draw(results: dict[str, Any], path: Path) -> None:
-    """Faithfulness against edges kept, positional and plain, by selection, one panel per task."""
+    """Faithfulness against the fraction of positional edges asked (the plain circuit as many edges), positional and
+    plain, by selection, one panel per task."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, PercentFormatter
 
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), squeeze=False)
     for ax, (name, r) in zip(axes[0], results.items()):
         for kind, colour in zip(KINDS, ("C0", "C1")):
             for by, style in zip(SELECTIONS, ("--", "-")):
                 rows = [row for row in r["sizes"] if row["by"] == by]
-                ax.plot([row["edges"][kind] for row in rows], [row["faithfulness"][kind] for row in rows], style,
-                        marker="o", color=colour, label=f"{kind}, by {by}")
-        ax.set(xscale="log", xlabel="edges kept (after pruning)", ylabel="faithfulness", title=name)
+                ax.plot([row["fraction"] for row in rows], [row["faithfulness"][kind] for row in rows], style,
+                        marker="o", color=colour, label=f"{kind}, by {'|score|' if by == 'absolute' else by}")
+        ax.set(xscale="log", xlabel="size: fraction of the positional edges", ylabel="faithfulness", title=name)
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks([row["fraction"] for row in r["sizes"]])
         ax.axhline(1.0, color="grey", lw=0.5)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
