@@ -30,7 +30,8 @@ from typing import Any, Optional
 import circuits
 
 SCRIPTS = ["analyses.induction_paths", "analyses.icl_regression", "analyses.capitals", "analyses.factual_recall",
-           "analyses.regular_languages", "analyses.induction_formation", "analyses.ioi", "analyses.compare"]
+           "analyses.regular_languages", "analyses.induction_formation", "analyses.ioi", "analyses.positional",
+           "analyses.compare"]
 
 
 def headline(summary: dict[str, Any]) -> dict[str, Any]:
