@@ -464,3 +464,19 @@ def test_activation_patching_per_span_is_the_head_patched_at_each_prompts_tokens
                 patched = metric_mean(TASK, forward.logits(model, batch.corrupted, batch.position), batch)
             expected = (patched - m_corrupted) / (m_clean - m_corrupted)
             assert spans.nx.edges[head, "logits"]["positions"][span] == pytest.approx(expected, abs=1e-6), (head, span)
+
+
+def test_positional_faithfulness_curves_evaluate_edges_at_positions_and_random_ones():
+    from circuits.evaluation import curves
+
+    model = toy("ln_mlp", seed=1)
+    graph = EdgeAttribution(method="eap", positions="spans").run(model, TASK, n=3)
+    result = curves.edge_curves(model, TASK, graph, n=3, fractions=(0.01, 0.1, 1.0), draws=2, positional=True)
+    assert result.total_edges == len(nodes.all_edges(model)) * len(SPANS)
+    curve = result.curves["edge_attribution"]
+    assert curve.absolute[-1] == pytest.approx(1.0) and curve.signed[-1] <= 1.0 + 1e-9  # every edge at every span
+    chosen = graph.circuit(fraction=0.1, by="absolute", positional=True)
+    assert curve.edges_absolute[1] == len(chosen) and all(e.position in SPANS for e in chosen)
+    assert curve.absolute[1] == pytest.approx(evaluate(model, TASK, [chosen], n=3).faithfulness[0], abs=1e-9)
+    with pytest.raises(InvalidOptionError, match="no scores per position"):
+        curves.edge_curves(model, TASK, EdgeAttribution(method="eap").run(model, TASK, n=3), n=3, positional=True)

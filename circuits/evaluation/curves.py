@@ -26,7 +26,7 @@ import torch
 from circuits.errors import InvalidOptionError
 from circuits.evaluation.faithfulness import evaluate
 from circuits.graph import HeadGraph, pruned
-from circuits.nodes import all_edges
+from circuits.nodes import all_edges, position_of
 
 Numbers = Union[Sequence[Union[int, float]], np.ndarray]
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -94,19 +94,23 @@ class Curves:
 def edge_curves(model: Any, task: Any, graphs: Any, *,
                 ablation: str = "patching", n: int = 32, seed: int = 1, reference: Any = None,
                 fractions: Sequence[float] = FRACTIONS, draws: int = 5, random_seed: int = 0, greedy: bool = False,
-                effect: Optional[str] = None, memory_mb: float = 512.0) -> Curves:
+                effect: Optional[str] = None, positional: bool = False, memory_mb: float = 512.0) -> Curves:
     """MIB's curves of the edge circuits of `graphs` (a HeadGraph, a list, or a mapping label -> HeadGraph; a list's
     labels are ``meta["engine"]``) on `model` and `task`, against `draws` random circuits per size; `greedy` grows
     circuits from the read-out instead of taking the top edges; `effect` picks one kind of edge
-    (`HeadGraph.top_edges`). The rest as in `circuits.evaluate`."""
+    (`HeadGraph.top_edges`). `positional`: circuits of edges at positions (docs/positional.md), fractions of every edge
+    at every label the graphs share (random circuits drawn among those too). The rest as in `circuits.evaluate`."""
     labelled = _labelled(graphs)
     fractions = _checked_fractions(fractions)
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 0:
         raise InvalidOptionError(f"draws={draws!r}; expected a number of random circuits per size >= 0")
     every = all_edges(model)
+    if positional:
+        every = [edge.at(position) for position in _shared_positions(labelled) for edge in every]
     total = len(every)
     chosen: dict[str, dict[str, list[frozenset]]] = {
-        label: {by: [graph.circuit(fraction=f, by=by, total=total, greedy=greedy, effect=effect) for f in fractions]
+        label: {by: [graph.circuit(fraction=f, by=by, total=total, greedy=greedy, effect=effect, positional=positional)
+                     for f in fractions]
                 for by in ("signed", "absolute")}
         for label, graph in labelled.items()}
     generator = torch.Generator().manual_seed(random_seed)
@@ -126,6 +130,17 @@ def edge_curves(model: Any, task: Any, graphs: Any, *,
     sizes = [int(np.mean([len(c) for c in row])) if row else 0 for row in random]
     return Curves(curves, EdgeCurve(list(fractions), mean, mean, sizes, sizes), draws_f, result.full, result.empty,
                   ablation, total)
+
+
+def _shared_positions(graphs: dict[str, HeadGraph]) -> list[Any]:
+    """The positions every graph was scored at (the same labels in all of them), read as `Edge` positions."""
+    kinds = {label: graph.position_kind() for label, graph in graphs.items()}  # a typed error for a plain graph
+    first = next(iter(kinds.values()))
+    for label, kind in kinds.items():
+        if kind != first:
+            raise InvalidOptionError(f"graph {label!r} was scored at {kind}, another at {first}; expected graphs "
+                                     "scored at the same positions for positional curves")
+    return [position_of(name) for name in first[1]]
 
 
 def _checked_fractions(fractions: Sequence[float]) -> list[float]:
