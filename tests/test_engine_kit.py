@@ -81,7 +81,7 @@ def test_renamed_options_name_their_new_name(name, old, new):
 
 
 def test_unknown_options_list_the_valid_ones():
-    with pytest.raises(InvalidOptionError, match="no option 'steps'.*direction, per_position, memory_mb"):
+    with pytest.raises(InvalidOptionError, match="no option 'steps'.*direction, per_position, positions, memory_mb"):
         engines.get("activation_patching", steps=3)
 
 
