@@ -37,6 +37,10 @@ class Worker:
                                         text=True, env=env, cwd=folder)
         self.folder = folder
         self.loaded = self.request(op="load", dir=str(folder))
+        if "error" in self.loaded:
+            self.close()
+            raise RuntimeError(f"the peers' worker could not load the model: {self.loaded['error']}\n"
+                               f"{self.loaded.get('traceback', '')}")
 
     def request(self, **payload: Any) -> dict[str, Any]:
         assert self.process.stdin and self.process.stdout
