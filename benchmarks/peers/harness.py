@@ -1,9 +1,10 @@
 """Side by side with the peers' own code: same weights, same prompts, same metric, one run.
 
-`python -m benchmarks.peers [--models induction,gpt2_toy] [--pairs ...] [--repeats 5] [--out out/peers.json]`
+`python -m benchmarks.peers [--models induction,gpt2_toy[,smollm2]] [--pairs ...] [--repeats 5] [--out out/peers.json]`
 (`make bench-peers` builds `.venv-peers` and runs this). For each model: its weights are written in
-TransformerLens 2's names, a worker process in `.venv-peers` loads them into `HookedTransformer`s (one per peer)
-and must give our logits (to 1e-4) before anything is timed. Each pair then runs ours and every peer's code in
+TransformerLens 2's names (SmolLM2: converted by TransformerLens 2's own Llama conversion in the worker,
+`tl2_llama`), a worker process in `.venv-peers` loads them into `HookedTransformer`s (one per peer) and must give our
+logits (to 1e-4; SmolLM2 2e-4) before anything is timed. Each pair then runs ours and every peer's code in
 turn, `repeats` rounds (interleaved, so load from other processes on the shared cores falls on both sides alike),
 median seconds; numbers are compared after each side's normalisation (`pairs.normalised`): max |diff|,
 Spearman, overlap of the top-k edges by |score|.
@@ -33,7 +34,7 @@ from circuits.mib import mib_edge_name
 
 LOGIT_TOLERANCE = 1e-4
 # SmolLM2 in TransformerLens 2 (its own Llama conversion) computes rotary (its own sin/cos tables), RMSNorm and the
-# grouped KV heads in another order than the Hugging Face modules our bridge runs: 5.1e-5 seen on logits of up to ~20
+# grouped KV heads in another order than the Hugging Face modules our bridge runs: 5.1e-5 seen on logits of up to 35
 # (float32 rounding, not other weights: a wrong weight moves logits by 0.1 or more).
 LLAMA_LOGIT_TOLERANCE = 2e-4
 SEED = 0  # the prompts' seed
@@ -84,6 +85,12 @@ def write_side(model: Any, batch: PromptBatch, folder: Path, circuits: Sequence[
     save_file({"clean": batch.clean, "corrupted": batch.corrupted, "answer": batch.answer, "foil": batch.foil,
                "position": batch.position, "logits": logits.contiguous()}, str(folder / "prompts.safetensors"))
 
+# Peers' runs that would take hours here: estimated from a sample instead (docs/benchmarks.md gives the estimates). On
+# SmolLM2 auto-circuit's factorized model sums every sender's output into each of its 123k edges' receivers on every
+# patched pass (~17 s a pass on 2 shared cores); one pass per head or per edge.
+TOO_SLOW = {"smollm2": {"auto_circuit:patching": "too slow here: ~6 h (270 patched passes of ~78 s; not run)",
+                        "auto_circuit:edge_patching": "too slow here: ~500 h (105,975 passes of ~17 s; not run)"}}
+
 
 def logit_tolerance(name: str) -> float:
     """How far a peer's logits may lie from ours on model `name` before the harness refuses to time it."""
@@ -101,13 +108,19 @@ def agreement(ours: torch.Tensor, theirs: torch.Tensor) -> dict[str, float]:
 
 
 def run_pair(pair: Pair, model: Any, task: Any, batch: PromptBatch, worker: Optional[Worker], repeats: int,
-             log: Any) -> dict[str, Any]:
-    ready = [p for p in pair.peers if p == "tl4" or (worker and p.split(":")[0] in worker.loaded["peers"])]
+             log: Any, too_slow: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """`pair` on `model`: ours and every peer that is loaded and not in `too_slow` (peer -> why), interleaved; nothing
+    (not even ours) where no peer is left."""
+    too_slow = too_slow or {}
+    ready = [p for p in pair.peers if p not in too_slow
+             and (p == "tl4" or (worker and p.split(":")[0] in worker.loaded["peers"]))]
     for p in pair.peers:
         if p not in ready:
             peer = p.split(":")[0]
-            why = (worker.loaded["errors"].get(peer, "not loaded") if worker else "no .venv-peers")
+            why = too_slow.get(p) or (worker.loaded["errors"].get(peer, "not loaded") if worker else "no .venv-peers")
             log(f"  {p:<32} skipped: {why}")
+    if not ready:
+        return {"peers": {}}
     times: dict[str, list[float]] = {"ours": [], **{p: [] for p in ready}}
     results: dict[str, Any] = {}
     for attempt in range(repeats + 1):  # interleaved: ours, then each peer, every round; round 0 warms up, untimed
@@ -161,8 +174,10 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="induction,gpt2_toy")
+    parser.add_argument("--models", default="induction,gpt2_toy", help="and smollm2 (not by default: ~40 min here)")
     parser.add_argument("--pairs", default=",".join(PAIRS))
+    parser.add_argument("--peers", default=None,
+                        help="load only these of auto_circuit,eap_ig,cd_circuit, or none (TransformerLens 2 always; saves memory)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads on each side (1: steadier)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
@@ -183,7 +198,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             write_side(model, batch, Path(folder), circuits, hf_folder)
             worker = None
             try:
-                worker = Worker(Path(folder), threads=args.threads)
+                worker = Worker(Path(folder), threads=args.threads,
+                                peers=args.peers.split(",") if args.peers else None)
             except FileNotFoundError as error:
                 log(f"  peers skipped: {error}")
             entry: dict[str, Any] = {"pairs": {}}
@@ -203,7 +219,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 for key in keys:
                     log(f" {PAIRS[key].name}")
                     pair = for_model(PAIRS[key], circuits, SEED)
-                    entry["pairs"][key] = run_pair(pair, model, task, batch, worker, args.repeats, log)
+                    entry["pairs"][key] = run_pair(pair, model, task, batch, worker, args.repeats, log,
+                                                   TOO_SLOW.get(name))
             finally:
                 if worker:
                     worker.close()

@@ -7,7 +7,8 @@ own prints pass through and are ignored). Requests:
 - ``{"op": "load", "dir": D}``: the model (D/config.json, D/model.safetensors in TransformerLens 2 names, or the
   Hugging Face Llama folder D/config.json ``hf_folder`` names, converted by `tl2_llama`) and
   prompts (D/prompts.safetensors: clean, corrupted, answer, foil, position); answers which peers are ready
-  and the largest logit difference of each peer's model from ours (D/prompts.safetensors ``logits``).
+  and the largest logit difference of each peer's model from ours (D/prompts.safetensors ``logits``); with
+  ``"peers": [...]`` only those of auto_circuit, eap_ig, cd_circuit are loaded (TransformerLens 2 always).
 - ``{"op": "run", "pair": P, "out": F}``: runs pair P once, timed; writes its scores to F (safetensors);
   answers ``{"seconds": s, "clean": m, "corrupted": m}`` (the metric means on that side's model).
 - ``{"op": "quit"}``.
@@ -23,6 +24,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Optional
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -38,7 +40,7 @@ def answer(payload: dict) -> None:
 class Side:
     """The loaded model (one `HookedTransformer` per peer, the same weights), prompts and each pair's code."""
 
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str, only: Optional[list[str]] = None) -> None:
         from transformer_lens import HookedTransformer, HookedTransformerConfig
 
         folder = Path(folder)
@@ -59,7 +61,7 @@ class Side:
         self.plain = self.model()  # TransformerLens 2's own patching runs on the plain model
         self.peers["tl2"] = "transformer-lens " + _version("transformer_lens")
         self.logit_diffs = {"tl2": self.check(self.plain)}
-        self._load_peers()
+        self._load_peers(only)
 
     # --- models -----------------------------------------------------------------------------------
     def model(self, **flags) -> torch.nn.Module:
@@ -89,11 +91,14 @@ class Side:
         with torch.no_grad():
             return float(self.metric_of(model(self.clean))), float(self.metric_of(model(self.corrupted)))
 
-    def _load_peers(self) -> None:
+    def _load_peers(self, only: Optional[list[str]]) -> None:
         here = Path(__file__).parent
         sys.path.insert(0, str(here))
         for name, module in (("auto_circuit", "peer_auto_circuit"), ("eap_ig", "peer_eap_ig"),
                              ("cd_circuit", "peer_cd_circuit")):
+            if only is not None and name not in only:
+                self.errors[name] = "not loaded (--peers)"
+                continue
             try:
                 peer = __import__(module).Peer(self)
             except Exception as error:  # noqa: BLE001 (a peer that cannot start is reported, not fatal)
@@ -143,7 +148,7 @@ def main() -> None:
                 answer({"ok": True})
                 return
             if request["op"] == "load":
-                side = Side(request["dir"])
+                side = Side(request["dir"], request.get("peers"))
                 answer({"peers": side.peers, "errors": side.errors, "logit_diffs": side.logit_diffs})
             elif request["op"] == "run":
                 seconds, scores, (clean, corrupted) = side.run(request["pair"])
