@@ -37,6 +37,11 @@ LOGIT_TOLERANCE = 1e-4
 # grouped KV heads in another order than the Hugging Face modules our bridge runs: 5.1e-5 seen on logits of up to 35
 # (float32 rounding, not other weights: a wrong weight moves logits by 0.1 or more).
 LLAMA_LOGIT_TOLERANCE = 2e-4
+# Peers' runs that would take hours here: estimated from a sample instead (docs/benchmarks.md gives the estimates). On
+# SmolLM2 auto-circuit's factorized model sums every sender's output into each of its 123k edges' receivers on every
+# patched pass (~17 s a pass on 2 shared cores); one pass per head or per edge.
+TOO_SLOW = {"smollm2": {"auto_circuit:patching": "too slow here: ~6 h (270 patched passes of ~78 s; not run)",
+                        "auto_circuit:edge_patching": "too slow here: ~500 h (105,975 passes of ~17 s; not run)"}}
 SEED = 0  # the prompts' seed
 TOP_K = 10
 
@@ -50,7 +55,6 @@ def bench_model(name: str) -> tuple[Any, Any, PromptBatch]:
     task = Induction(seq_len=24, min_length=4, max_length=8)
     if name == "smollm2":
         from benchmarks.patching import smollm2_induction
-        from circuits import models
 
         model, task = models.bundled(), smollm2_induction()
     elif name == "induction":
@@ -85,11 +89,6 @@ def write_side(model: Any, batch: PromptBatch, folder: Path, circuits: Sequence[
     save_file({"clean": batch.clean, "corrupted": batch.corrupted, "answer": batch.answer, "foil": batch.foil,
                "position": batch.position, "logits": logits.contiguous()}, str(folder / "prompts.safetensors"))
 
-# Peers' runs that would take hours here: estimated from a sample instead (docs/benchmarks.md gives the estimates). On
-# SmolLM2 auto-circuit's factorized model sums every sender's output into each of its 123k edges' receivers on every
-# patched pass (~17 s a pass on 2 shared cores); one pass per head or per edge.
-TOO_SLOW = {"smollm2": {"auto_circuit:patching": "too slow here: ~6 h (270 patched passes of ~78 s; not run)",
-                        "auto_circuit:edge_patching": "too slow here: ~500 h (105,975 passes of ~17 s; not run)"}}
 
 
 def logit_tolerance(name: str) -> float:
@@ -177,7 +176,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parser.add_argument("--models", default="induction,gpt2_toy", help="and smollm2 (not by default: ~40 min here)")
     parser.add_argument("--pairs", default=",".join(PAIRS))
     parser.add_argument("--peers", default=None,
-                        help="load only these of auto_circuit,eap_ig,cd_circuit, or none (TransformerLens 2 always; saves memory)")
+                        help="load only these of auto_circuit,eap_ig,cd_circuit, or none (TransformerLens 2 "
+                             "always; saves memory)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads on each side (1: steadier)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
