@@ -41,6 +41,12 @@ class Remapped:
         return self.task.metric(logits, batch)
 
 
+def smollm2_induction() -> Remapped:
+    """Induction prompts of 16 tokens on 64 ordinary tokens of SmolLM2's vocabulary (ids 1000-20999, seed 0)."""
+    table = torch.randperm(20_000, generator=torch.Generator().manual_seed(0))[:64] + 1_000
+    return Remapped(Induction(seq_len=16, min_length=3, max_length=6), table)
+
+
 def ours(model: Any, task: Any, batch: PromptBatch) -> torch.Tensor:
     return ActivationPatching().measure(model, task, batch).values[0]
 
@@ -95,8 +101,7 @@ def main(argv: Any = None) -> dict[str, dict[str, float]]:
         results["b"] = case("(b) 4L x 8H d128 toy, 16 prompts x 64 tokens", model, task, 16, args.repeats)
     if "c" in args.cases:
         model = models.bundled()
-        table = torch.randperm(20_000, generator=torch.Generator().manual_seed(0))[:64] + 1_000
-        task = Remapped(Induction(seq_len=16, min_length=3, max_length=6), table)
+        task = smollm2_induction()
         results["c"] = case("(c) SmolLM2-135M (270 heads), 8 prompts x 16", model, task, 8, 1)
     return results
 

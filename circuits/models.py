@@ -30,7 +30,7 @@ from circuits._compat import NativeModel
 from circuits._pretrained import load  # a folder or a hub name, with typed errors
 from circuits._trained import TrainedToy, recipe_fingerprint  # trained toys: shipped, cached or trained
 from circuits.errors import (DamagedCacheWarning, IncompatibleModelError, InvalidOptionError, MissingDependencyError,
-                             RenamedError)
+                             ModelNotFoundError, RenamedError)
 
 BUNDLED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -227,8 +227,23 @@ _PROBES = ("The capital of France is", "Context: Rome is the capital of Spain.\n
 
 
 def _bundled_hf() -> tuple[Any, Any]:
+    return _converted_gguf(bundled_gguf_path(), _bundled_entry())
+
+
+def _bundled_entry() -> str:
     gguf = bundled_gguf_path()
-    return _converted_gguf(gguf, f"smollm2-{_digest([gguf.name, gguf.stat().st_size, *_library_versions()])}")
+    return f"smollm2-{_digest([gguf.name, gguf.stat().st_size, *_library_versions()])}"
+
+
+def bundled_folder() -> Path:
+    """The float32 Hugging Face folder that `bundled` reads (``config.json``, the tokenizer, ``weights.pt``: the
+    model's state dict), converted first where it is not kept yet: for code outside this library that must load the
+    same weights (the peers' benchmark). Raises `ModelNotFoundError` where the conversion could not be kept."""
+    _bundled_hf()
+    path = cache_dir() / _bundled_entry()
+    if not (path / "weights.pt").exists():
+        raise ModelNotFoundError(f"the converted SmolLM2 was not kept under {path} (see the warning above)")
+    return path
 
 
 def _library_versions() -> list[str]:

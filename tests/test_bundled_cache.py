@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from circuits import models
-from circuits.errors import DamagedCacheWarning
+from circuits.errors import DamagedCacheWarning, ModelNotFoundError
 
 
 def tiny_llama(seed: int = 0):
@@ -57,3 +57,23 @@ def test_damaged_copy_is_reported_and_converted_again(tmp_path, monkeypatch):
     with pytest.warns(DamagedCacheWarning, match="converting the GGUF again"):
         models._bundled_hf()
     assert converted == [path, path] and not path.exists()
+
+
+def test_bundled_folder_is_the_kept_copy_or_a_typed_error(tmp_path, monkeypatch):
+    """`bundled_folder` (the peers' benchmark loads SmolLM2 from it): the kept copy's folder; `ModelNotFoundError`
+    when the conversion was not kept."""
+    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path))
+    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", lambda *a, **k: "gguf tokenizer")
+    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", lambda *a, **k: tiny_llama())
+    monkeypatch.setattr(models, "_keep_converted", lambda m, t, path: (m, t))  # differs: nothing kept
+    with pytest.raises(ModelNotFoundError, match="not kept"):
+        models.bundled_folder()
+
+    def keep(model, tokenizer, path):
+        path.mkdir(parents=True)
+        torch.save(model.state_dict(), path / "weights.pt")
+        return model, tokenizer
+
+    monkeypatch.setattr(models, "_keep_converted", keep)
+    folder = models.bundled_folder()
+    assert folder.parent == tmp_path and (folder / "weights.pt").exists()

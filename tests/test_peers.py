@@ -1,4 +1,5 @@
-"""The peers harness (benchmarks/peers) on the smallest model, with the peers that are installed.
+"""The peers harness (benchmarks/peers) on the smallest model, with the peers that are installed; SmolLM2 on
+TransformerLens 2 (`slow`): its logits only.
 
 Needs `.venv-peers` (`make bench-peers` builds it; `make test` does not): skipped, saying so, without it. EAP-IG and
 CD_Circuit take part where PEERS_EAP_IG / PEERS_CD_CIRCUIT name checkouts; the test asserts on what ran.
@@ -48,3 +49,17 @@ def test_every_installed_peer_ran_or_said_why(results):
             assert record["n"] > 0 and record["largest"] > 0, (key, name)
     for peer, why in results["errors"].items():
         assert why, peer
+
+
+@pytest.mark.slow
+def test_smollm2_in_transformer_lens_2_gives_our_logits():
+    """SmolLM2 converted by TransformerLens 2's own Llama conversion from the folder `bundled()` reads (RMSNorm,
+    rotary, grouped KV heads, gated MLP) gives our bridge's logits on the benchmark's prompts, on each model loaded;
+    CD_Circuit (GPT-2 only) says why it does not take part. No pair is run (~1.5 min: loading and checking); not
+    auto-circuit's model (its 123k-edge patchable model takes several GB)."""
+    args = ["--models", "smollm2", "--pairs", "", "--peers", "eap_ig,cd_circuit", "--repeats", "1"]
+    results = harness.main(args)["models"]["smollm2"]
+    assert 0 < results["logit_diffs"]["tl2"] <= harness.LLAMA_LOGIT_TOLERANCE
+    assert all(diff <= harness.LLAMA_LOGIT_TOLERANCE for diff in results["logit_diffs"].values())
+    assert "cd_circuit" not in results["peers"]
+    assert "GPT-2" in results["errors"]["cd_circuit"]  # said before it looks for its checkout

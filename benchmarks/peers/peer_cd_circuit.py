@@ -34,6 +34,12 @@ def _import_wrappers(path: str) -> None:
 
 class Peer:
     def __init__(self, side) -> None:
+        cfg = side.cfg
+        if cfg.normalization_type != "LN" or cfg.positional_embedding_type != "standard" or cfg.gated_mlp:
+            raise NotImplementedError("CD_Circuit's propagation is written for GPT-2 (LayerNorm with bias, learned "
+                                      "positions, GELU MLP); this model has "
+                                      f"normalization {cfg.normalization_type}, {cfg.positional_embedding_type} "
+                                      f"positions{', a gated MLP' if cfg.gated_mlp else ''}")
         path = os.environ.get("PEERS_CD_CIRCUIT")
         if not path:
             raise RuntimeError("PEERS_CD_CIRCUIT is not set (a checkout of adelaidehsu/CD_Circuit)")

@@ -4,9 +4,11 @@ checkouts named by PEERS_EAP_IG / PEERS_CD_CIRCUIT), never imports this project.
 Protocol: one JSON request a line on stdin, one answer a line on stdout prefixed by ``@@peers `` (the peers'
 own prints pass through and are ignored). Requests:
 
-- ``{"op": "load", "dir": D}``: the model (D/config.json, D/model.safetensors in TransformerLens 2 names) and
+- ``{"op": "load", "dir": D}``: the model (D/config.json, D/model.safetensors in TransformerLens 2 names, or the
+  Hugging Face Llama folder D/config.json ``hf_folder`` names, converted by `tl2_llama`) and
   prompts (D/prompts.safetensors: clean, corrupted, answer, foil, position); answers which peers are ready
-  and the largest logit difference of each peer's model from ours (D/prompts.safetensors ``logits``).
+  and the largest logit difference of each peer's model from ours (D/prompts.safetensors ``logits``); with
+  ``"peers": [...]`` only those of auto_circuit, eap_ig, cd_circuit are loaded (TransformerLens 2 always).
 - ``{"op": "run", "pair": P, "out": F}``: runs pair P once, timed; writes its scores to F (safetensors);
   answers ``{"seconds": s, "clean": m, "corrupted": m}`` (the metric means on that side's model).
 - ``{"op": "quit"}``.
@@ -22,6 +24,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Optional
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -37,33 +40,39 @@ def answer(payload: dict) -> None:
 class Side:
     """The loaded model (one `HookedTransformer` per peer, the same weights), prompts and each pair's code."""
 
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str, only: Optional[list[str]] = None) -> None:
         from transformer_lens import HookedTransformer, HookedTransformerConfig
 
         folder = Path(folder)
         self.config = json.loads((folder / "config.json").read_text())
-        self.state = load_file(folder / "model.safetensors")
+        if "hf_folder" in self.config:  # a Llama-style model: TransformerLens 2's own conversion of the HF weights
+            sys.path.insert(0, str(Path(__file__).parent))
+            self.tl2_fields, self.state = __import__("tl2_llama").load(self.config["hf_folder"])
+        else:  # our toy's weights, written in TransformerLens 2's names (`weights.py`)
+            self.tl2_fields, self.state = self.config["tl2"], load_file(folder / "model.safetensors")
         prompts = load_file(folder / "prompts.safetensors")
         self.clean, self.corrupted = prompts["clean"].long(), prompts["corrupted"].long()
         self.answer, self.foil = prompts["answer"].long(), prompts["foil"].long()
         self.position = prompts["position"].long()
         self.our_logits = prompts["logits"]
         self.rows = torch.arange(len(self.clean))
-        self.cfg = HookedTransformerConfig(**self.config["tl2"], seed=0)
+        self.cfg = HookedTransformerConfig(**self.tl2_fields, seed=0)
         self.models, self.errors, self.peers = {}, {}, {}
         self.plain = self.model()  # TransformerLens 2's own patching runs on the plain model
         self.peers["tl2"] = "transformer-lens " + _version("transformer_lens")
         self.logit_diffs = {"tl2": self.check(self.plain)}
-        self._load_peers()
+        self._load_peers(only)
 
     # --- models -----------------------------------------------------------------------------------
     def model(self, **flags) -> torch.nn.Module:
         from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-        cfg = HookedTransformerConfig(**self.config["tl2"], seed=0, **flags)
+        if self.tl2_fields.get("n_key_value_heads") and flags.get("use_split_qkv_input"):
+            flags.setdefault("ungroup_grouped_query_attention", True)  # a k/v input per query head, as our readers
+        cfg = HookedTransformerConfig(**self.tl2_fields, seed=0, **flags)
         model = HookedTransformer(cfg).eval()
         missing, unexpected = model.load_state_dict(self.state, strict=False)
-        missing = [k for k in missing if not k.endswith(("IGNORE", ".mask"))]
+        missing = [k for k in missing if not k.endswith(("IGNORE", ".mask", ".rotary_sin", ".rotary_cos"))]  # buffers
         if missing or unexpected:
             raise RuntimeError(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
         return model
@@ -82,11 +91,14 @@ class Side:
         with torch.no_grad():
             return float(self.metric_of(model(self.clean))), float(self.metric_of(model(self.corrupted)))
 
-    def _load_peers(self) -> None:
+    def _load_peers(self, only: Optional[list[str]]) -> None:
         here = Path(__file__).parent
         sys.path.insert(0, str(here))
         for name, module in (("auto_circuit", "peer_auto_circuit"), ("eap_ig", "peer_eap_ig"),
                              ("cd_circuit", "peer_cd_circuit")):
+            if only is not None and name not in only:
+                self.errors[name] = "not loaded (--peers)"
+                continue
             try:
                 peer = __import__(module).Peer(self)
             except Exception as error:  # noqa: BLE001 (a peer that cannot start is reported, not fatal)
@@ -136,7 +148,7 @@ def main() -> None:
                 answer({"ok": True})
                 return
             if request["op"] == "load":
-                side = Side(request["dir"])
+                side = Side(request["dir"], request.get("peers"))
                 answer({"peers": side.peers, "errors": side.errors, "logit_diffs": side.logit_diffs})
             elif request["op"] == "run":
                 seconds, scores, (clean, corrupted) = side.run(request["pair"])

@@ -27,7 +27,7 @@ def peers_python() -> Optional[Path]:
 class Worker:
     """One worker process for one model: ``load`` once, then ``run`` pairs (each answer timed on its side)."""
 
-    def __init__(self, folder: Path, threads: int = 1) -> None:
+    def __init__(self, folder: Path, threads: int = 1, peers: Optional[list[str]] = None) -> None:
         python = peers_python()
         if python is None:
             raise FileNotFoundError(f"{PEERS_PYTHON} is missing: run `make bench-peers` first")
@@ -36,7 +36,11 @@ class Worker:
         self.process = subprocess.Popen([str(python), str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True, env=env, cwd=folder)
         self.folder = folder
-        self.loaded = self.request(op="load", dir=str(folder))
+        self.loaded = self.request(op="load", dir=str(folder), peers=peers)
+        if "error" in self.loaded:
+            self.close()
+            raise RuntimeError(f"the peers' worker could not load the model: {self.loaded['error']}\n"
+                               f"{self.loaded.get('traceback', '')}")
 
     def request(self, **payload: Any) -> dict[str, Any]:
         assert self.process.stdin and self.process.stdout
