@@ -89,12 +89,15 @@ class PromptBatch:
         """Prompts `rows` (a range or slice of the batch axis) with everything that belongs to them."""
         return self._each(lambda t: t[rows.start:rows.stop])
 
-    def trimmed(self, causal: bool) -> "PromptBatch":
+    def trimmed(self, causal: bool, at_least: int = 16) -> "PromptBatch":
         """In a causal model nothing after the last read-out position can change the result: those positions
-        dropped (`n_positions` still gives the whole length). Unchanged for other models."""
+        dropped (`n_positions` still gives the whole length), keeping `at_least` positions where the prompts have
+        them: torch's CPU softmax over fewer than 16 keys takes a scalar path, ~14x slower per element (torch 2.13;
+        15 keys: 1.9 ms, 16 keys: 0.16 ms for the same rows), which outweighed the work saved. Unchanged for other
+        models."""
         if not causal or not self.size:
             return self
-        keep = int(self.position.max().item()) + 1
+        keep = min(self.clean.shape[1], max(int(self.position.max().item()) + 1, at_least))
         if keep == self.clean.shape[1]:
             return self
         return replace(self, clean=self.clean[:, :keep], corrupted=self.corrupted[:, :keep],

@@ -3,6 +3,8 @@ named rankings, edges that say which effect they measure, option names checked w
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -118,8 +120,14 @@ def test_prompts_are_trimmed_once_and_remember_their_length():
     model = small_model()
     batch = TASK.batch(model, n=3, seed=0)
     ready = kit.on_model(model, batch)
-    assert ready.clean.shape[1] == int(batch.position.max()) + 1 and ready.n_positions == batch.clean.shape[1]
+    kept = min(batch.clean.shape[1], max(int(batch.position.max()) + 1, 16))  # at least 16 keys: torch's fast softmax
+    assert ready.clean.shape[1] == kept and ready.n_positions == batch.clean.shape[1]
     assert kit.on_model(model, ready).clean.shape == ready.clean.shape  # idempotent
+    wide = models.toy(n_layers=1, n_heads=2, d_model=16, d_vocab=32, n_ctx=32, seed=11)
+    long = dataclasses.replace(TASK, seq_len=24).batch(wide, n=3, seed=0)
+    early = dataclasses.replace(long, position=torch.full((3,), 5))
+    assert kit.on_model(wide, early).clean.shape[1] == 16 and kit.on_model(wide, early).n_positions == 24
+    assert early.trimmed(causal=True, at_least=1).clean.shape[1] == 6
 
 
 def test_node_vocabulary():

@@ -88,7 +88,8 @@ def test_batch_spans_follow_rows_repeats_trimming_and_are_validated():
     assert torch.equal(batch.rows(range(1, 3)).spans, batch.spans[1:3])
     assert torch.equal(batch.repeated(2).spans, batch.spans.repeat(2, 1))
     short = dataclasses.replace(batch, position=torch.full((4,), 3))
-    assert short.trimmed(causal=True).spans.shape == (4, 4) and short.trimmed(causal=True).n_positions == 6
+    trimmed = short.trimmed(causal=True, at_least=1)
+    assert trimmed.spans.shape == (4, 4) and trimmed.n_positions == 6
     bad = {"spans of another shape": dict(spans=batch.spans[:, :3]),
            "an index out of range": dict(spans=batch.spans + 4),
            "names without spans": dict(spans=None),
