@@ -113,10 +113,7 @@ def with_spans(model: Any, pairs: list[Counterfactual], batch: PromptBatch) -> P
     read-out token; padding and the rest in ``"other"``."""
     spans = torch.full_like(batch.clean, SPANS.index(PromptBatch.OTHER))
     for row, pair in enumerate(pairs):
-        country = facts.encode(model, " " + pair.country, bos=False)
-        for start in range(len(pair.clean) - len(country) + 1):
-            if list(pair.clean[start:start + len(country)]) == country:
-                spans[row, start:start + len(country)] = SPANS.index("country")
+        spans[row, facts.occurrences(model, pair.clean, pair.country)] = SPANS.index("country")
         city = [p for p, (a, b) in enumerate(zip(pair.clean, pair.corrupted)) if a != b]
         spans[row, city] = SPANS.index("city")
         spans[row, int(batch.position[row])] = SPANS.index("end")

@@ -103,6 +103,16 @@ def encode(model: Any, text: str, bos: bool = True) -> list[int]:
     return ([tokenizer.bos_token_id] if bos and tokenizer.bos_token_id is not None else []) + list(ids)
 
 
+def occurrences(model: Any, tokens: Sequence[int], text: str) -> list[int]:
+    """The positions of every occurrence of `text`'s tokens in `tokens` (as a word after a space, or at the start)."""
+    out: list[int] = []
+    for piece in {tuple(encode(model, " " + text, bos=False)), tuple(encode(model, text, bos=False))}:
+        for start in range(len(tokens) - len(piece) + 1):
+            if tuple(tokens[start:start + len(piece)]) == piece:
+                out += range(start, start + len(piece))
+    return sorted(set(out))
+
+
 def answer_token(model: Any, answer: str) -> int:
     """The single token of ``" " + answer``; `MultiTokenAnswerError` naming the answer and its pieces otherwise."""
     ids = encode(model, " " + answer, bos=False)

@@ -7,16 +7,22 @@ answer) - logit(the corrupted subject's answer). Facts, templates and the top-1 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 from weakref import WeakKeyDictionary
 
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from circuits import PromptBatch, metrics, models
 from circuits.errors import InvalidOptionError
 from tasks import facts
+
+
+# Spans of a prompt (docs/positional.md): the subject's tokens (and every token where clean and corrupted differ),
+# the read-out token, and the rest.
+SPANS = ("subject", "end", PromptBatch.OTHER)
 
 
 @dataclass(frozen=True)
@@ -50,12 +56,25 @@ class FactualRecall:
         return facts.pair_prompts(model, self.known(model), n, seed)
 
     def batch(self, model: Any, n: int, seed: int) -> PromptBatch:
+        """The prompt pairs, with spans (`SPANS`) for positional circuits."""
         pairs = self.pairs(model, n, seed)
-        return facts.prompt_batch(model, [p.clean for p in pairs], [p.corrupted for p in pairs],
-                                  answer=[p.answer for p in pairs], foil=[p.foil for p in pairs])
+        batch = facts.prompt_batch(model, [p.clean for p in pairs], [p.corrupted for p in pairs],
+                                   answer=[p.answer for p in pairs], foil=[p.foil for p in pairs])
+        return with_spans(model, pairs, batch)
 
     def metric(self, logits: Float[Tensor, "batch d_vocab"], batch: PromptBatch) -> Float[Tensor, " batch"]:
         return metrics.logit_difference(logits, batch.answer, batch.foil)
 
     def default_model(self) -> Any:
         return models.bundled()
+
+
+def with_spans(model: Any, pairs: list[facts.Pair], batch: PromptBatch) -> PromptBatch:
+    """`batch` with `SPANS`: the subject wherever it occurs and wherever the corrupted subject differs, the read-out
+    token; padding and the rest in ``"other"``."""
+    spans = torch.full_like(batch.clean, SPANS.index(PromptBatch.OTHER))
+    for row, pair in enumerate(pairs):
+        differs = [p for p, (a, b) in enumerate(zip(pair.clean, pair.corrupted)) if a != b]
+        spans[row, sorted(set(facts.occurrences(model, pair.clean, pair.subject)) | set(differs))] = SPANS.index("subject")
+        spans[row, int(batch.position[row])] = SPANS.index("end")
+    return replace(batch, spans=spans, span_names=SPANS)

@@ -169,6 +169,21 @@ def test_capitals_prompts_mark_the_country_the_city_and_the_end(bundled_model, c
         assert country.split() == [pair.country] * 3 or country.replace(" ", "") == pair.country.replace(" ", "") * 3
 
 
+@pytest.mark.slow
+def test_factual_recall_prompts_mark_the_subject_and_the_end(bundled_model, recall):
+    from tasks.factual_recall import SPANS
+
+    batch = recall.batch(bundled_model, 4, seed=3)
+    pairs = recall.pairs(bundled_model, 4, seed=3)
+    assert batch.span_names == SPANS
+    for row, pair in enumerate(pairs):
+        at = {name: (batch.spans[row] == i).nonzero().flatten().tolist() for i, name in enumerate(SPANS)}
+        assert at["end"] == [int(batch.position[row])]
+        differs = (batch.clean[row] != batch.corrupted[row]).nonzero().flatten().tolist()
+        assert set(differs) <= set(at["subject"])
+        assert bundled_model.tokenizer.decode(batch.clean[row, at["subject"]]).strip() == pair.subject
+
+
 # --- the analyses ------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_scaled_runs_match_a_full_forward_with_hooks(bundled_model, capitals):
