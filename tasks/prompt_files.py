@@ -2,14 +2,16 @@
 
 | format | shape | answers |
 |---|---|---|
-| JSONL (``.jsonl``) or JSON (``.json``, a list) | one object per line / item: ``clean``, ``corrupted``, ``answer``, optional ``foil`` and ``spans`` (and ``meta``, ignored) | strings |
+| JSONL (``.jsonl``) or JSON (``.json``, a list) | one object per line / item: ``clean``, ``corrupted``, ``answer``, optional ``foil`` and ``spans`` or ``word_spans`` (and ``meta``, ignored) | strings |
 | auto-circuit JSON (``.json``) | ``{"prompts": [{"clean", "corrupt", "answers", "wrong_answers"}, ...]}``, optional ``word_idxs`` (spans of every prompt); other keys ignored | one string (or token id) in ``answers``, at most one in ``wrong_answers`` |
 | CSV (``.csv``) | columns ``clean``, ``corrupted``, ``answer``, optional ``foil`` | strings |
 | EAP-IG CSV (``.csv``) | columns ``clean``, ``corrupted``, ``correct_idx``, ``incorrect_idx``; other columns ignored | token ids of the tokenizer the file was made for |
 
 Spans (positional circuits, docs/positional.md) name tokens of the clean prompt as the model reads it (its BOS
 included where it adds one): either a label per token (a list as long as the prompt's tokens; null for a token in no
-span) or ``{name: token position}``. auto-circuit's file-level ``word_idxs`` are token positions counted without the
+span) or ``{name: token position}``; or, as ``word_spans``, ``{name: word index}`` (whitespace-separated words of the
+clean prompt counted from 0, the BOS no word: every token overlapping the word, through the tokenizer's character
+offsets). auto-circuit's file-level ``word_idxs`` are token positions counted without the
 BOS (auto-circuit adds one where it prepends it, and so does `tasks.prompt_pairs`), and may give two names one token
 (its IOI files: ``"IO+1"`` and ``"S1-1"``): the first name keeps it. Tokens without a span are in span ``"other"``.
 The lengths and positions are checked against the model's tokens by `tasks.prompt_pairs`.
@@ -36,6 +38,7 @@ from circuits.errors import PromptFileError
 Answer = Union[str, int]  # text, or a token id (EAP-IG's CSV, auto-circuit's token answers)
 FIELDS = ("clean", "corrupted", "answer", "foil")
 SPANS = "spans"  # a record's optional spans (module docstring)
+WORD_SPANS = "word_spans"  # or spans by word: {name: index of a whitespace-separated word of the clean prompt}
 IGNORED = ("meta",)  # a record's own notes: kept out of the way, never read
 EAP_IG = ("clean", "corrupted", "correct_idx", "incorrect_idx")
 _INDEX_COLUMNS = ("", "Unnamed: 0")  # the unnamed index column pandas writes
@@ -53,6 +56,7 @@ class PromptPair:
     where: str = ""
     spans: Union[tuple[Optional[str], ...], dict[str, int], None] = None  # per-token labels or {name: token position}
     word_idxs: bool = False  # spans from auto-circuit's word_idxs: positions without the BOS, shared tokens allowed
+    by_words: bool = False  # spans from word_spans: {name: word index}, each word's every token in its span
 
 
 def read(path: Union[str, Path]) -> list[PromptPair]:
@@ -149,15 +153,22 @@ def _record(data: Any, where: str) -> PromptPair:
     if not isinstance(data, dict):
         raise PromptFileError(f"{where}: a {type(data).__name__} ({str(data)[:60]!r}); expected an object with "
                               "clean, corrupted, answer and optionally foil")
-    unknown = sorted(set(data) - set(FIELDS) - {SPANS} - set(IGNORED))
+    unknown = sorted(set(data) - set(FIELDS) - {SPANS, WORD_SPANS} - set(IGNORED))
     if unknown:
         raise PromptFileError(f"{where}: unknown key {unknown[0]!r}; expected clean, corrupted, answer and optionally "
-                              "foil and spans (keep other fields under 'meta')")
+                              "foil and spans or word_spans (keep other fields under 'meta')")
     for key in FIELDS[:3]:
         if key not in data:
             raise PromptFileError(f"{where}: no {key!r} key (keys: {sorted(data)}); expected clean, corrupted, answer "
                                   "and optionally foil")
     pair = _pair(data["clean"], data["corrupted"], data["answer"], data.get("foil"), where, token_ids=False)
+    if WORD_SPANS in data:
+        if SPANS in data:
+            raise PromptFileError(f"{where}: both spans and word_spans; expected one of them")
+        words = data[WORD_SPANS]
+        if isinstance(words, list):  # a label per token is not a word index: say which form word_spans takes
+            raise PromptFileError(f"{where}: word_spans is a list; expected {{name: word index}}")
+        return replace(_with_spans(pair, words, f"{where}: word_spans"), by_words=True)
     return _with_spans(pair, data.get(SPANS), f"{where}: spans")
 
 

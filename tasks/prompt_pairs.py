@@ -30,6 +30,7 @@ distribution, which the batch carries as ``clean_logprobs``).
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -156,7 +157,7 @@ def tokenize(model: Any, pairs: tuple[PromptPair, ...], first_token: bool) -> To
         clean.append(c)
         corrupted.append(k)
         bos = len(c) - len(tokens.encode(model, pair.clean, bos=False))  # 1 where the model prepends a BOS
-        spans.append(None if pair.spans is None else token_spans(pair, len(c), bos))
+        spans.append(None if pair.spans is None else token_spans(pair, len(c), bos, model))
         answer.append(_token(model, pair, "answer", first_token, vocab))
         if pair.foil is not None:
             foil.append(_token(model, pair, "foil", first_token, vocab))
@@ -168,10 +169,24 @@ def tokenize(model: Any, pairs: tuple[PromptPair, ...], first_token: bool) -> To
                      spans if pairs[0].spans is not None else None)
 
 
-def token_spans(pair: PromptPair, length: int, bos: int) -> list[Optional[str]]:
+def token_spans(pair: PromptPair, length: int, bos: int, model: Any = None) -> list[Optional[str]]:
     """Each of the clean prompt's `length` tokens' span (None: no span), checked against the tokens (naming the
     row): a list of labels must be as long as the prompt, positions must lie in it, two names never share one
-    (auto-circuit's ``word_idxs``: counted without the `bos` token, and the first name keeps a shared token)."""
+    (auto-circuit's ``word_idxs``: counted without the `bos` token, and the first name keeps a shared token;
+    ``word_spans``: every token of the word, through `model`'s tokenizer, `word_tokens`)."""
+    if pair.by_words:
+        words = word_tokens(model, pair.clean, bos)
+        out: list[Optional[str]] = [None] * length
+        for name, word in pair.spans.items():
+            if word >= len(words):
+                raise PromptFileError(f"{pair.where}: word_spans puts {name!r} at word {word}; the clean prompt has "
+                                      f"{len(words)} words (separated by whitespace, counted from 0)")
+            for position in words[word]:
+                if out[position] is not None:
+                    raise PromptFileError(f"{pair.where}: word_spans {out[position]!r} and {name!r} share token "
+                                          f"{position}; expected one span per token")
+                out[position] = name
+        return out
     if isinstance(pair.spans, tuple):
         if len(pair.spans) != length:
             raise PromptFileError(f"{pair.where}: spans label {len(pair.spans)} tokens; the clean prompt is {length} "
@@ -198,6 +213,20 @@ def token_spans(pair: PromptPair, length: int, bos: int) -> list[Optional[str]]:
         warnings.warn(f"word_idxs give these names a token another name has: {', '.join(shared)}; each token is in "
                       "one span, so these spans are left out", stacklevel=6)
     return out
+
+
+def word_tokens(model: Any, text: str, bos: int) -> list[list[int]]:
+    """Per whitespace-separated word of `text`, the positions of the tokens that overlap it (as the model reads
+    `text`: after `bos` BOS tokens), from the tokenizer's character offsets; a token across two words is in both."""
+    tokenizer = tokens.tokenizer_of(model, "word_spans")
+    try:
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    except (NotImplementedError, TypeError, ValueError, KeyError) as error:  # slow tokenizers have no offsets
+        raise PromptFileError(f"word_spans need a tokenizer that gives character offsets (a fast one); this model's "
+                              f"does not ({error}): give spans per token instead") from None
+    words = [match.span() for match in re.finditer(r"\S+", text)]
+    return [[bos + i for i, (start, stop) in enumerate(offsets) if start < end and stop > begin]
+            for begin, end in words]
 
 
 def span_names(spans: list[list[Optional[str]]]) -> tuple[str, ...]:

@@ -262,6 +262,18 @@ def test_prompt_records_give_spans_by_position_or_per_token_and_auto_circuits_wo
     assert tokens.pieces(llama, [int(from_file.clean[0, 2])])[0].strip() == "Mary"
 
 
+def test_word_spans_label_every_token_of_each_word(llama):
+    """{name: word index} (whitespace-separated words of the clean prompt) gives the batch that token positions give;
+    the BOS is not a word."""
+    by_tokens = tasks.prompts([{**ROW, "spans": {"IO": 2, "S1": 4, "S2": 10, "end": 14}}]).batch(llama, n=1, seed=0)
+    by_words = tasks.prompts([{**ROW, "word_spans": {"IO": 1, "S1": 3, "S2": 9, "end": 13}}]).batch(llama, n=1, seed=0)
+    assert by_words.span_names == by_tokens.span_names and torch.equal(by_words.spans, by_tokens.spans)
+    with pytest.raises(PromptFileError, match="record 0: word_spans puts 'end' at word 14; the clean prompt has 14"):
+        tasks.prompts([{**ROW, "word_spans": {"end": 14}}]).batch(llama, n=1, seed=0)
+    with pytest.raises(PromptFileError, match="both spans and word_spans"):
+        tasks.prompts([{**ROW, "spans": {"IO": 2}, "word_spans": {"IO": 1}}])
+
+
 def test_bad_spans_in_prompt_records_are_typed_errors_naming_the_row(llama):
     with pytest.raises(PromptFileError, match="record 0: spans label 3 tokens; the clean prompt is 15"):
         tasks.prompts([{**ROW, "spans": ["a", "b", None]}]).batch(llama, 1, 0)

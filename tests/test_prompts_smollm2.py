@@ -69,3 +69,16 @@ def test_the_hand_written_ioi_file_through_every_engine_one_command_each(bundled
         assert "top heads" in printed
     with capsys.disabled():
         print(f"\nCLI on SmolLM2, 2 of the 16 hand-written IOI prompts, seconds per engine: {seconds}")
+
+
+@pytest.mark.slow
+def test_word_spans_find_the_tokens_the_shipped_ioi_record_names(bundled_model):
+    """SmolLM2's tokens carry their leading space (" Andrew"): word_spans map each word to its tokens through the
+    tokenizer's offsets, giving the token positions the shipped IOI set records (BOS at 0)."""
+    record = json.loads(tasks.ioi.DATA.read_text().splitlines()[0])
+    assert record["clean"].split()[1] == record["meta"]["IO"] and record["clean"].split()[8] == record["meta"]["S"]
+    pair = {key: record[key] for key in ("clean", "corrupted", "answer", "foil")}
+    batch = tasks.prompts([{**pair, "word_spans": {"IO": 1, "S1": 3, "S2": 8, "end": 12}}]).batch(bundled_model, 1, 0)
+    found = {name: (batch.spans[0] == i).nonzero().flatten().tolist() for i, name in enumerate(batch.span_names)}
+    assert {name: found[name] for name in ("IO", "S1", "S2", "end")} == {
+        name: [record["meta"]["positions"][name]] for name in ("IO", "S1", "S2", "end")}
