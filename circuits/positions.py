@@ -43,6 +43,14 @@ def labelled(batch: PromptBatch, kind: str, task: Any = None) -> tuple[Int[Tenso
     return batch.spans.to(batch.clean.device), tuple(batch.span_names)
 
 
+def label_masks(batch: PromptBatch, kind: str, task: Any = None) -> tuple[Bool[Tensor, "label batch pos"],
+                                                                         tuple[str, ...]]:
+    """Per label of `kind`, ``[batch, pos]``: True at each prompt's tokens with that label (`labelled`); the masks
+    the engines patch or decompose one label at a time with, and the labels' names."""
+    index, labels = labelled(batch, kind, task)
+    return index[None] == torch.arange(len(labels), device=index.device)[:, None, None], labels
+
+
 def tokens_at(batch: PromptBatch, position: Union[int, str]) -> Bool[Tensor, "batch pos"]:
     """``[batch, pos]``: True at the tokens `position` names in each prompt (a token index, or a span name resolved
     per prompt). An index beyond the prompts or a span the batch lacks: `InvalidEdgeError` naming it."""

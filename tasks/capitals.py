@@ -11,11 +11,10 @@ another known country's capital, so both answers are single tokens and both prom
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Optional
 from weakref import WeakKeyDictionary
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -98,7 +97,9 @@ class Capitals:
         pairs = self.counterfactuals(model, n, seed)
         batch = facts.prompt_batch(model, [p.clean for p in pairs], [p.corrupted for p in pairs],
                                    answer=[p.in_context for p in pairs], foil=[p.memorised for p in pairs])
-        return with_spans(model, pairs, batch)
+        marked = [{"country": facts.occurrences(model, p.clean, p.country),
+                   "city": facts.differing(p.clean, p.corrupted)} for p in pairs]
+        return facts.with_spans(batch, SPANS, marked)
 
     def metric(self, logits: Float[Tensor, "batch d_vocab"], batch: PromptBatch) -> Float[Tensor, " batch"]:
         """logit(in-context city) - logit(memorised capital)."""
@@ -106,15 +107,3 @@ class Capitals:
 
     def default_model(self) -> Any:
         return models.bundled()
-
-
-def with_spans(model: Any, pairs: list[Counterfactual], batch: PromptBatch) -> PromptBatch:
-    """`batch` with `SPANS`: the country's tokens wherever they occur, the city where clean and corrupted differ, the
-    read-out token; padding and the rest in ``"other"``."""
-    spans = torch.full_like(batch.clean, SPANS.index(PromptBatch.OTHER))
-    for row, pair in enumerate(pairs):
-        spans[row, facts.occurrences(model, pair.clean, pair.country)] = SPANS.index("country")
-        city = [p for p, (a, b) in enumerate(zip(pair.clean, pair.corrupted)) if a != b]
-        spans[row, city] = SPANS.index("city")
-        spans[row, int(batch.position[row])] = SPANS.index("end")
-    return replace(batch, spans=spans, span_names=SPANS)

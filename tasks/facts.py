@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from collections.abc import Sequence
@@ -111,6 +111,22 @@ def occurrences(model: Any, tokens: Sequence[int], text: str) -> list[int]:
             if tuple(tokens[start:start + len(piece)]) == piece:
                 out += range(start, start + len(piece))
     return sorted(set(out))
+
+
+def differing(clean: Sequence[int], corrupted: Sequence[int]) -> list[int]:
+    """The positions where a clean prompt and its corrupted twin have different tokens."""
+    return [p for p, (a, b) in enumerate(zip(clean, corrupted)) if a != b]
+
+
+def with_spans(batch: PromptBatch, names: tuple[str, ...], marked: Sequence[dict[str, list[int]]]) -> PromptBatch:
+    """`batch` with spans `names` (``"end"`` and ``PromptBatch.OTHER`` among them): per row, ``{name: token
+    positions}`` marked in order, then the read-out token as ``"end"``; padding and the rest in ``"other"``."""
+    spans = torch.full_like(batch.clean, names.index(PromptBatch.OTHER))
+    for row, marks in enumerate(marked):
+        for name, positions in marks.items():
+            spans[row, positions] = names.index(name)
+        spans[row, int(batch.position[row])] = names.index("end")
+    return replace(batch, spans=spans, span_names=names)
 
 
 def answer_token(model: Any, answer: str) -> int:

@@ -7,11 +7,10 @@ answer) - logit(the corrupted subject's answer). Facts, templates and the top-1 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Optional
 from weakref import WeakKeyDictionary
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -60,21 +59,12 @@ class FactualRecall:
         pairs = self.pairs(model, n, seed)
         batch = facts.prompt_batch(model, [p.clean for p in pairs], [p.corrupted for p in pairs],
                                    answer=[p.answer for p in pairs], foil=[p.foil for p in pairs])
-        return with_spans(model, pairs, batch)
+        marked = [{"subject": sorted(set(facts.occurrences(model, p.clean, p.subject))
+                                     | set(facts.differing(p.clean, p.corrupted)))} for p in pairs]
+        return facts.with_spans(batch, SPANS, marked)
 
     def metric(self, logits: Float[Tensor, "batch d_vocab"], batch: PromptBatch) -> Float[Tensor, " batch"]:
         return metrics.logit_difference(logits, batch.answer, batch.foil)
 
     def default_model(self) -> Any:
         return models.bundled()
-
-
-def with_spans(model: Any, pairs: list[facts.Pair], batch: PromptBatch) -> PromptBatch:
-    """`batch` with `SPANS`: the subject wherever it occurs and wherever the corrupted subject differs, the read-out
-    token; padding and the rest in ``"other"``."""
-    spans = torch.full_like(batch.clean, SPANS.index(PromptBatch.OTHER))
-    for row, pair in enumerate(pairs):
-        differs = [p for p, (a, b) in enumerate(zip(pair.clean, pair.corrupted)) if a != b]
-        spans[row, sorted(set(facts.occurrences(model, pair.clean, pair.subject)) | set(differs))] = SPANS.index("subject")
-        spans[row, int(batch.position[row])] = SPANS.index("end")
-    return replace(batch, spans=spans, span_names=SPANS)

@@ -25,7 +25,7 @@ from circuits.engines import base, kit
 from circuits.engines.kit import Measurement, PatchRuns
 from circuits.graph import LOGITS, HeadGraph
 from circuits.nodes import all_heads
-from circuits.positions import check_kind, labelled
+from circuits.positions import check_kind, label_masks
 
 
 class HeadPatches(NamedTuple):
@@ -102,7 +102,7 @@ class ActivationPatching(base.EngineBase):
         per_copy = kit.copies_per_pass(runs.model, runs.batch, self.memory_mb)
         heads = torch.zeros(cfg.n_layers, cfg.n_heads)
         positions = torch.zeros(cfg.n_layers, cfg.n_heads, n_pos) if self.per_position else None
-        index, labels = labelled(runs.batch, self.positions, runs.task) if self.positions else (None, ())
+        masks, labels = label_masks(runs.batch, self.positions, runs.task) if self.positions else (None, ())
         at = torch.zeros(cfg.n_layers, cfg.n_heads, len(labels))
         bar = kit.progress(runs.model, cfg.n_layers, f"{self.name}: layers", self.progress)
         for layer in range(cfg.n_layers):
@@ -124,7 +124,7 @@ class ActivationPatching(base.EngineBase):
                 pairs = [(h, label) for h in range(cfg.n_heads) for label in range(len(labels))]
                 for chunk in kit.chunks(len(pairs), per_copy):
                     picked = [pairs[i] for i in chunk]
-                    masked = torch.stack([delta[h] * (index == label).to(delta)[..., None] for h, label in picked])
+                    masked = torch.stack([delta[h] * masks[label].to(delta)[..., None] for h, label in picked])
                     values = runs.finish(layer, masked)
                     for i, (h, label) in enumerate(picked):
                         at[layer, h, label] = values[i]

@@ -43,7 +43,7 @@ from circuits.engines import base, coverage, kit
 from circuits.engines.kit import Measurement, PatchRuns, block_activations
 from circuits.errors import InvalidOptionError, UnknownNameError
 from circuits.graph import HeadGraph
-from circuits.positions import check_kind, labelled
+from circuits.positions import check_kind, label_masks, labelled
 from circuits.nodes import EMBED, INPUTS, LOGITS, MLP, Head, Input, all_heads, all_mlps, parse_node, stage
 
 # (sender, receiver) -> {input combination ("q", "k", "v", "q+k+v"; "" for an MLP or the logits): patched metric mean}; with
@@ -202,8 +202,8 @@ class PathPatching(base.EngineBase):
             mask = like.new_zeros(kept)
             mask[[p for p in self.positions if p < kept]] = 1.0  # after the last read-out nothing can matter
             return {None: mask[None, :, None]}
-        index, labels = labelled(batch, self.positional, task)
-        return {None: None, **{label: (index == i).to(like)[..., None] for i, label in enumerate(labels)}}
+        masks, labels = label_masks(batch, self.positional, task)
+        return {None: None, **{label: mask.to(like)[..., None] for label, mask in zip(labels, masks)}}
 
     @staticmethod
     def _copies(deltas: Tensor, masks: dict[Optional[str], Optional[Tensor]]) -> Tensor:

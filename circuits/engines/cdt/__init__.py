@@ -33,7 +33,7 @@ from circuits.engines.kit import Measurement
 from circuits.errors import IncompatibleModelError, InvalidOptionError
 from circuits.graph import HeadGraph
 from circuits.nodes import LOGITS, Head, all_heads
-from circuits.positions import check_kind, labelled
+from circuits.positions import check_kind, label_masks
 
 Source = Union[str, Head, tuple[Union[str, Head], int]]
 
@@ -165,7 +165,9 @@ class CDT(base.EngineBase):
         propagation = Propagation(model, batch.clean, batch.position)
         heads = all_heads(model)
         # one source set per head (at every position) and, with positions, per head and label
-        index, labels = labelled(batch, self.positions, task) if self.positions else (None, ())
+        labelled_masks, labels = label_masks(batch, self.positions, task) if self.positions else (None, ())
+        if labels:  # row 0: every token (the whole head), row 1 + i: label i's tokens alone
+            labelled_masks = torch.cat([torch.ones_like(labelled_masks[:1]), labelled_masks]).cpu()
         sets = len(heads) * (1 + len(labels))
         masks = source_masks(model, [[h] for h in heads], propagation.n_pos)
         z_base = checked_baseline(model, z_base, propagation)
@@ -182,9 +184,8 @@ class CDT(base.EngineBase):
         for chunk in passes:
             bar.update(1)
             sources = masks[:, [s // (1 + len(labels)) for s in chunk]]
-            if labels:  # set s is head s // (1 + L) at every token (s % (1 + L) = 0) or at label s % (1 + L) - 1 alone
-                at = torch.stack([torch.ones_like(index, dtype=torch.bool) if s % (1 + len(labels)) == 0
-                                  else index == s % (1 + len(labels)) - 1 for s in chunk]).cpu()
+            if labels:  # set s is head s // (1 + L) at the tokens of mask row s % (1 + L)
+                at = labelled_masks[[s % (1 + len(labels)) for s in chunk]]
                 sources = sources[:, :, None] & at[None, :, :, :, None]  # [layer, set, batch, pos, head]
             part = propagation.run(sources, z_base, keep_z=True)
             self._check_exact(part, runs.source_logits)
