@@ -63,7 +63,7 @@ def attached(model: Any, fwd_hooks: Sequence[tuple[str, HookFn]], *, must_fire: 
     for name, _ in fwd_hooks:
         checked(model, name)
     wrapped = [(name, tracking(i, fn)) for i, (name, fn) in enumerate(fwd_hooks)]
-    with model.hooks(fwd_hooks=wrapped):
+    with _compat.forward_hooks(model, wrapped):
         yield
     missing = [fwd_hooks[i][0] for i in range(len(fwd_hooks)) if i not in fired]
     if must_fire and missing:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import circuits
-from circuits import engines, models
+from circuits import _compat, engines, models
 from circuits._state import preserved
 from tests.references import RandomTokens
 
@@ -121,31 +121,34 @@ class WrongPlacement(Exception):
     pass
 
 
-def placement_checked(model):
-    """A stub of a model spread over devices that refuses a wrong placement: every hook attached through
-    ``model.hooks`` (the one way `circuits.hooks.attached` attaches them) must hand back a tensor on the
-    device, and with the dtype, of the activation it replaces. Counts the replacements it checked."""
-    original, checked = model.hooks, []
+def placement_checked(model, monkeypatch):
+    """A stub of a model spread over devices that refuses a wrong placement: every hook attached to `model`
+    through ``_compat.forward_hooks`` (the one way `circuits.hooks.attached` attaches them) must hand back a
+    tensor on the device, and with the dtype, of the activation it replaces. Counts the replacements it checked."""
+    original, checked = _compat.forward_hooks, []
 
-    def hooks(fwd_hooks=(), **kwargs):
-        def guarded(fn):
-            def hook(tensor, hook):
-                out = fn(tensor, hook=hook)
-                if isinstance(out, torch.Tensor):
-                    if (out.device, out.dtype) != (tensor.device, tensor.dtype):
-                        raise WrongPlacement(f"{hook.name}: a {tensor.dtype} activation on {tensor.device} "
-                                             f"replaced by a {out.dtype} tensor on {out.device}")
-                    checked.append(hook.name)
-                return out
-            return hook
-        return original(fwd_hooks=[(name, guarded(fn)) for name, fn in fwd_hooks], **kwargs)
+    def guarded(fn):
+        def hook(tensor, hook):
+            out = fn(tensor, hook=hook)
+            if isinstance(out, torch.Tensor):
+                if (out.device, out.dtype) != (tensor.device, tensor.dtype):
+                    raise WrongPlacement(f"{hook.name}: a {tensor.dtype} activation on {tensor.device} "
+                                         f"replaced by a {out.dtype} tensor on {out.device}")
+                checked.append(hook.name)
+            return out
+        return hook
 
-    model.hooks = hooks
+    def forward_hooks(target, fwd_hooks):
+        if target is model:
+            fwd_hooks = [(name, guarded(fn)) for name, fn in fwd_hooks]
+        return original(target, fwd_hooks)
+
+    monkeypatch.setattr(_compat, "forward_hooks", forward_hooks)
     return model, checked
 
 
-def test_the_placement_stub_refuses_a_patch_on_another_device():
-    model, _ = placement_checked(small_model())
+def test_the_placement_stub_refuses_a_patch_on_another_device(monkeypatch):
+    model, _ = placement_checked(small_model(), monkeypatch)
     tokens = torch.zeros(1, 4, dtype=torch.long)
     with pytest.raises(WrongPlacement, match="activation on cpu replaced by a torch.float32 tensor on meta"):
         with circuits.hooks.attached(model, [("blocks.0.hook_resid_pre", lambda t, hook: t.to("meta"))]):
@@ -156,14 +159,14 @@ def test_the_placement_stub_refuses_a_patch_on_another_device():
 
 
 @pytest.mark.parametrize("engine_name", engines.names())
-def test_patches_go_to_the_device_of_the_activation_they_replace(engine_name):
+def test_patches_go_to_the_device_of_the_activation_they_replace(engine_name, monkeypatch):
     """Every replacement an engine makes through a hook passes the placement stub, and the graph is unchanged.
     (On this CPU-only machine every device is the CPU, so the stub fails only on a wrong device *or dtype*.
     Activation patching adds its patches to the cached residual (``deltas.to(mid.device)``) and CD-T recomputes
     the model: neither replaces an activation through a hook, so the stub checks nothing of theirs.)"""
     engine = engines.get(engine_name, **OPTIONS.get(engine_name, {}))
     expected = engine.run(small_model(), TASK, n=2, seed=0)
-    model, checked = placement_checked(small_model())
+    model, checked = placement_checked(small_model(), monkeypatch)
     assert engine.run(model, TASK, n=2, seed=0) == expected
     if engine_name in ("path_patching", "edge_attribution"):
         assert checked, f"{engine_name} replaced no activation through a hook"

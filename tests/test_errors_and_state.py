@@ -95,3 +95,44 @@ def test_attached_hooks_must_fire(random_model):
             forward.run_blocks(random_model, resid, 0, 1)
     with pytest.raises(UnknownNameError, match="blocks.7.attn.hook_z"):
         hooks.site(random_model, 7, "z")
+
+
+def test_attached_equals_the_bridges_own_hooks_and_leaves_only_the_users(random_model):
+    """`hooks.attached` adds hooks to the bridge's registry points directly (`_compat.forward_hooks`, not
+    ``model.hooks``, which rebuilds ``hook_dict`` on every call): the same activations reach the hooks under
+    the same names, a replacement changes the output alike, and on exit (also on error) only hooks that were
+    there before remain, nested contexts included."""
+    x = torch.arange(6)[None] % random_model.cfg.d_vocab
+    names = [hooks.site(random_model, layer, kind) for layer in (0, 1) for kind in ("z", "attn_out", "q")]
+
+    def record(into):
+        return lambda t, hook: into.append((hook.name, t.clone()))
+
+    ours, theirs = [], []
+    with hooks.attached(random_model, [(n, record(ours)) for n in names]):
+        random_model(x)
+    with random_model.hooks(fwd_hooks=[(n, record(theirs)) for n in names]):
+        random_model(x)
+    assert [name for name, _ in ours] == [name for name, _ in theirs]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(ours, theirs))
+
+    zero = hooks.site(random_model, 0, "z")
+    with hooks.attached(random_model, [(zero, lambda t, hook: torch.zeros_like(t))]):
+        patched = random_model(x)
+    with random_model.hooks(fwd_hooks=[(zero, lambda t, hook: torch.zeros_like(t))]):
+        expected = random_model(x)
+    assert torch.equal(patched, expected) and not torch.equal(patched, random_model(x))
+
+    users = []
+    random_model.hook_dict[zero].add_hook(lambda t, hook: users.append(1))
+    count = lambda: sum(len(p.fwd_hooks) for p in circuits._compat.hook_points(random_model))  # noqa: E731
+    before = count()
+    with pytest.raises(RuntimeError, match="inner"):
+        with hooks.attached(random_model, [(zero, lambda t, hook: t)]):
+            with hooks.attached(random_model, [(names[1], lambda t, hook: t)]):
+                assert count() == before + 2
+                raise RuntimeError("inner")
+    assert count() == before
+    random_model(x)
+    assert users == [1]  # the user's hook stayed and fires
+    random_model.reset_hooks()

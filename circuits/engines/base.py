@@ -103,8 +103,8 @@ def options(renamed: Optional[dict[str, str]] = None) -> Any:
 @contextmanager
 def session(model: Any, *, grad: bool = False) -> Iterator[Any]:
     """State preserved (modes, hooks, ``requires_grad``, also on error), eval mode, autograd off unless `grad`."""
-    with preserved(model), torch.set_grad_enabled(grad):
-        evaluation_mode(model)
+    with preserved(model) as saved, torch.set_grad_enabled(grad):
+        evaluation_mode(model, saved)
         yield model
 
 
