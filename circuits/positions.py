@@ -51,6 +51,15 @@ def label_masks(batch: PromptBatch, kind: str, task: Any = None) -> tuple[Bool[T
     return index[None] == torch.arange(len(labels), device=index.device)[:, None, None], labels
 
 
+def graph_record(kind: str, labels: Any, not_additive: str = "") -> dict[str, Any]:
+    """A positional graph's ``meta["positions"]``: its `kind` and `labels`; for an engine whose per-position values
+    do not sum to the plain score, ``"sum"`` says why (`not_additive`) — the viewer and docs show it."""
+    record: dict[str, Any] = {"kind": kind, "labels": list(labels)}
+    if not_additive:
+        record["sum"] = f"differs from score: {not_additive}"
+    return record
+
+
 def tokens_at(batch: PromptBatch, position: Union[int, str]) -> Bool[Tensor, "batch pos"]:
     """``[batch, pos]``: True at the tokens `position` names in each prompt (a token index, or a span name resolved
     per prompt). An index beyond the prompts or a span the batch lacks: `InvalidEdgeError` naming it."""

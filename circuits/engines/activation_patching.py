@@ -25,7 +25,7 @@ from circuits.engines import base, kit
 from circuits.engines.kit import Measurement, PatchRuns
 from circuits.graph import LOGITS, HeadGraph
 from circuits.nodes import all_heads
-from circuits.positions import check_kind, label_masks
+from circuits.positions import check_kind, graph_record, label_masks
 
 
 class HeadPatches(NamedTuple):
@@ -91,9 +91,9 @@ class ActivationPatching(base.EngineBase):
                 "positions": dict(zip(patched.labels, at[head.layer, head.head].tolist()))}
             graph.add_edge(head, LOGITS, score, effect="total", **labelled_values)
         if at is not None:
-            graph.meta["positions"] = {"kind": self.positions, "labels": list(patched.labels),
-                                       "sum": "differs from score where the head's effects at different positions "
-                                              "interact (patching is not linear); score is the head patched everywhere"}
+            graph.meta["positions"] = graph_record(
+                self.positions, patched.labels, "where the head's effects at different positions interact (patching "
+                                                "is not linear); score is the head patched everywhere")
         return graph
 
     def _patch_heads(self, runs: PatchRuns) -> Union[HeadPatches, LabelledHeadPatches]:

@@ -205,7 +205,7 @@ class EdgeAttribution(base.EngineBase):
         labels = self.position_labels(measurement.batch)
         graph = edge_graph(Layout.of(model), normalised, labels)
         if self.positions:
-            graph.meta["positions"] = {"kind": self.positions, "labels": list(labels)}
+            graph.meta["positions"] = positions.graph_record(self.positions, labels)
         graph.meta.update(method=self.method, steps=len(self.alphas()), alphas=self.alphas(),
                           direction=self.run_direction, quadrature=self.points, convention=self.convention)
         graph.meta["unscored_edges"] = coverage.unscored(model, graph)  # none: the layout is the whole edge graph

@@ -43,7 +43,7 @@ from circuits.engines import base, coverage, kit
 from circuits.engines.kit import Measurement, PatchRuns, block_activations
 from circuits.errors import InvalidOptionError, UnknownNameError
 from circuits.graph import HeadGraph
-from circuits.positions import check_kind, label_masks, labelled
+from circuits.positions import check_kind, graph_record, label_masks, labelled
 from circuits.nodes import EMBED, INPUTS, LOGITS, MLP, Head, Input, all_heads, all_mlps, parse_node, stage
 
 # (sender, receiver) -> {input combination ("q", "k", "v", "q+k+v"; "" for an MLP or the logits): patched metric mean}; with
@@ -300,9 +300,9 @@ class PathPatching(base.EngineBase):
             graph.add_edge(sender, receiver, score(metrics[joint]), effect="direct", inputs=joint, **extras)
         if self.positional:
             labels = list(labelled(measurement.batch, self.positional)[1])
-            graph.meta["positions"] = {"kind": self.positional, "labels": labels,
-                                       "sum": "differs from score where effects at different positions interact "
-                                              "(patching is not linear); score is the whole edge patched"}
+            graph.meta["positions"] = graph_record(
+                self.positional, labels, "where effects at different positions interact (patching is not linear); "
+                                         "score is the whole edge patched")
         restricted = [f"{option}={getattr(self, option)!r}" for option in ("senders", "receivers", "inputs")
                       if getattr(self, option) is not None and getattr(self, option) != INPUTS]
         restricted += ["per_input=False"] if not self.per_input and len(self.inputs) > 1 else []

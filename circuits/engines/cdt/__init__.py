@@ -33,7 +33,7 @@ from circuits.engines.kit import Measurement
 from circuits.errors import IncompatibleModelError, InvalidOptionError
 from circuits.graph import HeadGraph
 from circuits.nodes import LOGITS, Head, all_heads
-from circuits.positions import check_kind, label_masks
+from circuits.positions import check_kind, graph_record, label_masks
 
 Source = Union[str, Head, tuple[Union[str, Head], int]]
 
@@ -242,10 +242,10 @@ class CDT(base.EngineBase):
             graph.add_edge(sender, receiver, float(scores.dot[index]), effect="share", score_l1=float(scores.l1[index]),
                            **at(scores.dot_at[index] if scores.dot_at is not None else None))
         if scores.labels:
-            graph.meta["positions"] = {"kind": self.positions, "labels": list(scores.labels),
-                                       "sum": "differs from score: CD-T's rules split a nonlinearity's output between "
-                                              "sources in a way that is not additive over positions; score is the "
-                                              "source head at every token"}
+            graph.meta["positions"] = graph_record(
+                self.positions, scores.labels, "CD-T's rules split a nonlinearity's output between sources in a way "
+                                               "that is not additive over positions; score is the source head at "
+                                               "every token")
         receivers = "the iterative discovery's pairs" if self.iterative else f"the top {self.receiver_count} heads"
         graph.meta["unscored_edges"] = coverage.unscored(
             model, graph, "CD-T's sources are head outputs: no edge from embed or an MLP; head -> head shares into "
