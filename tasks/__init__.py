@@ -17,11 +17,10 @@ from circuits._registry import TASKS
 if TYPE_CHECKING:  # the same names, for type checkers and the API reference
     from tasks.capitals import Capitals
     from tasks.factual_recall import FactualRecall
-    from tasks.few_shot import FewShot
-    from tasks.icl_regression import ICLRegression
+    from tasks.spans import FewShot, ICLRegression
     from tasks.induction_spans import Induction
     from tasks.prompt_pairs import PromptPairs, prompts
-    from tasks.regular_languages import RegularLanguages
+    from tasks.spans import RegularLanguages
 
 # The registry's own methods are the public functions (``register`` refuses a name already taken).
 get = TASKS.get
@@ -47,7 +46,7 @@ __all__ = ["Capitals", "FactualRecall", "FewShot", "ICLRegression", "Induction",
            "get", "names", "prompts", "ready_made", "register"]
 
 __getattr__, __dir__ = _lazy.exports(__name__, {
-    "Capitals": "tasks.capitals", "FactualRecall": "tasks.factual_recall", "FewShot": "tasks.few_shot",
-    "ICLRegression": "tasks.icl_regression", "Induction": "tasks.induction_spans",
-    "RegularLanguages": "tasks.regular_languages", "PromptPairs": "tasks.prompt_pairs", "prompts": "tasks.prompt_pairs",
+    "Capitals": "tasks.capitals", "FactualRecall": "tasks.factual_recall", "FewShot": "tasks.spans",
+    "ICLRegression": "tasks.spans", "Induction": "tasks.induction_spans",
+    "RegularLanguages": "tasks.spans", "PromptPairs": "tasks.prompt_pairs", "prompts": "tasks.prompt_pairs",
 })

@@ -493,3 +493,40 @@ def test_positional_faithfulness_curves_evaluate_edges_at_positions_and_random_o
     assert curve.absolute[1] == pytest.approx(evaluate(model, TASK, [chosen], n=3).faithfulness[0], abs=1e-9)
     with pytest.raises(InvalidOptionError, match="no scores per position"):
         curves.edge_curves(model, TASK, EdgeAttribution(method="eap").run(model, TASK, n=3), n=3, positional=True)
+
+
+@pytest.mark.parametrize("name", ["few_shot", "icl_regression", "regular_languages"])
+def test_the_other_built_in_tasks_declare_spans_and_edge_attribution_sums_over_them(name):
+    """Few-shot, ICL regression and regular languages mark spans (`tasks.spans`) where the prompts' roles are, on
+    their shipped models; edge attribution per span sums to the plain graph."""
+    task = tasks.get(name)
+    model = task.default_model()
+    batch = task.batch(model, 16, 0)
+    batch.validate(model)
+    rows = torch.arange(16)
+    at = lambda span: batch.spans == batch.span_names.index(span)  # noqa: E731
+    if name == "few_shot":
+        sample = task.sample(16, torch.Generator().manual_seed(0), held_out=True)  # what `batch` drew
+        answer_label = 1 + 2 * sample.which
+        assert (at("answer_label")[rows, answer_label]).all() and (at("foil_label")[rows, 4 - answer_label]).all()
+        assert (at("answer_exemplar")[rows, answer_label - 1]).all() and at("query")[:, 4].all()
+        _, labels, positions = task.world()
+        label_at = lambda prompts, where: prompts[rows, where] - positions[where]  # noqa: E731
+        assert torch.allclose(label_at(batch.clean, answer_label), labels[batch.answer], atol=1e-6)
+        assert torch.allclose(label_at(batch.corrupted, answer_label), labels[batch.foil], atol=1e-6)
+    elif name == "icl_regression":
+        assert batch.span_names == ("context", "query")
+        assert at("query")[rows, batch.position].all() and at("query").sum() == 16
+    else:
+        assert at("end")[rows, batch.position].all() and at("end").sum() == 16
+        shared = at("ngram") | at("end")
+        assert (at("ngram").sum(1) == task.kept - 1).all()
+        assert (batch.clean[shared] == batch.corrupted[shared]).all()
+        assert ((batch.clean != batch.corrupted) & at("context")).any(1).all()  # the in-context statistics differ
+        assert not (at("other") & (torch.arange(batch.clean.shape[1]) <= batch.position[:, None])).any()
+    spans = EdgeAttribution(method="eap", positions="spans").run(model, task, n=16)
+    plain = EdgeAttribution(method="eap").run(model, task, n=16)
+    assert spans.meta["positions"]["labels"] == list(batch.span_names)
+    for sender, receiver, data in plain.nx.edges(data=True):
+        by_span = spans.nx.edges[sender, receiver]["positions"]
+        assert sum(by_span.values()) == pytest.approx(data["score"], abs=1e-6)
