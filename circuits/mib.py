@@ -75,13 +75,20 @@ def write(graph: Any, path: Union[str, Path], *, circuit: Optional[Iterable[Edge
           d_model: Optional[int] = None) -> Path:
     """`graph` as MIB's graph JSON at `path`: every scored edge (`HeadGraph.scored_edges`), ``in_graph`` for the edges
     of `circuit` (default: the circuit read from a MIB file, else none), node scores where measured. MIB's loader
-    needs ``d_model`` (`d_model`, else the one read from a MIB file)."""
+    needs ``d_model`` (`d_model`, else the one read from a MIB file). MIB's format has no positions: a positional
+    graph is written with its plain scores (its per-position values stay in our own record, so it reads back
+    equal), and a `circuit` with edges at positions is refused (`InvalidEdgeError`) rather than merged."""
     mib = graph.meta.get("mib", {})
     d_model = d_model if d_model is not None else mib.get("cfg", {}).get("d_model")
     if d_model is None:
         raise MissingOptionError("d_model is required: MIB's Graph.from_json builds its graph from cfg['d_model'] "
                                  "(pass d_model=model.cfg.d_model)")
     chosen = {Edge.parse(e) for e in (mib.get("in_graph", []) if circuit is None else circuit)}
+    positional = sorted(str(edge) for edge in chosen if edge.position is not None)
+    if positional:
+        raise InvalidEdgeError(f"MIB's graph JSON has no positions; the circuit has {len(positional)} edges at "
+                               f"positions, e.g. {positional[0]!r}: expected plain edges (for the edges at any "
+                               "position: {edge.plain for edge in circuit})")
     scored = graph.scored_edges()
     edges = {mib_edge_name(edge): {"score": score, "in_graph": edge in chosen} for edge, score in scored}
     missing = chosen - {edge for edge, _ in scored}

@@ -17,6 +17,7 @@ from circuits.engines.edge_attribution import EdgeAttribution
 from circuits.engines.path_patching import PathPatching
 from circuits.errors import InvalidBatchError, InvalidEdgeError, InvalidOptionError, PromptFileError
 from circuits.evaluation import evaluate
+from circuits.mib import mib_edge_name, read_circuit
 from circuits.nodes import MLP
 from tests.references import RandomTokens, edge_circuit_metric, literal_ablations, path_metrics
 from tests.test_evaluation import toy  # the same float64 toys as the plain evaluation's tests
@@ -223,6 +224,16 @@ def test_positional_selection_json_and_typed_errors(tmp_path):
         EdgeAttribution(positions="rows")
     with pytest.raises(InvalidBatchError, match="'random_tokens'"):
         EdgeAttribution(positions="spans").run(model, RandomTokens(seq_len=6), n=2)
+    # MIB's JSON has no positions: the plain scores go there (ours read back whole); a positional circuit is refused
+    path = graph.to_mib(tmp_path / "mib.json", d_model=model.cfg.d_model)
+    assert HeadGraph.from_mib(path) == graph
+    written = json.loads(path.read_text())["edges"]
+    assert {name: e["score"] for name, e in written.items()} == pytest.approx(
+        {mib_edge_name(edge): score for edge, score in plain.scored_edges()}, abs=1e-6)
+    with pytest.raises(InvalidEdgeError, match="no positions.*@"):
+        graph.to_mib(tmp_path / "mib.json", circuit=circuit, d_model=model.cfg.d_model)
+    graph.to_mib(tmp_path / "mib.json", circuit={edge.plain for edge in circuit}, d_model=model.cfg.d_model)
+    assert read_circuit(tmp_path / "mib.json") == {edge.plain for edge in circuit}
 
 
 # --- spans from tasks --------------------------------------------------------------------------------------------
