@@ -48,16 +48,17 @@ def smollm2_shaped(seed: int = 0, n_layers: int = 30, n_heads: int = 9) -> HeadG
 
 
 @functools.lru_cache(maxsize=None)
-def positional_graph() -> HeadGraph:
+def positional_graph(positions: str = "spans") -> HeadGraph:
     """Edge attribution per span (EAP) on a random 2-layer toy with MLPs, 4 prompts of the induction task (spans
-    repeated, next, end, other: 300 edges at positions). Shared with the browser tests."""
+    repeated, next, end, other: 300 edges at positions; or per token, `positions="tokens"`). Shared with the browser
+    tests."""
     import tasks
     from circuits import models
     from circuits.engines.edge_attribution import EdgeAttribution
 
     model = models.toy(models.ToyConfig(n_layers=2, n_heads=3, d_model=12, d_head=4, d_vocab=64, n_ctx=64, seed=3,
                                         attn_only=False, d_mlp=16))
-    return EdgeAttribution(method="eap", positions="spans").run(model, tasks.get("induction"), n=4)
+    return EdgeAttribution(method="eap", positions=positions).run(model, tasks.get("induction"), n=4)
 
 
 def positional_keys(graph: HeadGraph) -> list[tuple[str, float]]:

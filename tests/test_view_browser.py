@@ -228,6 +228,7 @@ def test_a_positional_graph_is_drawn_in_columns_and_the_slider_ranks_its_edges_a
         page.locator("#status").inner_text()
     ends = page.evaluate("window.circuitView.cy.edges().map(e => [e.source().data('at'), e.target().data('at'), e.data('at')])")
     assert all(a == b == c for a, b, c in ends)  # each edge inside its own column
+    assert len({box["y1"] for box in column_boxes(page)}) == 1  # four spans: one band
     shot(page, "positional")
     page.locator("#size").fill("5")
     until(page, "window.circuitView.stats().edges === 5")
@@ -249,6 +250,30 @@ def test_a_positional_graph_is_drawn_in_columns_and_the_slider_ranks_its_edges_a
     stats = page.evaluate("window.circuitView.stats()")
     assert (stats["nodes"], stats["total"]) == (graph.nx.number_of_nodes(), len(split_edges(graph)))
     assert drawn_keys(page) == top_keys(split_edges(graph), 5, "signed")
+
+
+def column_boxes(page) -> list[dict]:
+    return page.evaluate("window.circuitView.cy.nodes('.column').map(c => c.boundingBox())")
+
+
+def test_many_positions_wrap_into_bands_about_the_panels_shape(open_view):
+    graph = positional_graph("tokens")
+    _, labels = graph.position_kind()
+    page = open_view(graph, "positional_tokens", positional_edges=40)
+    boxes = column_boxes(page)
+    assert len(boxes) == len(labels) > 16
+    bands = sorted({round(box["y1"]) for box in boxes})
+    assert len(bands) >= 2  # one strip of every token would be far wider than the panel
+    overlapping = [(i, j) for i, a in enumerate(boxes) for j, b in enumerate(boxes[:i])
+                   if a["x1"] < b["x2"] and b["x1"] < a["x2"] and a["y1"] < b["y2"] and b["y1"] < a["y2"]]
+    assert overlapping == []
+    width = max(b["x2"] for b in boxes) - min(b["x1"] for b in boxes)
+    height = max(b["y2"] for b in boxes) - min(b["y1"] for b in boxes)
+    panel = page.locator("#cy").bounding_box()
+    assert 0.4 < (width / height) / (panel["width"] / panel["height"]) < 2.5  # about the panel's shape
+    ends = page.evaluate("window.circuitView.cy.edges().map(e => [e.source().data('at'), e.target().data('at'), e.data('at')])")
+    assert ends and all(a == b == c for a, b, c in ends)  # each edge inside its own column, in whichever band
+    shot(page, "positional_tokens")
 
 
 def test_a_real_engines_graph_with_its_record(open_view, random_model):

@@ -129,24 +129,42 @@
     return {x: (layer + 1) * COLUMN + (node[3] % 2 ? COLUMN * 0.15 : 0), y: node[3] * ROW};
   }
 
+  function panelAspect() {  // the drawing panel's width / height
+    var box = $("cy").getBoundingClientRect();
+    return (box.width || 1000) / (box.height || 600);
+  }
+
+  function bandRows(g) { return g.layers + 2.6; }  // a band of columns: its layers, the input and read-out, a gap
+
+  function grid(g) {
+    // Columns side by side in one band while, with layers at most 120 apart, that band is not much wider than the
+    // panel's shape; beyond (many tokens), they wrap into bands of `perRow` stacked downwards, as many per band as
+    // keeps the whole about the panel's shape.
+    var n = labels().length, width = columnWidth(g), tallest = bandRows(g) * 120, aspect = panelAspect();
+    var perRow = n * width <= 1.5 * aspect * tallest ? n : Math.ceil(Math.sqrt(n * aspect * tallest / width));
+    perRow = Math.max(1, Math.min(n, perRow));
+    return {perRow: perRow, bands: Math.ceil(n / perRow)};
+  }
+
   function columnSpacing(g) {
-    // In columns: layers are rows, from the input (bottom) to the read-out (top), as tall as makes the columns
-    // together about the shape of the panel (and no taller than 120 units: a 2-layer graph stays compact).
-    var box = $("cy").getBoundingClientRect(), aspect = box.height / (box.width || 1000) || 0.6;
-    var width = labels().length * columnWidth(g);
-    return Math.min(120, Math.max(40, aspect * width / (g.layers + 2)));
+    // In columns: layers are rows, from the input (bottom) to the read-out (top), as tall as makes the bands of
+    // columns together about the shape of the panel (and no taller than 120 units: a 2-layer graph stays compact).
+    var layout = grid(g), width = layout.perRow * columnWidth(g);
+    return Math.min(120, Math.max(40, width / panelAspect() / (layout.bands * bandRows(g))));
   }
 
   function columnWidth(g) { return (stack(g) + 2.6) * CELL; }  // a layer and a gap to the next column
 
-  function positionAt(g, node, column, ROW) {
-    // The node's place in column `column` (rows ROW apart): a layer's heads side by side (odd ones a little higher,
-    // so that an edge to the next layer does not run through them), its MLP at the right.
-    var kind = node[1], layer = node[2], left = column * columnWidth(g), middle = left + stack(g) * CELL / 2;
-    if (kind === "embed") return {x: middle, y: 0};
-    if (kind === "logits") return {x: middle, y: -(g.layers + 1) * ROW};
-    if (kind === "mlp") return {x: left + (g.heads + 0.4) * CELL, y: -(layer + 1) * ROW};
-    return {x: left + node[3] * CELL, y: -(layer + 1) * ROW - (node[3] % 2 ? ROW * 0.15 : 0)};
+  function positionAt(g, node, column, ROW, perRow) {
+    // The node's place in column `column` (rows ROW apart; `perRow` columns a band, bands downwards): a layer's
+    // heads side by side (odd ones a little higher, so that an edge to the next layer does not run through them),
+    // its MLP at the right.
+    var kind = node[1], layer = node[2], left = (column % perRow) * columnWidth(g), middle = left + stack(g) * CELL / 2;
+    var base = Math.floor(column / perRow) * bandRows(g) * ROW;
+    if (kind === "embed") return {x: middle, y: base};
+    if (kind === "logits") return {x: middle, y: base - (g.layers + 1) * ROW};
+    if (kind === "mlp") return {x: left + (g.heads + 0.4) * CELL, y: base - (layer + 1) * ROW};
+    return {x: left + node[3] * CELL, y: base - (layer + 1) * ROW - (node[3] % 2 ? ROW * 0.15 : 0)};
   }
 
   var cy = cytoscape({
@@ -199,6 +217,7 @@
     g.nodes.forEach(function (n) { scores[n[0]] = n[4]; });
     var cols = columns() ? labels() : [undefined];
     var tokens = columns() && g.positions.kind === "tokens", ROW = columns() ? columnSpacing(g) : spacing(g);
+    var layout = columns() ? grid(g) : {perRow: 1, bands: 1};
     STEP = columns() ? ROW : COLUMN;  // spacing(g) sets COLUMN
     cy.batch(function () {
       cy.elements().remove();
@@ -214,14 +233,17 @@
           var classes = [special ? "special" : kind, score === null && !special ? "unmeasured" : ""];
           return {group: "nodes", data: {id: n[0] + where, name: n[0], at: label, parent: where ? "column" + where : undefined,
                   kind: kind, layer: n[2], head: n[3], score: score, color: diverging(score, limit)},
-                  position: where ? positionAt(x.g, n, column, ROW) : position(x.g, n), classes: classes.join(" "), locked: true};
+                  position: where ? positionAt(x.g, n, column, ROW, layout.perRow) : position(x.g, n), classes: classes.join(" "), locked: true};
         }));
       });
       var every = g.layers > 16 ? 5 : 1;
-      for (var layer = 0; layer < g.layers; layer += every) {  // layer headings (not part of the graph)
-        cy.add({group: "nodes", data: {id: "layer " + layer, name: "layer " + layer, kind: "axis", color: "#fff"}, classes: "axis",
-                position: columns() ? {x: -1.6 * CELL, y: -(layer + 1) * ROW} : {x: (layer + 1) * COLUMN, y: -0.9 * ROW},
-                locked: true, selectable: false, grabbable: false});
+      for (var band = 0; band < layout.bands; band++) {  // layer headings (not part of the graph), each band's
+        for (var layer = 0; layer < g.layers; layer += every) {
+          cy.add({group: "nodes", data: {id: "layer " + layer + (band ? " band " + band : ""), name: "layer " + layer,
+                  kind: "axis", color: "#fff"}, classes: "axis", locked: true, selectable: false, grabbable: false,
+                  position: columns() ? {x: -1.6 * CELL, y: band * bandRows(g) * ROW - (layer + 1) * ROW}
+                                      : {x: (layer + 1) * COLUMN, y: -0.9 * ROW}});
+        }
       }
     });
   }
