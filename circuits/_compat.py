@@ -46,8 +46,8 @@ def has_hook(model: Any, name: str) -> bool:
 def forward_hooks(model: Any, fwd_hooks: list[tuple[str, Any]]) -> Iterator[None]:
     """``model.hooks(fwd_hooks=...)`` without its per-call rebuild of ``hook_dict`` and of the alias map (~0.3 ms
     on a toy bridge, more on large models; an engine's run attaches hooks several times). Each name is looked
-    up in the bridge's ``_hook_registry``, checked by the bridge's own ``check_hooks_to_add`` (gated points
-    raise there) and added to its point; on exit exactly those handles are removed. Falls back to
+    up in the bridge's ``_hook_registry``, checked as ``model.hooks`` checks it (a point the backend cannot fire,
+    a gated point: both raise) and added to its point; on exit exactly those handles are removed. Falls back to
     ``model.hooks`` when a name is not in the registry or the bridge runs in compatibility mode (where hooks
     added under alias names are called with those names)."""
     registry = getattr(model, "_hook_registry", None)
@@ -58,8 +58,11 @@ def forward_hooks(model: Any, fwd_hooks: list[tuple[str, Any]]) -> Iterator[None
         return
     added = []
     try:
+        fireable = getattr(model, "_check_hook_fireable", None)  # model.hooks refuses what the backend cannot fire
         for name, fn in fwd_hooks:
             point = registry[name]
+            if fireable is not None:
+                fireable(name, point.name or name)
             model.check_hooks_to_add(point, name, fn, dir="fwd")
             added.append((point, point.add_hook(fn, dir="fwd")))
         yield

@@ -136,3 +136,11 @@ def test_attached_equals_the_bridges_own_hooks_and_leaves_only_the_users(random_
     random_model(x)
     assert users == [1]  # the user's hook stayed and fires
     random_model.reset_hooks()
+    # a point the bridge refuses (hook_result without use_attn_result) is refused alike, and nothing stays attached
+    with pytest.raises(ValueError, match="use_attn_result"), random_model.hooks(
+            fwd_hooks=[("blocks.0.attn.hook_result", lambda t, hook: t)]):
+        pass
+    with pytest.raises(ValueError, match="use_attn_result"), hooks.attached(
+            random_model, [(names[0], lambda t, hook: t), ("blocks.0.attn.hook_result", lambda t, hook: t)]):
+        pass
+    assert count() == before - 1  # the user's hook, removed by reset_hooks above, and nothing else
