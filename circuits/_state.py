@@ -20,7 +20,7 @@ class Saved:
 
     modes: list[tuple[torch.nn.Module, bool]]
     grads: list[tuple[torch.nn.Parameter, bool]]
-    handles: dict[int, tuple[Any, list, list]]
+    handles: list[tuple[Any, list, list]]  # (hook point, its forward hooks, its backward hooks)
 
     @property
     def training(self) -> bool:
@@ -34,8 +34,7 @@ def preserved(model: Any) -> Iterator[Saved]:
     for module in model.modules():
         modes.append((module, module.training))
         grads.extend((p, p.requires_grad) for p in module._parameters.values() if p is not None)
-    handles = {id(point): (point, list(point.fwd_hooks), list(point.bwd_hooks))
-               for point in _compat.hook_points(model)}
+    handles = [(point, list(point.fwd_hooks), list(point.bwd_hooks)) for point in _compat.hook_points(model)]
     saved = Saved(modes, grads, handles)
     try:
         yield saved
@@ -46,7 +45,7 @@ def preserved(model: Any) -> Iterator[Saved]:
         for parameter, requires_grad in grads:
             if parameter.requires_grad != requires_grad:
                 parameter.requires_grad_(requires_grad)
-        for point, fwd, bwd in handles.values():
+        for point, fwd, bwd in handles:
             _drop_new(point.fwd_hooks, fwd)
             _drop_new(point.bwd_hooks, bwd)
 

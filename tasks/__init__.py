@@ -17,10 +17,9 @@ from circuits._registry import TASKS
 if TYPE_CHECKING:  # the same names, for type checkers and the API reference
     from tasks.capitals import Capitals
     from tasks.factual_recall import FactualRecall
-    from tasks.spans import FewShot, ICLRegression
     from tasks.induction_spans import Induction
     from tasks.prompt_pairs import PromptPairs, prompts
-    from tasks.spans import RegularLanguages
+    from tasks.spans import FewShot, ICLRegression, RegularLanguages
 
 # The registry's own methods are the public functions (``register`` refuses a name already taken).
 get = TASKS.get

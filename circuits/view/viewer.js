@@ -146,10 +146,11 @@
     return {perRow: perRow, bands: Math.ceil(n / perRow)};
   }
 
-  function columnSpacing(g) {
+  function columnSpacing(g, layout) {
     // In columns: layers are rows, from the input (bottom) to the read-out (top), as tall as makes the bands of
-    // columns together about the shape of the panel (and no taller than 120 units: a 2-layer graph stays compact).
-    var layout = grid(g), width = layout.perRow * columnWidth(g);
+    // columns (`layout`, from `grid`) together about the shape of the panel (and no taller than 120 units: a 2-layer
+    // graph stays compact).
+    var width = layout.perRow * columnWidth(g);
     return Math.min(120, Math.max(40, width / panelAspect() / (layout.bands * bandRows(g))));
   }
 
@@ -216,8 +217,8 @@
     var scores = {};
     g.nodes.forEach(function (n) { scores[n[0]] = n[4]; });
     var cols = columns() ? labels() : [undefined];
-    var tokens = columns() && g.positions.kind === "tokens", ROW = columns() ? columnSpacing(g) : spacing(g);
     var layout = columns() ? grid(g) : {perRow: 1, bands: 1};
+    var tokens = columns() && g.positions.kind === "tokens", ROW = columns() ? columnSpacing(g, layout) : spacing(g);
     STEP = columns() ? ROW : COLUMN;  // spacing(g) sets COLUMN
     cy.batch(function () {
       cy.elements().remove();
